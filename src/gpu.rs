@@ -1,0 +1,633 @@
+//! The GPU context: adapter choice, device, error capture, deadlines and the pipeline cache.
+//!
+//! [`Gpu`] is a cheap-to-clone handle (an `Arc`) that is `Send + Sync`. It either opens its own
+//! device ([`Gpu::new`], [`Gpu::with_options`]) or borrows a caller's ([`Gpu::from_device`]).
+//! Every call that can fail inside wgpu runs in error scopes and comes back as an
+//! [`Error`]; every wait on the GPU has a deadline.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::kernels::{self, KernelKey};
+
+/// Features wgquant uses when the adapter has them. None is required.
+const WANTED_FEATURES: wgpu::Features =
+    wgpu::Features::SHADER_F16.union(wgpu::Features::SUBGROUP).union(wgpu::Features::TIMESTAMP_QUERY);
+
+/// The default deadline for one wait on the GPU. Long enough for the largest CI shapes on
+/// lavapipe, short enough that a hung kernel surfaces as an error.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How to choose and open the device. `Default` takes the best adapter of the primary backends
+/// (Vulkan, Metal, DX12): a discrete GPU first, a CPU adapter such as lavapipe last.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Backends to consider; `None` means Vulkan, Metal and DX12.
+    pub backends: Option<wgpu::Backends>,
+    /// Keep only adapters whose name contains this (case-insensitive).
+    pub adapter_name: Option<String>,
+    /// Ask the device for at most this storage binding size (to test splitting large tensors).
+    pub max_storage_buffer_binding_size: Option<u64>,
+    /// Deadline for each wait on the GPU.
+    pub timeout: Duration,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            backends: None,
+            adapter_name: None,
+            max_storage_buffer_binding_size: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl GpuOptions {
+    /// Defaults, overridden by `WGQUANT_BACKEND=vulkan|metal|dx12|gl` and
+    /// `WGQUANT_ADAPTER=<name substring>`.
+    ///
+    /// # Errors
+    /// An unknown backend name.
+    pub fn from_env() -> Result<Self> {
+        let mut options = GpuOptions::default();
+        if let Ok(name) = std::env::var("WGQUANT_BACKEND") {
+            options.backends = Some(parse_backend(&name)?);
+        }
+        if let Ok(name) = std::env::var("WGQUANT_ADAPTER") {
+            if !name.is_empty() {
+                options.adapter_name = Some(name);
+            }
+        }
+        Ok(options)
+    }
+}
+
+fn parse_backend(name: &str) -> Result<wgpu::Backends> {
+    match name.to_ascii_lowercase().as_str() {
+        "vulkan" => Ok(wgpu::Backends::VULKAN),
+        "metal" => Ok(wgpu::Backends::METAL),
+        "dx12" => Ok(wgpu::Backends::DX12),
+        "gl" => Ok(wgpu::Backends::GL),
+        other => Err(Error::NoAdapter(format!(
+            "WGQUANT_BACKEND={other} is not a backend (expected vulkan, metal, dx12 or gl)"
+        ))),
+    }
+}
+
+/// What kernels need to know about the device, read once.
+#[derive(Clone, Debug)]
+pub struct Caps {
+    /// The adapter's name and backend.
+    pub info: wgpu::AdapterInfo,
+    /// Features the device was opened with.
+    pub features: wgpu::Features,
+    /// Limits the device was opened with.
+    pub limits: wgpu::Limits,
+}
+
+impl Caps {
+    /// Whether subgroup operations are available.
+    pub fn has_subgroups(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// Whether pass timestamps are available (benchmarks).
+    pub fn has_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// The largest storage binding, rounded down to a multiple of 4.
+    pub fn max_binding(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size & !3
+    }
+}
+
+struct GpuInner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    caps: Caps,
+    timeout: Duration,
+    pipelines: Mutex<HashMap<KernelKey, Arc<wgpu::ComputePipeline>>>,
+    uncaptured: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+/// A GPU device and queue with wgquant's pipeline cache. Clones share everything.
+#[derive(Clone)]
+pub struct Gpu {
+    inner: Arc<GpuInner>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let info = &self.inner.caps.info;
+        f.debug_struct("Gpu").field("adapter", &info.name).field("backend", &info.backend).finish()
+    }
+}
+
+impl Gpu {
+    /// Opens the best adapter, honouring `WGQUANT_BACKEND` and `WGQUANT_ADAPTER`.
+    ///
+    /// # Errors
+    /// [`Error::NoAdapter`] when no adapter matches (no driver installed, or a filter excluded
+    /// all), [`Error::RequestDevice`] when the adapter refuses the device.
+    pub fn new() -> Result<Gpu> {
+        Gpu::with_options(GpuOptions::from_env()?)
+    }
+
+    /// Opens an adapter chosen by `options`.
+    ///
+    /// # Errors
+    /// As [`Gpu::new`].
+    pub fn with_options(options: GpuOptions) -> Result<Gpu> {
+        let backends = options.backends.unwrap_or(wgpu::Backends::PRIMARY);
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+        descriptor.backends = backends;
+        let instance = wgpu::Instance::new(descriptor);
+        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let seen: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
+        let wanted = options.adapter_name.as_deref().map(str::to_lowercase);
+        let adapter = adapters
+            .into_iter()
+            .filter(|a| wanted.as_ref().is_none_or(|w| a.get_info().name.to_lowercase().contains(w)))
+            .min_by_key(|a| device_type_rank(a.get_info().device_type))
+            .ok_or_else(|| {
+                let filter = options.adapter_name.as_deref().map(|n| format!(" matching \"{n}\"")).unwrap_or_default();
+                let found = if seen.is_empty() { "none".to_string() } else { seen.join("; ") };
+                Error::NoAdapter(format!(
+                    "no adapter{filter} on backends {backends:?} (adapters found: {found}); \
+                     on Linux without a GPU install Mesa's lavapipe (apt-get install mesa-vulkan-drivers)"
+                ))
+            })?;
+
+        let mut limits = adapter.limits();
+        if let Some(max) = options.max_storage_buffer_binding_size {
+            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max);
+        }
+        let features = adapter.features() & WANTED_FEATURES;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgquant"),
+            required_features: features,
+            required_limits: limits,
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::RequestDevice { adapter: adapter.get_info().name, message: e.to_string() })?;
+
+        let gpu = Gpu::build(adapter.get_info(), device, queue, options.timeout);
+        // wgpu's default handler panics; errors outside our scopes are recorded instead.
+        let uncaptured = Arc::clone(&gpu.inner.uncaptured);
+        gpu.inner.device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut errors) = uncaptured.lock() {
+                errors.push(e.to_string());
+            }
+        }));
+        Ok(gpu)
+    }
+
+    /// Wraps a device and queue the caller already owns (their error handler stays theirs).
+    /// `adapter` supplies the name and subgroup sizes kernels are specialised for.
+    pub fn from_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
+        Gpu::build(adapter.get_info(), device, queue, DEFAULT_TIMEOUT)
+    }
+
+    fn build(info: wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue, timeout: Duration) -> Gpu {
+        let caps = Caps { info, features: device.features(), limits: device.limits() };
+        let lost = Arc::new(Mutex::new(None));
+        let lost_flag = Arc::clone(&lost);
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = lost_flag.lock() {
+                *slot = Some(format!("{reason:?}: {message}"));
+            }
+        });
+        Gpu {
+            inner: Arc::new(GpuInner {
+                device,
+                queue,
+                caps,
+                timeout,
+                pipelines: Mutex::new(HashMap::new()),
+                uncaptured: Arc::new(Mutex::new(Vec::new())),
+                lost,
+            }),
+        }
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// Adapter information, features and limits.
+    pub fn caps(&self) -> &Caps {
+        &self.inner.caps
+    }
+
+    /// The adapter's name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub fn adapter_name(&self) -> &str {
+        &self.inner.caps.info.name
+    }
+
+    /// One line describing the adapter: name, backend, type and driver.
+    pub fn describe(&self) -> String {
+        describe(&self.inner.caps.info)
+    }
+
+    /// wgpu errors that escaped every scope since the last call (should stay empty).
+    pub fn take_uncaptured_errors(&self) -> Vec<String> {
+        self.inner.uncaptured.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default()
+    }
+
+    /// Whether two handles share a device.
+    pub fn same_device(&self, other: &Gpu) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Runs `f` inside validation, out-of-memory and internal error scopes and turns whatever
+    /// they caught into an [`Error`] naming `what`.
+    pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        self.check_lost(what)?;
+        let device = &self.inner.device;
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let validation = pollster::block_on(validation.pop());
+        let oom = pollster::block_on(oom.pop());
+        let internal = pollster::block_on(internal.pop());
+        if let Some(e) = oom {
+            return Err(Error::OutOfMemory { what: what.to_string(), message: e.to_string() });
+        }
+        if let Some(e) = validation.or(internal) {
+            return Err(Error::Validation { what: what.to_string(), message: e.to_string() });
+        }
+        Ok(out)
+    }
+
+    fn check_lost(&self, what: &str) -> Result<()> {
+        match self.inner.lost.lock().ok().and_then(|l| l.clone()) {
+            Some(message) => Err(Error::DeviceLost { what: what.to_string(), message }),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for `submission` (or all work) with the context's deadline.
+    pub(crate) fn wait(&self, what: &str, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        let timeout = self.inner.timeout;
+        // wgpu panics inside `poll` when the device is lost mid-wait; that must not escape.
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            self.inner.device.poll(wgpu::PollType::Wait { submission_index: submission, timeout: Some(timeout) })
+        }));
+        match polled {
+            Ok(Ok(_)) => self.check_lost(what),
+            Ok(Err(wgpu::PollError::Timeout)) => {
+                Err(Error::Timeout { what: what.to_string(), seconds: timeout.as_secs_f64() })
+            }
+            Ok(Err(e)) => Err(Error::DeviceLost { what: what.to_string(), message: e.to_string() }),
+            Err(_) => Err(Error::DeviceLost { what: what.to_string(), message: "wgpu panicked while polling".into() }),
+        }
+    }
+
+    /// Blocks until all submitted work has finished (with the deadline).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] or [`Error::DeviceLost`].
+    pub fn synchronize(&self) -> Result<()> {
+        self.wait("synchronize", None)
+    }
+
+    /// A storage buffer of `size` bytes (at least 4, rounded up to 4), zeroed by wgpu.
+    pub(crate) fn create_buffer(&self, what: &'static str, size: u64) -> Result<wgpu::Buffer> {
+        let size = size.max(4).next_multiple_of(4);
+        self.check_buffer_size(what, size)?;
+        self.scoped(what, || {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(what),
+                size,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// A storage buffer holding `bytes` (padded with zeros to a multiple of 4, at least 4).
+    pub(crate) fn create_buffer_init(&self, what: &'static str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        let padded_len = bytes.len().max(4).next_multiple_of(4);
+        self.check_buffer_size(what, padded_len as u64)?;
+        let mut padded;
+        let contents = if padded_len == bytes.len() {
+            bytes
+        } else {
+            padded = bytes.to_vec();
+            padded.resize(padded_len, 0);
+            &padded
+        };
+        self.scoped(what, || {
+            self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(what),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            })
+        })
+    }
+
+    fn check_buffer_size(&self, op: &'static str, size: u64) -> Result<()> {
+        let limit = self.inner.caps.limits.max_buffer_size;
+        if size > limit {
+            return Err(Error::ExceedsDeviceLimit { op, what: "a buffer", value: size, limit });
+        }
+        Ok(())
+    }
+
+    /// Copies the first `size` bytes of `buffer` to the host and waits for them.
+    pub(crate) fn read_buffer(&self, what: &str, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let padded = size.max(4).next_multiple_of(4);
+        let staging = self.scoped(what, || {
+            let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgquant readback"),
+                size: padded,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut encoder = self
+                .inner
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgquant readback") });
+            encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, padded);
+            self.inner.queue.submit([encoder.finish()]);
+            staging
+        })?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |result| {
+            let _ = sender.send(result);
+        });
+        self.wait(what, None)?;
+        match receiver.try_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Readback { what: what.to_string(), message: e.to_string() }),
+            Err(_) => {
+                return Err(Error::Readback { what: what.to_string(), message: "the buffer was never mapped".into() })
+            }
+        }
+        let bytes = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Readback { what: what.to_string(), message: e.to_string() })?;
+            view[..size as usize].to_vec()
+        };
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    /// The compute pipeline for `key`, built on first use. Before wgpu sees the shader, its
+    /// workgroup memory and size are checked against the device limits: wgpu 30 does not check
+    /// workgroup memory, and a kernel over the limit hangs some drivers (the H100) silently.
+    pub(crate) fn pipeline(&self, key: &KernelKey) -> Result<Arc<wgpu::ComputePipeline>> {
+        if let Some(p) = self.inner.pipelines.lock().ok().and_then(|m| m.get(key).cloned()) {
+            return Ok(p);
+        }
+        let label = key.to_string();
+        let source = kernels::source(key);
+        let constants = key.constants();
+        let usage = kernels::resource_usage(&source, &constants, &self.inner.caps.features)
+            .map_err(|message| Error::Validation { what: label.clone(), message })?;
+        let limits = &self.inner.caps.limits;
+        if usage.workgroup_memory > u64::from(limits.max_compute_workgroup_storage_size) {
+            return Err(Error::ExceedsDeviceLimit {
+                op: key.op(),
+                what: "workgroup memory (bytes)",
+                value: usage.workgroup_memory,
+                limit: limits.max_compute_workgroup_storage_size.into(),
+            });
+        }
+        if usage.invocations > u64::from(limits.max_compute_invocations_per_workgroup) {
+            return Err(Error::ExceedsDeviceLimit {
+                op: key.op(),
+                what: "invocations per workgroup",
+                value: usage.invocations,
+                limit: limits.max_compute_invocations_per_workgroup.into(),
+            });
+        }
+        let pipeline = self.scoped(&label, || {
+            let module = self.inner.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            let constants: Vec<(&str, f64)> = constants.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            self.inner.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        })?;
+        let pipeline = Arc::new(pipeline);
+        if let Ok(mut map) = self.inner.pipelines.lock() {
+            map.insert(key.clone(), Arc::clone(&pipeline));
+        }
+        Ok(pipeline)
+    }
+
+    /// Records `dispatches` into one compute pass and submits it, without waiting. Each
+    /// dispatch binds its uniform parameters at binding 0 and its buffer windows at 1, 2, ...
+    pub(crate) fn submit(&self, what: &str, dispatches: &[Dispatch<'_>]) -> Result<wgpu::SubmissionIndex> {
+        let device = &self.inner.device;
+        let max_groups = self.inner.caps.limits.max_compute_workgroups_per_dimension.max(1);
+        self.scoped(what, || {
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
+            {
+                let mut pass = encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(what), timestamp_writes: None });
+                for d in dispatches {
+                    let bind_group = self.bind_group(d);
+                    pass.set_pipeline(d.pipeline);
+                    pass.set_bind_group(0, &bind_group, &[]);
+                    let (x, y) = grid(d.workgroups, max_groups);
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+            }
+            self.inner.queue.submit([encoder.finish()])
+        })
+    }
+
+    pub(crate) fn bind_group(&self, d: &Dispatch<'_>) -> wgpu::BindGroup {
+        let device = &self.inner.device;
+        let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("wgquant params"),
+            contents: &d.params,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: params.as_entire_binding() }];
+        for (i, w) in d.buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: w.buffer,
+                    offset: w.offset,
+                    size: wgpu::BufferSize::new(w.size),
+                }),
+            });
+        }
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &d.pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    /// Splits `rows` rows into chunks whose bindings each fit the device's storage binding
+    /// limit and start at an aligned offset. `row_bytes` holds, per bound buffer, the bytes one
+    /// row occupies.
+    pub(crate) fn row_chunks(&self, op: &'static str, rows: usize, row_bytes: &[u64]) -> Result<Vec<Range<usize>>> {
+        let limits = &self.inner.caps.limits;
+        row_chunks(
+            op,
+            rows,
+            row_bytes,
+            self.inner.caps.max_binding(),
+            limits.min_storage_buffer_offset_alignment.into(),
+        )
+    }
+}
+
+/// A window of a buffer bound to one kernel binding.
+pub(crate) struct BufferWindow<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl<'a> BufferWindow<'a> {
+    /// Rows `rows` of a buffer holding `row_bytes` bytes per row (size rounded up to 4).
+    pub fn rows(buffer: &'a wgpu::Buffer, row_bytes: u64, rows: &Range<usize>) -> Self {
+        let offset = rows.start as u64 * row_bytes;
+        let size = ((rows.end - rows.start) as u64 * row_bytes).max(4).next_multiple_of(4);
+        BufferWindow { buffer, offset, size }
+    }
+}
+
+/// One kernel launch: a pipeline, its uniform parameters, its buffers and a workgroup count.
+pub(crate) struct Dispatch<'a> {
+    pub pipeline: &'a wgpu::ComputePipeline,
+    pub params: Vec<u8>,
+    pub buffers: Vec<BufferWindow<'a>>,
+    pub workgroups: u32,
+}
+
+/// Lays `n` workgroups out as `(x, y)` with `x <= max`: kernels recover the linear index as
+/// `wg.y * num_workgroups.x + wg.x` and ignore the overshoot.
+pub(crate) fn grid(n: u32, max: u32) -> (u32, u32) {
+    if n <= max {
+        (n.max(1), 1)
+    } else {
+        (max, n.div_ceil(max))
+    }
+}
+
+fn row_chunks(
+    op: &'static str,
+    rows: usize,
+    row_bytes: &[u64],
+    max_binding: u64,
+    alignment: u64,
+) -> Result<Vec<Range<usize>>> {
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    let fits_whole = row_bytes.iter().all(|&b| (rows as u64).checked_mul(b).is_some_and(|t| t <= max_binding));
+    if fits_whole {
+        return Ok(vec![0..rows]);
+    }
+    // Chunk starts must put every buffer's window on an aligned offset.
+    let align_rows = row_bytes.iter().filter(|&&b| b > 0).fold(1u64, |acc, &b| lcm(acc, alignment / gcd(b, alignment)));
+    let max_rows = row_bytes.iter().filter(|&&b| b > 0).map(|&b| max_binding / b).min().unwrap_or(rows as u64);
+    let chunk = max_rows / align_rows * align_rows;
+    if chunk == 0 {
+        let widest = row_bytes.iter().copied().max().unwrap_or(0);
+        return Err(Error::ExceedsDeviceLimit {
+            op,
+            what: "one aligned block of rows in a storage binding (bytes)",
+            value: widest * align_rows,
+            limit: max_binding,
+        });
+    }
+    let chunk = chunk as usize;
+    Ok((0..rows).step_by(chunk).map(|s| s..(s + chunk).min(rows)).collect())
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    a / gcd(a, b) * b
+}
+
+fn device_type_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!("{} ({:?}, {:?}, driver {} {})", info.name, info.backend, info.device_type, info.driver, info.driver_info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_rows_and_align() {
+        // f16 input of 96 per row, 4-bit packed (48 B), two f16 scales (4 B): 1 KiB binding.
+        let chunks = row_chunks("t", 1000, &[192, 48, 4], 1024, 32).unwrap();
+        assert_eq!(chunks.first().unwrap().start, 0);
+        assert_eq!(chunks.last().unwrap().end, 1000);
+        for c in &chunks {
+            for b in [192u64, 48, 4] {
+                assert_eq!(c.start as u64 * b % 32, 0);
+                assert!((c.end - c.start) as u64 * b <= 1024);
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_too_wide_is_an_error() {
+        assert!(row_chunks("t", 10, &[4096], 1024, 32).is_err());
+        assert_eq!(row_chunks("t", 3, &[100], 1024, 32).unwrap(), vec![0..3]);
+        assert!(row_chunks("t", 0, &[100], 1024, 32).unwrap().is_empty());
+    }
+
+    #[test]
+    fn grid_splits_past_the_dimension_limit() {
+        assert_eq!(grid(10, 65535), (10, 1));
+        assert_eq!(grid(65536, 65535), (65535, 2));
+        assert_eq!(grid(0, 65535), (1, 1));
+    }
+}

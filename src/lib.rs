@@ -1,0 +1,40 @@
+//! # wgquant
+//!
+//! MLX's group quantization on any GPU through wgpu: `quantize`, `dequantize` (and, as the
+//! crate grows, `quantized_matmul` and `nn::quantize`) with MLX's formats, bit for bit.
+//!
+//! Quantization follows MLX 0.32.4's CPU semantics (true min/max, the edge flip, round half to
+//! even); the packed words, scales and biases equal what `mx.quantize` returns. Every kernel
+//! has a readable CPU twin in [`reference`], which is tested against fixtures made by real MLX.
+//!
+//! ```no_run
+//! # fn main() -> wgquant::Result<()> {
+//! use wgquant::{dequantize, quantize, Gpu, QuantParams, Tensor};
+//!
+//! let gpu = Gpu::new()?; // the best adapter; lavapipe when there is no GPU
+//! let data: Vec<f32> = (0..8 * 128).map(|i| (i as f32 * 0.37).sin()).collect();
+//! let w = Tensor::from_slice(&gpu, &data, &[8, 128])?;
+//! let q = quantize(&w, QuantParams::affine(64, 4))?;
+//! let w_hat = dequantize(&q, None)?.to_vec::<f32>()?;
+//! assert_eq!(w_hat.len(), data.len());
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod dtype;
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod ops;
+pub mod params;
+pub mod reference;
+pub mod tensor;
+
+pub use dtype::{DType, Element, FloatElement};
+pub use error::{Error, Result};
+pub use gpu::{Caps, Gpu, GpuOptions};
+pub use ops::{dequantize, quantize};
+pub use params::{Mode, QuantParams};
+pub use tensor::{Quantized, Tensor};

@@ -1,0 +1,144 @@
+//! `quantize` and `dequantize` (MLX's `mx.quantize` / `mx.dequantize`, affine mode).
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::{BufferWindow, Dispatch};
+use crate::kernels::{KernelKey, ELEMENTWISE_WG_SIZE};
+use crate::params::QuantParams;
+use crate::tensor::{Quantized, Tensor};
+
+/// Quantizes `w` in groups of `params.group_size` along its last axis, as `mx.quantize` does
+/// on MLX's CPU: the result is bit for bit what MLX 0.32.4 produces.
+///
+/// `w` is f32, f16 or bf16 of rank >= 2; scales and biases come back in `w`'s dtype. Tensors
+/// larger than one storage binding are processed in chunks of rows.
+///
+/// # Errors
+/// MLX's errors, in MLX's order: a non-floating input, rank < 2, a last axis not divisible by
+/// the group size, an unsupported group size or bit width; [`Error::UnsupportedMode`] for the
+/// fp modes; device errors.
+///
+/// # Example
+/// ```no_run
+/// # fn main() -> wgquant::Result<()> {
+/// use wgquant::{Gpu, QuantParams, Tensor};
+/// let gpu = Gpu::new()?;
+/// let w = Tensor::from_slice(&gpu, &vec![0.5f32; 4 * 64], &[4, 64])?;
+/// let q = wgquant::quantize(&w, QuantParams::default())?;
+/// assert_eq!(q.weight.shape(), &[4, 8]);
+/// # Ok(()) }
+/// ```
+pub fn quantize(w: &Tensor, params: QuantParams) -> Result<Quantized> {
+    let op = "quantize";
+    if !w.dtype().is_float() {
+        return Err(Error::NotFloatingInput { op, dtype: w.dtype() });
+    }
+    if w.ndim() < 2 {
+        return Err(Error::NdimTooSmall { op, verb: "quantized", ndim: w.ndim() });
+    }
+    let (rows, k) = w.rows_and_width();
+    let group_size = params.group_size as usize;
+    if group_size == 0 {
+        return Err(Error::UnsupportedGroupSize { op, group_size: params.group_size });
+    }
+    if k % group_size != 0 {
+        return Err(Error::NotDivisibleByGroup { op, group_size: params.group_size, shape: w.shape().to_vec() });
+    }
+    params.validate(op)?;
+
+    let gpu = w.gpu();
+    let dtype = w.dtype();
+    let packed_width = params.packed_width(k);
+    let groups_per_row = k / group_size;
+    let lead = &w.shape()[..w.ndim() - 1];
+    let with_last = |last: usize| [lead, &[last]].concat();
+    let weight = Tensor::zeros(gpu, &with_last(packed_width), DType::U32)?;
+    let scales = Tensor::zeros(gpu, &with_last(groups_per_row), dtype)?;
+    let biases = Tensor::zeros(gpu, &with_last(groups_per_row), dtype)?;
+
+    let row_bytes = [
+        (k * dtype.size_in_bytes()) as u64,
+        (packed_width * 4) as u64,
+        (groups_per_row * dtype.size_in_bytes()) as u64,
+    ];
+    let chunks = gpu.row_chunks(op, rows, &row_bytes)?;
+    if !chunks.is_empty() && k > 0 {
+        let pipeline =
+            gpu.pipeline(&KernelKey::Quantize { dtype, bits: params.bits, group_size: params.group_size })?;
+        let groups_per_invocation = 4 / dtype.size_in_bytes();
+        let dispatches: Vec<Dispatch<'_>> = chunks
+            .iter()
+            .map(|rows| {
+                let n_groups = (rows.end - rows.start) * groups_per_row;
+                let invocations = n_groups.div_ceil(groups_per_invocation);
+                Dispatch {
+                    pipeline: &pipeline,
+                    params: bytemuck::bytes_of(&(n_groups as u32)).to_vec(),
+                    buffers: vec![
+                        BufferWindow::rows(w.buffer(), row_bytes[0], rows),
+                        BufferWindow::rows(weight.buffer(), row_bytes[1], rows),
+                        BufferWindow::rows(scales.buffer(), row_bytes[2], rows),
+                        BufferWindow::rows(biases.buffer(), row_bytes[2], rows),
+                    ],
+                    workgroups: invocations.div_ceil(ELEMENTWISE_WG_SIZE as usize) as u32,
+                }
+            })
+            .collect();
+        gpu.submit(op, &dispatches)?;
+    }
+    Ok(Quantized { weight, scales, biases: Some(biases), params })
+}
+
+/// Dequantizes `q`: `scale * code + bias` per element, computed as MLX's CPU does in the scales'
+/// dtype (two roundings), then cast to `dtype` (default: the scales' dtype). Bit-exact with MLX.
+///
+/// # Errors
+/// A non-floating `dtype`; the shape checks of [`Quantized::from_parts`] (the fields are public,
+/// so they are checked again); device errors.
+pub fn dequantize(q: &Quantized, dtype: Option<DType>) -> Result<Tensor> {
+    let op = "dequantize";
+    if let Some(dtype) = dtype.filter(|d| !d.is_float()) {
+        return Err(Error::NotFloatingOutput { op, dtype });
+    }
+    q.validate(op)?;
+    let biases = q.biases.as_ref().ok_or(Error::MissingBiases { op })?;
+    let scale_dtype = q.scales.dtype();
+    let out_dtype = dtype.unwrap_or(scale_dtype);
+    let params = q.params;
+    let gpu = q.weight.gpu();
+    let (rows, packed_width) = q.weight.rows_and_width();
+    let k = packed_width * 32 / params.bits as usize;
+    let groups_per_row = k / params.group_size as usize;
+    let out = Tensor::zeros(gpu, &q.logical_shape(), out_dtype)?;
+
+    let row_bytes = [
+        (packed_width * 4) as u64,
+        (groups_per_row * scale_dtype.size_in_bytes()) as u64,
+        (k * out_dtype.size_in_bytes()) as u64,
+    ];
+    let chunks = gpu.row_chunks(op, rows, &row_bytes)?;
+    if !chunks.is_empty() && k > 0 {
+        let key = KernelKey::Dequantize { scale_dtype, out_dtype, bits: params.bits, group_size: params.group_size };
+        let pipeline = gpu.pipeline(&key)?;
+        let per_word = 4 / out_dtype.size_in_bytes();
+        let dispatches: Vec<Dispatch<'_>> = chunks
+            .iter()
+            .map(|rows| {
+                let n_elements = (rows.end - rows.start) * k;
+                Dispatch {
+                    pipeline: &pipeline,
+                    params: bytemuck::bytes_of(&(n_elements as u32)).to_vec(),
+                    buffers: vec![
+                        BufferWindow::rows(q.weight.buffer(), row_bytes[0], rows),
+                        BufferWindow::rows(q.scales.buffer(), row_bytes[1], rows),
+                        BufferWindow::rows(biases.buffer(), row_bytes[1], rows),
+                        BufferWindow::rows(out.buffer(), row_bytes[2], rows),
+                    ],
+                    workgroups: n_elements.div_ceil(per_word).div_ceil(ELEMENTWISE_WG_SIZE as usize) as u32,
+                }
+            })
+            .collect();
+        gpu.submit(op, &dispatches)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,179 @@
+//! Quantization parameters: MLX's `group_size`, `bits` and `mode`.
+//!
+//! Mirrors `quantization_params_from_mode` and the affine checks of `affine_quantize` in
+//! `mlx/ops.cpp` (spec §1.1–1.2).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// The quantization mode (MLX's `mode=` string).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// `scale * q + bias` per group, any of 1–6 or 8 bits.
+    #[default]
+    Affine,
+    /// E2M1 elements with an E8M0 scale per 32 (not yet supported).
+    Mxfp4,
+    /// E4M3 elements with an E8M0 scale per 32 (not yet supported).
+    Mxfp8,
+    /// E2M1 elements with an E4M3 scale per 16 (not yet supported).
+    Nvfp4,
+}
+
+impl Mode {
+    /// MLX's default `(group_size, bits)` for the mode.
+    pub const fn defaults(self) -> (u32, u32) {
+        match self {
+            Mode::Affine => (64, 4),
+            Mode::Mxfp4 => (32, 4),
+            Mode::Mxfp8 => (32, 8),
+            Mode::Nvfp4 => (16, 4),
+        }
+    }
+
+    /// The mode's MLX name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Affine => "affine",
+            Mode::Mxfp4 => "mxfp4",
+            Mode::Mxfp8 => "mxfp8",
+            Mode::Nvfp4 => "nvfp4",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = Error;
+
+    /// Exact, case-sensitive, as MLX's `string_to_quantization_mode`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "affine" => Ok(Mode::Affine),
+            "mxfp4" => Ok(Mode::Mxfp4),
+            "mxfp8" => Ok(Mode::Mxfp8),
+            "nvfp4" => Ok(Mode::Nvfp4),
+            other => Err(Error::InvalidMode(other.to_string())),
+        }
+    }
+}
+
+/// Affine bit widths MLX 0.32.4 accepts.
+pub const SUPPORTED_BITS: [u32; 7] = [1, 2, 3, 4, 5, 6, 8];
+/// Affine group sizes MLX accepts.
+pub const SUPPORTED_GROUP_SIZES: [u32; 3] = [32, 64, 128];
+
+/// How a tensor is quantized. `Default` is MLX's: affine, group size 64, 4 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QuantParams {
+    /// Consecutive elements of the last axis that share one scale and bias.
+    pub group_size: u32,
+    /// Bits per quantized element.
+    pub bits: u32,
+    /// The quantization mode.
+    pub mode: Mode,
+}
+
+impl Default for QuantParams {
+    fn default() -> Self {
+        QuantParams::for_mode(Mode::Affine)
+    }
+}
+
+impl QuantParams {
+    /// Affine parameters with the given group size and bits (checked when used).
+    pub const fn affine(group_size: u32, bits: u32) -> Self {
+        QuantParams { group_size, bits, mode: Mode::Affine }
+    }
+
+    /// The mode with MLX's default group size and bits.
+    pub const fn for_mode(mode: Mode) -> Self {
+        let (group_size, bits) = mode.defaults();
+        QuantParams { group_size, bits, mode }
+    }
+
+    /// Replaces the group size.
+    pub const fn with_group_size(mut self, group_size: u32) -> Self {
+        self.group_size = group_size;
+        self
+    }
+
+    /// Replaces the bit width.
+    pub const fn with_bits(mut self, bits: u32) -> Self {
+        self.bits = bits;
+        self
+    }
+
+    /// Quantized elements per packed `u32` word, when whole (1, 2, 4 or 8 bits).
+    pub const fn elements_per_word(self) -> Option<u32> {
+        if 32 % self.bits == 0 {
+            Some(32 / self.bits)
+        } else {
+            None
+        }
+    }
+
+    /// Packed `u32` words holding a row of `k` elements (`k * bits / 32`).
+    pub const fn packed_width(self, k: usize) -> usize {
+        k * self.bits as usize / 32
+    }
+
+    /// The checks `mx.quantize` makes on its parameters, in MLX's order and words: mode, then
+    /// group size, then bits. (MLX checks divisibility of the last axis between the mode and the
+    /// group size; [`crate::quantize`] does that in that place.)
+    pub(crate) fn check_mode(self, op: &'static str) -> Result<()> {
+        match self.mode {
+            Mode::Affine => Ok(()),
+            mode => Err(Error::UnsupportedMode { op, mode }),
+        }
+    }
+
+    /// Group-size and bits whitelist (MLX's `affine_quantize`).
+    pub(crate) fn check_affine(self, op: &'static str) -> Result<()> {
+        if !SUPPORTED_GROUP_SIZES.contains(&self.group_size) {
+            return Err(Error::UnsupportedGroupSize { op, group_size: self.group_size });
+        }
+        if !SUPPORTED_BITS.contains(&self.bits) {
+            return Err(Error::UnsupportedBits { op, bits: self.bits });
+        }
+        Ok(())
+    }
+
+    /// All checks that do not depend on a tensor: used where a tensor's shape has already been
+    /// validated (`from_parts`, layers).
+    pub fn validate(self, op: &'static str) -> Result<()> {
+        self.check_mode(op)?;
+        self.check_affine(op)
+    }
+}
+
+impl fmt::Display for QuantParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "group_size={}, bits={}, mode={}", self.group_size, self.bits, self.mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_mlx_defaults() {
+        assert_eq!(QuantParams::default(), QuantParams::affine(64, 4));
+        assert_eq!(QuantParams::for_mode(Mode::Nvfp4), QuantParams { group_size: 16, bits: 4, mode: Mode::Nvfp4 });
+    }
+
+    #[test]
+    fn mode_strings_are_exact() {
+        assert_eq!("mxfp8".parse::<Mode>().unwrap(), Mode::Mxfp8);
+        let err = "Affine".parse::<Mode>().unwrap_err();
+        assert_eq!(err.to_string(), "Invalid quantization mode 'Affine'.");
+    }
+}

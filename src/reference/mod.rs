@@ -1,0 +1,12 @@
+//! The CPU twin of every kernel: readable, not fast. This is the spec the GPU is tested
+//! against, and it is itself tested against fixtures made by real MLX 0.32.4
+//! (`tests/fixtures/gen_fixtures.py`).
+//!
+//! Values are `f32` on the host; a dtype argument says what the GPU stores, and results are
+//! rounded to it exactly as MLX rounds (round to nearest, ties to even).
+
+mod quantize;
+
+pub use quantize::{
+    dequantize, dequantize_value, group_scale_bias, pack, quantize, quantize_value, unpack, HostQuantized,
+};

@@ -1,0 +1,66 @@
+// dequantize.wgsl: MLX affine dequantize, w = scale * q + bias, computed as MLX's CPU does in
+// the scales' dtype T with two roundings, round_T(round_T(q * s) + b) (spec §2.2), then cast to
+// the output dtype.
+// Prelude: const BITS, GROUP_SIZE, SCALE_DTYPE, OUT_DTYPE
+// Overrides: WG_SIZE
+// Bindings: 0 params | 1 w_q | 2 scales | 3 biases | 4 out   (windows of one chunk of rows)
+// Dispatch: one invocation per output word (one f32 or two 16-bit elements).
+
+struct Params {
+    n_elements: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> w_q: array<u32>;
+@group(0) @binding(2) var<storage, read> scales: array<u32>;
+@group(0) @binding(3) var<storage, read> biases: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<u32>;
+
+override WG_SIZE: u32 = 64u;
+
+fn load_scale_dtype(words_index: u32, is_bias: bool) -> f32 {
+    let per_word = dtype_per_word(SCALE_DTYPE);
+    let word = select(scales[words_index / per_word], biases[words_index / per_word], is_bias);
+    return dtype_decode(SCALE_DTYPE, word, words_index % per_word);
+}
+
+// Code i of the chunk's bitstream. Rows are whole words, so the chunk is one stream; 32 codes
+// always fill exactly BITS words, which keeps the bit index free of overflow.
+fn load_code(i: u32) -> u32 {
+    let first_bit = (i % 32u) * BITS;
+    let word = (i / 32u) * BITS + first_bit / 32u;
+    let bit = first_bit % 32u;
+    var code = w_q[word] >> bit;
+    if bit + BITS > 32u {
+        code |= w_q[word + 1u] << (32u - bit);
+    }
+    return code & ((1u << BITS) - 1u);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let slot = linear_workgroup(wg, num_wg) * WG_SIZE + local;
+    let per_word = dtype_per_word(OUT_DTYPE);
+    let first = slot * per_word;
+    if first >= params.n_elements {
+        return;
+    }
+    var word = 0u;
+    for (var lane = 0u; lane < per_word; lane++) {
+        let i = first + lane;
+        if i >= params.n_elements {
+            break;
+        }
+        let g = i / GROUP_SIZE;
+        let scale = load_scale_dtype(g, false);
+        let bias = load_scale_dtype(g, true);
+        let product = dtype_round(SCALE_DTYPE, f32_mul_uint(scale, load_code(i)));
+        let value = dtype_round(SCALE_DTYPE, product + bias);
+        word |= dtype_encode(OUT_DTYPE, value) << (lane * (32u / per_word));
+    }
+    out[slot] = word;
+}
