@@ -554,7 +554,7 @@ fn row_chunks(
     }
     let fits_whole = row_bytes.iter().all(|&b| (rows as u64).checked_mul(b).is_some_and(|t| t <= max_binding));
     if fits_whole {
-        return Ok(vec![0..rows]);
+        return Ok(std::iter::once(0..rows).collect());
     }
     // Chunk starts must put every buffer's window on an aligned offset.
     let align_rows = row_bytes.iter().filter(|&&b| b > 0).fold(1u64, |acc, &b| lcm(acc, alignment / gcd(b, alignment)));
@@ -620,7 +620,7 @@ mod tests {
     #[test]
     fn chunk_too_wide_is_an_error() {
         assert!(row_chunks("t", 10, &[4096], 1024, 32).is_err());
-        assert_eq!(row_chunks("t", 3, &[100], 1024, 32).unwrap(), vec![0..3]);
+        assert_eq!(row_chunks("t", 3, &[100], 1024, 32).unwrap(), std::iter::once(0..3).collect::<Vec<_>>());
         assert!(row_chunks("t", 0, &[100], 1024, 32).unwrap().is_empty());
     }
 

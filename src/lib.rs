@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod demo;
 pub mod dtype;
 pub mod error;
 pub mod gpu;
@@ -38,3 +39,8 @@ pub use gpu::{Caps, Gpu, GpuOptions};
 pub use ops::{dequantize, quantize};
 pub use params::{Mode, QuantParams};
 pub use tensor::{Quantized, Tensor};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

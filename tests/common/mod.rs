@@ -153,7 +153,10 @@ impl Fixture {
                 DType::F16,
             ),
             safetensors::Dtype::BF16 => (
-                bytemuck::pod_collect_to_vec::<u8, u16>(data).into_iter().map(|b| bf16::from_bits(b).to_f32()).collect(),
+                bytemuck::pod_collect_to_vec::<u8, u16>(data)
+                    .into_iter()
+                    .map(|b| bf16::from_bits(b).to_f32())
+                    .collect(),
                 DType::BF16,
             ),
             other => panic!("{name}: {other:?} is not a float"),
