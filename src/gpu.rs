@@ -34,6 +34,8 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Ask the device for at most this storage binding size (to test splitting large tensors).
     pub max_storage_buffer_binding_size: Option<u64>,
+    /// Ask the device for at most this many workgroups per dispatch dimension (to test 2-D grids).
+    pub max_compute_workgroups_per_dimension: Option<u32>,
     /// Deadline for each wait on the GPU.
     pub timeout: Duration,
 }
@@ -44,6 +46,7 @@ impl Default for GpuOptions {
             backends: None,
             adapter_name: None,
             max_storage_buffer_binding_size: None,
+            max_compute_workgroups_per_dimension: None,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -170,6 +173,9 @@ impl Gpu {
         let mut limits = adapter.limits();
         if let Some(max) = options.max_storage_buffer_binding_size {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max);
+        }
+        if let Some(max) = options.max_compute_workgroups_per_dimension {
+            limits.max_compute_workgroups_per_dimension = limits.max_compute_workgroups_per_dimension.min(max);
         }
         let features = adapter.features() & WANTED_FEATURES;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -355,7 +361,7 @@ impl Gpu {
     /// Copies the first `size` bytes of `buffer` to the host and waits for them.
     pub(crate) fn read_buffer(&self, what: &str, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         let padded = size.max(4).next_multiple_of(4);
-        let staging = self.scoped(what, || {
+        let (staging, submission) = self.scoped(what, || {
             let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgquant readback"),
                 size: padded,
@@ -367,21 +373,29 @@ impl Gpu {
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgquant readback") });
             encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, padded);
-            self.inner.queue.submit([encoder.finish()]);
-            staging
+            let submission = self.inner.queue.submit([encoder.finish()]);
+            (staging, submission)
         })?;
         let (sender, receiver) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |result| {
             let _ = sender.send(result);
         });
-        self.wait(what, None)?;
-        match receiver.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Readback { what: what.to_string(), message: e.to_string() }),
-            Err(_) => {
-                return Err(Error::Readback { what: what.to_string(), message: "the buffer was never mapped".into() })
+        self.wait(what, Some(submission))?;
+        // The callback runs inside whichever thread's `poll` completes the map; when another
+        // thread sharing the device got there first it may still be on its way.
+        let deadline = std::time::Instant::now() + self.inner.timeout;
+        let mapped = loop {
+            match receiver.recv_timeout(Duration::from_millis(1)) {
+                Ok(result) => break result,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    let _ = catch_unwind(AssertUnwindSafe(|| self.inner.device.poll(wgpu::PollType::Poll)));
+                }
+                Err(_) => {
+                    return Err(Error::Timeout { what: what.to_string(), seconds: self.inner.timeout.as_secs_f64() })
+                }
             }
-        }
+        };
+        mapped.map_err(|e| Error::Readback { what: what.to_string(), message: e.to_string() })?;
         let bytes = {
             let view = staging
                 .get_mapped_range(..)
@@ -451,16 +465,26 @@ impl Gpu {
     pub(crate) fn submit(&self, what: &str, dispatches: &[Dispatch<'_>]) -> Result<wgpu::SubmissionIndex> {
         let device = &self.inner.device;
         let max_groups = self.inner.caps.limits.max_compute_workgroups_per_dimension.max(1);
+        let grids = dispatches
+            .iter()
+            .map(|d| {
+                grid(d.workgroups, max_groups).ok_or(Error::ExceedsDeviceLimit {
+                    op: "dispatch",
+                    what: "workgroups in one dispatch",
+                    value: d.workgroups.into(),
+                    limit: u64::from(max_groups) * u64::from(max_groups),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         self.scoped(what, || {
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
             {
                 let mut pass = encoder
                     .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(what), timestamp_writes: None });
-                for d in dispatches {
+                for (d, &(x, y)) in dispatches.iter().zip(&grids) {
                     let bind_group = self.bind_group(d);
                     pass.set_pipeline(d.pipeline);
                     pass.set_bind_group(0, &bind_group, &[]);
-                    let (x, y) = grid(d.workgroups, max_groups);
                     pass.dispatch_workgroups(x, y, 1);
                 }
             }
@@ -532,13 +556,14 @@ pub(crate) struct Dispatch<'a> {
     pub workgroups: u32,
 }
 
-/// Lays `n` workgroups out as `(x, y)` with `x <= max`: kernels recover the linear index as
-/// `wg.y * num_workgroups.x + wg.x` and ignore the overshoot.
-pub(crate) fn grid(n: u32, max: u32) -> (u32, u32) {
+/// Lays `n` workgroups out as `(x, y)` with both at most `max`: kernels recover the linear
+/// index as `wg.y * num_workgroups.x + wg.x` and ignore the overshoot. `None` past `max * max`.
+pub(crate) fn grid(n: u32, max: u32) -> Option<(u32, u32)> {
     if n <= max {
-        (n.max(1), 1)
+        Some((n.max(1), 1))
     } else {
-        (max, n.div_ceil(max))
+        let y = n.div_ceil(max);
+        (y <= max).then_some((max, y))
     }
 }
 
@@ -626,8 +651,9 @@ mod tests {
 
     #[test]
     fn grid_splits_past_the_dimension_limit() {
-        assert_eq!(grid(10, 65535), (10, 1));
-        assert_eq!(grid(65536, 65535), (65535, 2));
-        assert_eq!(grid(0, 65535), (1, 1));
+        assert_eq!(grid(10, 65535), Some((10, 1)));
+        assert_eq!(grid(65536, 65535), Some((65535, 2)));
+        assert_eq!(grid(0, 65535), Some((1, 1)));
+        assert_eq!(grid(10, 3), None);
     }
 }

@@ -60,9 +60,11 @@ fn quantize_group(g: u32) -> vec2<f32> {
         let min_is_edge = abs(w_min) > abs(w_max);
         scale = select(-scale, scale, min_is_edge);
         let edge = select(w_max, w_min, min_is_edge);
-        let q0 = round(f32_div(edge, scale));
-        if q0 != 0.0 {
-            scale = f32_div(edge, q0);
+        let edge_steps = f32_div(edge, scale);
+        // Tested on the bits, not with `!=`: a WGSL compiler may assume NaN never occurs, and an
+        // infinite edge makes the quotient NaN (MLX then stores a NaN scale and the edge).
+        if f32_is_nan(edge_steps) || round(edge_steps) != 0.0 {
+            scale = f32_div(edge, round(edge_steps));
             bias = edge;
         } else {
             bias = 0.0;
