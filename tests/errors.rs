@@ -1,0 +1,105 @@
+//! Every bad input of quantize/dequantize returns a typed error whose message is MLX's, word for
+//! word (`tests/fixtures/mlx_errors.txt`, recorded from mlx 0.32.4), and nothing panics.
+
+mod common;
+
+use wgquant::{DType, Error, Mode, QuantParams, Quantized, Tensor};
+
+fn expect_mlx(result: wgquant::Result<impl std::fmt::Debug>, case: &str) {
+    let errors = common::mlx_errors();
+    let expected = errors.get(case).unwrap_or_else(|| panic!("no MLX message for {case}"));
+    let err = result.expect_err(case);
+    assert_eq!(&err.to_string(), expected, "{case}");
+}
+
+#[test]
+fn quantize_errors_are_mlx_words() {
+    let gpu = gpu_or_skip!();
+    let zeros = |shape: &[usize]| Tensor::zeros(&gpu, shape, DType::F32).unwrap();
+    expect_mlx(wgquant::quantize(&zeros(&[4, 100]), QuantParams::affine(64, 4)), "quantize_not_divisible");
+    expect_mlx(wgquant::quantize(&zeros(&[4, 96]), QuantParams::affine(48, 4)), "quantize_group_48");
+    for bits in [0, 7, 9] {
+        expect_mlx(
+            wgquant::quantize(&zeros(&[4, 64]), QuantParams::affine(64, bits)),
+            &format!("quantize_bits_{bits}"),
+        );
+    }
+    expect_mlx(wgquant::quantize(&zeros(&[64]), QuantParams::default()), "quantize_ndim_1");
+    let ints = Tensor::zeros(&gpu, &[4, 64], DType::U32).unwrap();
+    expect_mlx(wgquant::quantize(&ints, QuantParams::default()), "quantize_uint32");
+}
+
+#[test]
+fn dequantize_errors_are_mlx_words() {
+    let gpu = gpu_or_skip!();
+    let t = |shape: &[usize], dtype| Tensor::zeros(&gpu, shape, dtype).unwrap();
+    let p64 = QuantParams::affine(64, 4);
+    let float_w =
+        Quantized::from_parts(t(&[32, 32], DType::F32), t(&[32, 4], DType::F32), Some(t(&[32, 4], DType::F32)), p64);
+    expect_mlx(float_w, "dequantize_not_u32");
+    let flat = Quantized::from_parts(t(&[32], DType::U32), t(&[4], DType::F32), Some(t(&[4], DType::F32)), p64);
+    expect_mlx(flat, "dequantize_ndim_1");
+    let shape = Quantized::from_parts(
+        t(&[32, 32], DType::U32),
+        t(&[32, 4], DType::F32),
+        Some(t(&[32, 4], DType::F32)),
+        QuantParams::affine(32, 4),
+    );
+    expect_mlx(shape, "dequantize_shape_mismatch");
+    let batch = Quantized::from_parts(
+        t(&[2, 32, 32], DType::U32),
+        t(&[32, 16], DType::F32),
+        Some(t(&[32, 16], DType::F32)),
+        p64,
+    );
+    expect_mlx(batch, "dequantize_batch_mismatch");
+    let no_biases = Quantized::from_parts(t(&[32, 32], DType::U32), t(&[32, 4], DType::F32), None, p64);
+    expect_mlx(no_biases, "dequantize_no_biases");
+
+    // The fields are public: dequantize checks again rather than trusting them.
+    let good = wgquant::quantize(&t(&[4, 64], DType::F32), p64).unwrap();
+    let mut tampered = good.clone();
+    tampered.params = QuantParams::affine(32, 4);
+    assert!(matches!(wgquant::dequantize(&tampered, None), Err(Error::ScalesShape { .. })));
+    let err = wgquant::dequantize(&good, Some(DType::U32)).unwrap_err();
+    assert_eq!(err.to_string(), "[dequantize] Only real floating types are supported but output dtype == uint32.");
+}
+
+#[test]
+fn unsupported_modes_and_parameters_are_named() {
+    let gpu = gpu_or_skip!();
+    let w = Tensor::zeros(&gpu, &[4, 64], DType::F16).unwrap();
+    let err = wgquant::quantize(&w, QuantParams::for_mode(Mode::Mxfp4)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "[quantize] quantization mode 'mxfp4' is not yet supported by wgquant (supported: affine)"
+    );
+    let err = wgquant::quantize(&w, QuantParams::affine(0, 4)).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedGroupSize { group_size: 0, .. }), "{err}");
+    assert_eq!("xyz".parse::<Mode>().unwrap_err().to_string(), "Invalid quantization mode 'xyz'.");
+}
+
+#[test]
+fn tensor_misuse_is_an_error() {
+    let gpu = gpu_or_skip!();
+    let err = Tensor::from_slice(&gpu, &[1.0f32; 5], &[2, 3]).unwrap_err();
+    assert_eq!(err.to_string(), "Tensor::from_slice: 5 elements do not fill shape (2,3)");
+    let t = Tensor::from_slice(&gpu, &[1.0f32; 6], &[2, 3]).unwrap();
+    let err = t.to_vec::<half::f16>().unwrap_err();
+    assert_eq!(err.to_string(), "Tensor::to_vec: the tensor holds float32 but float16 was requested");
+    assert!(t.reshape(&[4]).is_err());
+    assert_eq!(t.reshape(&[3, 2]).unwrap().to_vec::<f32>().unwrap(), vec![1.0; 6]);
+    let err = Tensor::zeros(&gpu, &[usize::MAX, 2], DType::F32).unwrap_err();
+    assert!(matches!(err, Error::ShapeOverflow { .. }), "{err}");
+    let err = Tensor::zeros(&gpu, &[1 << 20, 1 << 20], DType::F32).unwrap_err();
+    assert!(matches!(err, Error::ExceedsDeviceLimit { .. }), "{err}");
+    assert!(gpu.take_uncaptured_errors().is_empty());
+}
+
+#[test]
+fn no_adapter_is_an_error_not_a_panic() {
+    let options = wgquant::GpuOptions { adapter_name: Some("no such adapter 1234".into()), ..Default::default() };
+    let err = wgquant::Gpu::with_options(options).unwrap_err();
+    assert!(matches!(err, Error::NoAdapter(_)), "{err}");
+    assert!(err.to_string().contains("no such adapter 1234"), "{err}");
+}

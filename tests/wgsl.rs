@@ -1,0 +1,73 @@
+//! Shader portability without a GPU: every kernel specialisation wgquant can build is parsed and
+//! validated by naga, then translated to MSL (Metal), SPIR-V (Vulkan) and HLSL (DX12), so Metal
+//! and DX12 users are covered even though CI has no Mac or Windows machine. The MSL of one
+//! canonical specialisation per kernel is kept as an insta snapshot, so a change to what Metal
+//! receives shows up in review.
+
+use naga::back::{hlsl, msl, spv};
+use naga::valid::Capabilities;
+use wgquant::kernels::{self, KernelKey};
+use wgquant::DType;
+
+/// What the kernels may use: f16 and subgroups (the optional features wgquant requests).
+const CAPABILITIES: Capabilities = Capabilities::SHADER_FLOAT16.union(Capabilities::SUBGROUP);
+
+fn module(key: &KernelKey) -> (naga::Module, naga::valid::ModuleInfo) {
+    kernels::validated_module(&kernels::source(key), &key.constants(), CAPABILITIES)
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
+}
+
+fn to_msl(key: &KernelKey) -> String {
+    let (module, info) = module(key);
+    // MSL 2.4 (macOS 12): the oldest version with every simdgroup builtin naga emits.
+    let options = msl::Options { lang_version: (2, 4), ..Default::default() };
+    let pipeline = msl::PipelineOptions {
+        entry_point: Some((naga::ShaderStage::Compute, "main".into())),
+        ..Default::default()
+    };
+    msl::write_string(&module, &info, &options, &pipeline).unwrap_or_else(|e| panic!("{key}: MSL: {e:?}")).0
+}
+
+#[test]
+fn every_specialisation_translates_to_msl_spirv_and_hlsl() {
+    let keys = KernelKey::all();
+    assert!(keys.len() >= 2 * 63, "{} specialisations", keys.len());
+    for key in &keys {
+        assert!(!to_msl(key).is_empty());
+        let (module, info) = module(key);
+        let spv_pipeline = spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
+        let words = spv::write_vec(&module, &info, &spv::Options::default(), Some(&spv_pipeline))
+            .unwrap_or_else(|e| panic!("{key}: SPIR-V: {e:?}"));
+        assert_eq!(words[0], 0x0723_0203, "{key}: SPIR-V magic");
+        // Shader model 6.0: wave (subgroup) intrinsics.
+        let options = hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, ..Default::default() };
+        let pipeline = hlsl::PipelineOptions { entry_point: Some((naga::ShaderStage::Compute, "main".into())) };
+        let mut hlsl_source = String::new();
+        hlsl::Writer::new(&mut hlsl_source, &options, &pipeline)
+            .write(&module, &info, None)
+            .unwrap_or_else(|e| panic!("{key}: HLSL: {e:?}"));
+        assert!(hlsl_source.contains("[numthreads("), "{key}: HLSL entry point");
+    }
+}
+
+#[test]
+fn kernels_fit_the_webgpu_default_workgroup_limits() {
+    // 16 KiB of workgroup memory and 256 invocations are what every WebGPU device offers.
+    for key in KernelKey::all() {
+        let usage = kernels::resource_usage(&kernels::source(&key), &key.constants(), &wgpu::Features::all())
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert!(usage.workgroup_memory <= 16 * 1024, "{key}: {usage:?}");
+        assert!(usage.invocations <= 256, "{key}: {usage:?}");
+    }
+}
+
+#[test]
+fn msl_snapshots() {
+    let canonical = [
+        KernelKey::Quantize { dtype: DType::F16, bits: 4, group_size: 64 },
+        KernelKey::Dequantize { scale_dtype: DType::F16, out_dtype: DType::F16, bits: 4, group_size: 64 },
+    ];
+    for key in canonical {
+        insta::assert_snapshot!(key.to_string(), to_msl(&key));
+    }
+}
