@@ -125,7 +125,7 @@ pub fn quantize_demo(gpu: &Gpu, rows: usize, cols: usize, dtype: DType, params: 
     };
     let values: Vec<f32> = values.iter().map(|&v| dtype.round_f32(v)).collect();
     // Warm the pipelines so the timings show the kernels, not shader compilation.
-    crate::dequantize(&crate::quantize(&w, params)?, None)?;
+    crate::dequantize(&crate::quantize(&w, params)?, Some(DType::F32))?;
     gpu.synchronize()?;
 
     let start = Instant::now();

@@ -12,19 +12,42 @@ const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 /// Quantizes `values` (shape `shape`, rounded to `dtype`) on the GPU and on the CPU reference,
 /// and requires identical packed words, scales, biases and dequantized values.
 fn assert_matches_reference(gpu: &Gpu, name: &str, values: &[f32], shape: &[usize], dtype: DType, params: QuantParams) {
+    if let Err(mismatch) = compare_with_reference(gpu, name, values, shape, dtype, params) {
+        panic!("{mismatch}");
+    }
+}
+
+/// The first difference between the GPU and the CPU reference, described.
+fn compare_with_reference(
+    gpu: &Gpu,
+    name: &str,
+    values: &[f32],
+    shape: &[usize],
+    dtype: DType,
+    params: QuantParams,
+) -> Result<(), String> {
     let values = common::round_to(values, dtype);
     let k = *shape.last().unwrap();
     let q = wgquant::quantize(&common::upload(gpu, &values, shape, dtype), params)
-        .unwrap_or_else(|e| panic!("{name}: quantize failed: {e}"));
+        .map_err(|e| format!("{name}: quantize failed: {e}"))?;
     let host = reference::quantize(&values, k, params, dtype).unwrap();
-    assert_eq!(q.weight.to_vec::<u32>().unwrap(), host.weight, "{name}: packed words");
+    let words = q.weight.to_vec::<u32>().unwrap();
+    if let Some(i) = (0..words.len()).find(|&i| words[i] != host.weight[i]) {
+        return Err(format!("{name}: packed word {i}: gpu {:#010x}, reference {:#010x}", words[i], host.weight[i]));
+    }
     let scales = common::download(&q.scales);
     let biases = common::download(q.biases.as_ref().unwrap());
-    assert_eq!(first_bit_difference(&scales, &host.scales), None, "{name}: scales");
-    assert_eq!(first_bit_difference(&biases, &host.biases), None, "{name}: biases");
+    for (what, gpu_values, expected) in [("scale", &scales, &host.scales), ("bias", &biases, &host.biases)] {
+        if let Some((i, a, b)) = first_bit_difference(gpu_values, expected) {
+            return Err(format!("{name}: {what} {i}: gpu {a:e}, reference {b:e}"));
+        }
+    }
     let deq = common::download(&wgquant::dequantize(&q, None).unwrap());
     let expected = reference::dequantize(&host.weight, &host.scales, &host.biases, params, dtype, dtype);
-    assert_eq!(first_bit_difference(&deq, &expected), None, "{name}: dequantize");
+    if let Some((i, a, b)) = first_bit_difference(&deq, &expected) {
+        return Err(format!("{name}: dequantized {i}: gpu {a:e}, reference {b:e}"));
+    }
+    Ok(())
 }
 
 #[test]
@@ -56,7 +79,9 @@ fn random_shapes_every_format() {
 
 /// Named groups that stress the algorithm's branches (spec §1.3 and reliability notes §1.2).
 fn edge_cases() -> Vec<(&'static str, Vec<f32>)> {
-    let ramp = |a: f32, b: f32| (0..64).map(move |i| a + (b - a) * i as f32 / 63.0).collect::<Vec<_>>();
+    // a(1 - t) + bt: no overflow at the ends of the f32 range.
+    let ramp =
+        |a: f32, b: f32| (0..64).map(move |i| i as f32 / 63.0).map(move |t| a * (1.0 - t) + b * t).collect::<Vec<_>>();
     vec![
         ("all zero", vec![0.0; 64]),
         ("negative zero", vec![-0.0; 64]),
@@ -69,6 +94,7 @@ fn edge_cases() -> Vec<(&'static str, Vec<f32>)> {
         ("huge", ramp(-1e4, 3e4)),
         ("tiny", ramp(-1e-6, 2e-6)),
         ("f32 extremes overflow the range", ramp(-3e38, 3e38)),
+        ("all non-finite", (0..64).map(|i| [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][i % 3]).collect()),
         ("f16 extremes", ramp(-65504.0, 65504.0)),
         ("near eps", ramp(0.0, 5e-7)),
         ("one outlier", (0..64).map(|i| if i == 17 { 100.0 } else { (i as f32).sin() }).collect()),
@@ -81,6 +107,7 @@ fn edge_cases() -> Vec<(&'static str, Vec<f32>)> {
 #[test]
 fn edge_cases_every_bits_and_dtype() {
     let gpu = gpu_or_skip!();
+    let mut failures = Vec::new();
     for (name, group) in edge_cases() {
         for dtype in FLOATS {
             if name == "f32 subnormals" && dtype != DType::F32 {
@@ -91,10 +118,15 @@ fn edge_cases_every_bits_and_dtype() {
                 let mut values = group.clone();
                 values.extend(group.iter().rev());
                 let case = format!("{name} {dtype} b{bits}");
-                assert_matches_reference(&gpu, &case, &values, &[2, 64], dtype, QuantParams::affine(32, bits));
+                if let Err(e) =
+                    compare_with_reference(&gpu, &case, &values, &[2, 64], dtype, QuantParams::affine(32, bits))
+                {
+                    failures.push(e);
+                }
             }
         }
     }
+    assert!(failures.is_empty(), "{} edge cases differ:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]

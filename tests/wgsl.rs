@@ -21,10 +21,8 @@ fn to_msl(key: &KernelKey) -> String {
     let (module, info) = module(key);
     // MSL 2.4 (macOS 12): the oldest version with every simdgroup builtin naga emits.
     let options = msl::Options { lang_version: (2, 4), ..Default::default() };
-    let pipeline = msl::PipelineOptions {
-        entry_point: Some((naga::ShaderStage::Compute, "main".into())),
-        ..Default::default()
-    };
+    let pipeline =
+        msl::PipelineOptions { entry_point: Some((naga::ShaderStage::Compute, "main".into())), ..Default::default() };
     msl::write_string(&module, &info, &options, &pipeline).unwrap_or_else(|e| panic!("{key}: MSL: {e:?}")).0
 }
 
@@ -35,7 +33,8 @@ fn every_specialisation_translates_to_msl_spirv_and_hlsl() {
     for key in &keys {
         assert!(!to_msl(key).is_empty());
         let (module, info) = module(key);
-        let spv_pipeline = spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
+        let spv_pipeline =
+            spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
         let words = spv::write_vec(&module, &info, &spv::Options::default(), Some(&spv_pipeline))
             .unwrap_or_else(|e| panic!("{key}: SPIR-V: {e:?}"));
         assert_eq!(words[0], 0x0723_0203, "{key}: SPIR-V magic");

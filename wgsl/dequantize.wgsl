@@ -59,7 +59,7 @@ fn main(
         let scale = load_scale_dtype(g, false);
         let bias = load_scale_dtype(g, true);
         let product = dtype_round(SCALE_DTYPE, f32_mul_uint(scale, load_code(i)));
-        let value = dtype_round(SCALE_DTYPE, product + bias);
+        let value = dtype_round(SCALE_DTYPE, f32_add(product, bias));
         word |= dtype_encode(OUT_DTYPE, value) << (lane * (32u / per_word));
     }
     out[slot] = word;

@@ -1,6 +1,6 @@
 // quantize.wgsl: MLX affine quantize with MLX's CPU semantics (mlx/backend/cpu/quantized.cpp
-// `quantize`; spec §1.3): true min/max, the edge flip, round half to even, f32 arithmetic with
-// correctly rounded division, scales and biases rounded to the input dtype, codes packed as an
+// `quantize`; spec §1.3): true min/max, the edge flip, round half to even, IEEE f32 arithmetic
+// (done in integers: common/softfloat.wgsl), scales and biases rounded to the input dtype, codes packed as an
 // LSB-first bitstream (3/5/6-bit codes straddle words; a group always fills whole words).
 // Prelude: const BITS, GROUP_SIZE, W_DTYPE, GROUPS_PER_INVOCATION (2 for 16-bit dtypes, so that
 //          one invocation owns every half of the scale and bias words it writes)
@@ -37,10 +37,10 @@ fn quantize_group(g: u32) -> vec2<f32> {
     for (var i = 0u; i < GROUP_SIZE; i++) {
         let v = load_w(base + i);
         // As std::min/std::max: a NaN never replaces the running extreme.
-        if v < w_min {
+        if f32_less(v, w_min) {
             w_min = v;
         }
-        if v > w_max {
+        if f32_less(w_max, v) {
             w_max = v;
         }
     }
@@ -49,15 +49,15 @@ fn quantize_group(g: u32) -> vec2<f32> {
     var bias: f32;
     if BITS == 1u {
         // 1-bit (MLX 0.32.4): no edge flip, the minimum is the bias.
-        let range = w_max - w_min;
-        scale = select(range, EPS, range < EPS);
+        let range = f32_sub(w_max, w_min);
+        scale = select(range, EPS, f32_less(range, EPS));
         bias = w_min;
     } else {
-        let step = f32_div(w_max - w_min, N_BINS);
-        scale = select(step, EPS, step < EPS);
+        let step = f32_div(f32_sub(w_max, w_min), N_BINS);
+        scale = select(step, EPS, f32_less(step, EPS));
         // The edge flip: the extreme with the larger magnitude becomes the bias, so it and zero
         // are represented exactly.
-        let min_is_edge = abs(w_min) > abs(w_max);
+        let min_is_edge = f32_less(f32_abs(w_max), f32_abs(w_min));
         scale = select(-scale, scale, min_is_edge);
         let edge = select(w_max, w_min, min_is_edge);
         let edge_steps = f32_div(edge, scale);
@@ -75,7 +75,7 @@ fn quantize_group(g: u32) -> vec2<f32> {
     var bit = 0u;
     var out = g * WORDS_PER_GROUP;
     for (var i = 0u; i < GROUP_SIZE; i++) {
-        let quotient = f32_div(load_w(base + i) - bias, scale);
+        let quotient = f32_div(f32_sub(load_w(base + i), bias), scale);
         var code = 0u;
         if !f32_is_nan(quotient) {
             code = u32(clamp(round(quotient), 0.0, N_BINS));

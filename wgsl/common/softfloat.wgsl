@@ -1,10 +1,12 @@
 // softfloat.wgsl: IEEE-754 binary32/binary16/bfloat16 conversions and the binary32 operations
 // whose rounding decides a quantized code or a stored scale, done in integer arithmetic.
 //
-// Why: MLX's CPU kernel is correctly rounded (round to nearest, ties to even), but Vulkan lets a
-// driver compute `a / b` to 2.5 ULP (on the H100 29% of WGSL quotients are off), lets
-// pack2x16float round either way, may flush subnormals, and may fuse `a * b + c`. Integer
-// arithmetic is exact on every driver, so these give MLX's bits everywhere.
+// Why: MLX's CPU kernel is correctly rounded (round to nearest, ties to even) with IEEE
+// subnormals and NaN, but Vulkan lets a driver compute `a / b` to 2.5 ULP (on the H100 29% of
+// WGSL quotients are off), lets pack2x16float round either way, may fuse `a * b + c`, and the
+// NVIDIA driver flushes subnormal operands to zero and folds NaN comparisons its own way
+// (both seen on an H200). Integer arithmetic is exact on every driver, so these give MLX's bits
+// everywhere.
 
 const F32_SIGN: u32 = 0x80000000u;
 const F32_INF: u32 = 0x7f800000u;
@@ -12,6 +14,25 @@ const F32_QNAN: u32 = 0x7fc00000u;
 
 fn f32_is_nan(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7fffffffu) > F32_INF;
+}
+
+fn f32_abs(x: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) & 0x7fffffffu);
+}
+
+// Maps binary32 bits to keys that sort as the values do (for non-NaN values).
+fn f32_order_key(bits: u32) -> u32 {
+    return select(bits | F32_SIGN, ~bits, (bits & F32_SIGN) != 0u);
+}
+
+// a < b as IEEE compares it: false when either is NaN, and -0 equals +0.
+fn f32_less(a: f32, b: f32) -> bool {
+    let ua = bitcast<u32>(a);
+    let ub = bitcast<u32>(b);
+    if f32_is_nan(a) || f32_is_nan(b) || ((ua | ub) & 0x7fffffffu) == 0u {
+        return false;
+    }
+    return f32_order_key(ua) < f32_order_key(ub);
 }
 
 // Rounds sig / 2^24 * 2^(e - 127) to binary32. `sig` holds 25 bits (leading one at bit 24, the
@@ -57,6 +78,79 @@ fn f32_unpack(bits: u32) -> vec2<i32> {
         return vec2<i32>(i32(m << shift), 1 - i32(shift));
     }
     return vec2<i32>(i32(m | 0x800000u), i32(e));
+}
+
+// a + b, correctly rounded (ties to even), with IEEE zeros, infinities, NaN and subnormals.
+fn f32_add(a: f32, b: f32) -> f32 {
+    let ua = bitcast<u32>(a);
+    let ub = bitcast<u32>(b);
+    let abs_a = ua & 0x7fffffffu;
+    let abs_b = ub & 0x7fffffffu;
+    if abs_a > F32_INF || abs_b > F32_INF || (abs_a == F32_INF && abs_b == F32_INF && ua != ub) {
+        return bitcast<f32>(F32_QNAN);
+    }
+    if abs_a == F32_INF || abs_b == 0u {
+        // Both zero: the sum is -0 only when both are -0.
+        return bitcast<f32>(select(ua, ua & ub, abs_a == 0u));
+    }
+    if abs_b == F32_INF || abs_a == 0u {
+        return b;
+    }
+    // x is the operand of larger magnitude.
+    let x = select(ua, ub, abs_b > abs_a);
+    let y = select(ub, ua, abs_b > abs_a);
+    let sign = x & F32_SIGN;
+    var ex = i32((x >> 23u) & 0xffu);
+    let ey = i32((y >> 23u) & 0xffu);
+    // Significands with three extra low bits (guard, round, sticky); subnormals use exponent 1.
+    var mx = select((x & 0x7fffffu) | 0x800000u, x & 0x7fffffu, ex == 0) << 3u;
+    var my = select((y & 0x7fffffu) | 0x800000u, y & 0x7fffffu, ey == 0) << 3u;
+    ex = max(ex, 1);
+    let shift = u32(ex - max(ey, 1));
+    if shift >= 27u {
+        my = select(0u, 1u, my != 0u);
+    } else if shift > 0u {
+        my = (my >> shift) | select(0u, 1u, (my & ((1u << shift) - 1u)) != 0u);
+    }
+    var m: u32;
+    if ((x ^ y) & F32_SIGN) == 0u {
+        m = mx + my;
+    } else {
+        m = mx - my;
+        if m == 0u {
+            return 0.0; // x - x is +0 when rounding to nearest
+        }
+    }
+    var e = ex;
+    if m >= 0x8000000u {
+        m = (m >> 1u) | (m & 1u);
+        e += 1;
+    } else {
+        // Normalise to bit 26, but not below exponent 1 (the result is then subnormal).
+        let up = min(26u - firstLeadingBit(m), u32(e - 1));
+        m = m << up;
+        e -= i32(up);
+    }
+    let low = m & 7u;
+    var mant = m >> 3u;
+    if low > 4u || (low == 4u && (mant & 1u) != 0u) {
+        mant += 1u;
+    }
+    if mant >= 0x1000000u {
+        mant = mant >> 1u;
+        e += 1;
+    }
+    if e >= 255 {
+        return bitcast<f32>(sign | F32_INF);
+    }
+    if mant < 0x800000u {
+        return bitcast<f32>(sign | mant);
+    }
+    return bitcast<f32>(sign | (u32(e) << 23u) | (mant & 0x7fffffu));
+}
+
+fn f32_sub(a: f32, b: f32) -> f32 {
+    return f32_add(a, bitcast<f32>(bitcast<u32>(b) ^ F32_SIGN));
 }
 
 // a / b, correctly rounded (ties to even), with IEEE zeros, infinities, NaN and subnormals.
