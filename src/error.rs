@@ -5,6 +5,8 @@
 //! so a user moving between the two sees the same words. Everything else names the op, the
 //! bad value and what was allowed.
 
+use std::path::PathBuf;
+
 use crate::dtype::DType;
 use crate::params::Mode;
 
@@ -12,7 +14,7 @@ use crate::params::Mode;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Formats a shape the way MLX prints it: `(4,100)`.
-pub(crate) fn mlx_shape(shape: &[usize]) -> String {
+pub fn mlx_shape(shape: &[usize]) -> String {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     format!("({})", dims.join(","))
 }
@@ -161,4 +163,140 @@ pub enum Error {
     /// `quantized_matmul` with an input that is not floating point.
     #[error("[quantized_matmul] Only real floating types are supported but x.dtype() == {dtype}.")]
     NotFloatingX { dtype: DType },
+
+    // ---- safetensors files -------------------------------------------------------------------
+    /// Reading or writing `path` failed.
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A file the checkpoint needs is absent.
+    #[error("{}: not found ({what})", .path.display())]
+    MissingFile { path: PathBuf, what: &'static str },
+    /// A file shorter than the 8-byte header length.
+    #[error("{}: {len} bytes is too short for a safetensors file (the header length alone takes 8)", .path.display())]
+    HeaderTooSmall { path: PathBuf, len: u64 },
+    /// A header length past the end of the file or over the 100 MB cap.
+    #[error(
+        "{}: header length {header_len} does not fit (the file has {file_len} bytes; headers are capped at {cap} bytes)",
+        .path.display()
+    )]
+    HeaderLength { path: PathBuf, header_len: u64, file_len: u64, cap: u64 },
+    /// A header that is not UTF-8 JSON of the safetensors shape.
+    #[error("{}: invalid safetensors header: {message}", .path.display())]
+    HeaderJson { path: PathBuf, message: String },
+    /// A tensor name that appears twice in one header (other readers silently keep the last).
+    #[error("{}: tensor \"{tensor}\" appears twice in the header", .path.display())]
+    DuplicateTensor { path: PathBuf, tensor: String },
+    /// An empty, over-long or NUL-carrying tensor name (`name` is shown escaped and shortened).
+    #[error("{}: invalid tensor name {name:?}: {reason}", .path.display())]
+    InvalidTensorName { path: PathBuf, name: String, reason: &'static str },
+    /// A dtype string wgquant does not read.
+    #[error(
+        "{}: tensor \"{tensor}\" has dtype {dtype}, which wgquant does not read (supported: F32, F16, BF16, U32, U8)",
+        .path.display()
+    )]
+    UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
+    /// Data offsets that overlap the previous tensor, leave a hole, or end before they start.
+    #[error(
+        "{}: tensor \"{tensor}\" has data offsets [{start}, {end}], but it must start at {expected_start}, where the previous tensor ends, and must not end before it starts (no overlaps, no holes)",
+        .path.display()
+    )]
+    InvalidOffsets { path: PathBuf, tensor: String, start: u64, end: u64, expected_start: u64 },
+    /// A shape whose element or byte count overflows.
+    #[error("{}: tensor \"{tensor}\" has shape {}, whose size overflows", .path.display(), mlx_shape(.shape))]
+    TensorTooLarge { path: PathBuf, tensor: String, shape: Vec<usize> },
+    /// Offsets that do not span the bytes the dtype and shape need.
+    #[error(
+        "{}: tensor \"{tensor}\" ({dtype} {}) needs {expected} bytes, but its data offsets span {actual}",
+        .path.display(),
+        mlx_shape(.shape)
+    )]
+    TensorSize { path: PathBuf, tensor: String, dtype: DType, shape: Vec<usize>, expected: u64, actual: u64 },
+    /// A file shorter than its header says.
+    #[error("{}: the header describes {expected} bytes but the file has {actual} (truncated)", .path.display())]
+    Truncated { path: PathBuf, expected: u64, actual: u64 },
+    /// A file longer than its header says.
+    #[error("{}: the header describes {expected} bytes but the file has {actual} (trailing bytes)", .path.display())]
+    TrailingBytes { path: PathBuf, expected: u64, actual: u64 },
+
+    // ---- checkpoints: the file set, config.json, the quantization rule ----------------------
+    /// `config.json` is not JSON, or a field has the wrong type.
+    #[error("{}: {message}", .path.display())]
+    ConfigJson { path: PathBuf, message: String },
+    /// `model.safetensors.index.json` is not JSON of the expected shape.
+    #[error("{}: {message}", .path.display())]
+    IndexJson { path: PathBuf, message: String },
+    /// The index lists a shard that is not there.
+    #[error("{}: lists shard \"{shard}\", which does not exist", .index.display())]
+    MissingShard { index: PathBuf, shard: String },
+    /// A weight file that the index does not list (a stale shard would otherwise load silently).
+    #[error("{}: weight file \"{shard}\" is not listed in model.safetensors.index.json", .dir.display())]
+    UnindexedShard { dir: PathBuf, shard: String },
+    /// A tensor in two shards.
+    #[error("tensor \"{tensor}\" is in both {} and {}", .first.display(), .second.display())]
+    DuplicateWeight { tensor: String, first: PathBuf, second: PathBuf },
+    /// The index maps a tensor to a shard that does not hold it.
+    #[error("{}: maps \"{tensor}\" to {shard}, which does not hold it", .index.display())]
+    IndexMismatch { index: PathBuf, tensor: String, shard: String },
+    /// A shard holds a tensor that the index does not map to it.
+    #[error("{}: holds \"{tensor}\", which model.safetensors.index.json does not map to this file", .path.display())]
+    UnindexedTensor { path: PathBuf, tensor: String },
+    /// A per-layer `"quantization"` entry for a layer with no `<layer>.weight`.
+    #[error("config.json: \"quantization\" has an entry for \"{layer}\", but the checkpoint has no tensor \"{layer}.weight\"")]
+    UnknownLayerEntry { layer: String },
+    /// A tensor the checkpoint or the caller needs is not there.
+    #[error("tensor \"{tensor}\" is missing ({reason})")]
+    MissingTensor { tensor: String, reason: &'static str },
+    /// A tensor that no layer claims.
+    #[error("tensor \"{tensor}\" is unexpected ({reason})")]
+    UnexpectedTensor { tensor: String, reason: &'static str },
+    /// Tensors left over after a strict load.
+    #[error("{} tensors were not used by the model: {}", .tensors.len(), .tensors.join(", "))]
+    UnusedTensors { tensors: Vec<String> },
+    /// A tensor whose dtype does not fit its role.
+    #[error("tensor \"{tensor}\" is {got}, but {expected} is expected ({role})")]
+    TensorDType { tensor: String, expected: &'static str, got: DType, role: &'static str },
+    /// A tensor whose shape is not the one expected.
+    #[error("tensor \"{tensor}\" has shape {} but shape {} is expected", mlx_shape(.got), mlx_shape(.expected))]
+    TensorShape { tensor: String, expected: Vec<usize>, got: Vec<usize> },
+    /// A packed weight with fewer than two dimensions.
+    #[error("tensor \"{tensor}\" has shape {}, but a quantized weight has at least 2 dimensions", mlx_shape(.shape))]
+    QuantizedRank { tensor: String, shape: Vec<usize> },
+    /// A quantized layer whose weight and scales do not fit its parameters (MLX's arithmetic).
+    #[error(
+        "layer \"{layer}\": weight {} and scales {} do not fit group_size={group_size} and bits={bits}: weight.shape[-1] * 32 / bits = {weight_k} but scales.shape[-1] * group_size = {scales_k}",
+        mlx_shape(.weight),
+        mlx_shape(.scales)
+    )]
+    QuantizedShape {
+        layer: String,
+        weight: Vec<usize>,
+        scales: Vec<usize>,
+        group_size: u32,
+        bits: u32,
+        weight_k: usize,
+        scales_k: usize,
+    },
+
+    // ---- conversion ------------------------------------------------------------------------
+    /// The output directory exists and is not empty.
+    #[error("{}: the output exists and is not an empty directory (pass --force to replace it)", .path.display())]
+    OutputExists { path: PathBuf },
+    /// Output and input are the same directory or one holds the other.
+    #[error("{}: the output overlaps the input {} (wgquant never writes into its input)", .output.display(), .input.display())]
+    OutputOverlapsInput { output: PathBuf, input: PathBuf },
+    /// Quantizing a checkpoint that is already quantized.
+    #[error("{}: the checkpoint is already quantized; convert it with --dequantize first", .path.display())]
+    AlreadyQuantized { path: PathBuf },
+    /// A recipe name that is not one of mlx-lm's.
+    #[error("Invalid quant recipe {0} (expected mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6)")]
+    InvalidRecipe(String),
+    /// `Quant predicates only support 'affine' quantization.` (mlx-lm)
+    #[error("Quant predicates only support 'affine' quantization.")]
+    RecipeNeedsAffine,
+    /// `Model does not have expected keys for mixed quant.` (mlx-lm)
+    #[error("Model does not have expected keys for mixed quant.")]
+    RecipeNoDownProj,
+    /// A layer path whose component at the layer-index position is not a number.
+    #[error("mixed quant: component {position} of layer path \"{path}\" is not a layer index")]
+    RecipeLayerIndex { path: String, position: usize },
 }

@@ -27,6 +27,7 @@ pub mod demo;
 pub mod dtype;
 pub mod error;
 pub mod gpu;
+pub mod io;
 pub mod kernels;
 pub mod ops;
 pub mod params;

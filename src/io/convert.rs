@@ -1,0 +1,505 @@
+//! `convert`: mlx-lm's `convert -q` (and `--dequantize`) as a streaming pipeline.
+//!
+//! Everything that can be checked is checked before a byte is written: the input directory
+//! ([`ModelDir::open`]), the parameters, the recipe, and the whole output plan (every tensor's
+//! name, dtype, shape and shard). Then tensors are read one at a time, quantized or
+//! dequantized on the GPU, and written to their final offsets, into a temporary directory
+//! beside the output that is renamed into place only when complete and synced. The input is
+//! only ever read.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use regex::Regex;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::io::checkpoint::{bits_per_weight, LayerInfo, ModelDir};
+use crate::io::config::{LayerQuantization, QuantizationConfig, CONFIG_FILE};
+use crate::io::host::HostTensor;
+use crate::io::recipe::Recipe;
+use crate::io::safetensors::{SafetensorsWriter, TensorSpec};
+use crate::io::shards::{plan_shards, shard_file_name, write_index, MAX_SHARD_BYTES};
+use crate::params::{Mode, QuantParams};
+use crate::tensor::Quantized;
+
+/// What a conversion does to the layers.
+#[derive(Clone, Debug)]
+pub enum Conversion {
+    /// Quantize every floating `<path>.weight` of rank >= 2 whose last dimension divides by the
+    /// group size (mlx-lm's rule for `Linear` and `Embedding` layers).
+    Quantize {
+        /// Defaults for every quantized layer (the recipe overrides `bits`).
+        params: QuantParams,
+        /// A mixed-precision recipe (affine only).
+        recipe: Option<Recipe>,
+        /// Layers whose path this matches stay in floating point.
+        skip: Option<Regex>,
+    },
+    /// Turn every quantized layer back into a float weight (`mlx_lm.convert --dequantize`).
+    Dequantize,
+}
+
+/// How to convert.
+#[derive(Clone, Debug)]
+pub struct ConvertOptions {
+    /// Quantize or dequantize.
+    pub conversion: Conversion,
+    /// The float dtype of every float tensor written (and so of the scales and biases). `None`
+    /// means config.json's `torch_dtype` when it names one, else each tensor's own dtype.
+    pub dtype: Option<DType>,
+    /// Replace an existing, non-empty output.
+    pub force: bool,
+    /// The largest shard, in bytes of tensor data (mlx-lm: 5 GiB).
+    pub max_shard_bytes: u64,
+}
+
+impl ConvertOptions {
+    /// Quantize with `params`, no recipe, nothing skipped, 5 GiB shards.
+    pub fn quantize(params: QuantParams) -> Self {
+        ConvertOptions {
+            conversion: Conversion::Quantize { params, recipe: None, skip: None },
+            dtype: None,
+            force: false,
+            max_shard_bytes: MAX_SHARD_BYTES,
+        }
+    }
+
+    /// Dequantize, 5 GiB shards.
+    pub fn dequantize() -> Self {
+        ConvertOptions {
+            conversion: Conversion::Dequantize,
+            dtype: None,
+            force: false,
+            max_shard_bytes: MAX_SHARD_BYTES,
+        }
+    }
+}
+
+/// What a conversion did.
+#[derive(Clone, Debug)]
+pub struct ConvertReport {
+    /// The output directory.
+    pub output: PathBuf,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Layers quantized (or dequantized).
+    pub converted_layers: usize,
+    /// Weight files written.
+    pub shards: usize,
+    /// Bytes of tensor data read.
+    pub input_bytes: u64,
+    /// Bytes of tensor data written.
+    pub output_bytes: u64,
+    /// Parameters, as mlx-lm counts them.
+    pub parameters: u64,
+    /// mlx-lm's bits per weight of the output.
+    pub bits_per_weight: f64,
+    /// Other files copied from the input (tokenizer, generation config, ...).
+    pub copied_files: Vec<String>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// How one step turns input tensors into output tensors.
+enum Action {
+    /// Read, cast to the target dtype, write.
+    Copy(String),
+    /// Quantize the layer's weight.
+    Quantize { layer: String, params: QuantParams },
+    /// Dequantize the layer's weight.
+    Dequantize { layer: String },
+}
+
+struct Step {
+    action: Action,
+    outputs: Vec<TensorSpec>,
+    input_bytes: u64,
+}
+
+/// Converts the model directory `input` into `output`.
+///
+/// `progress(done, total)` is called after each tensor with bytes of input data.
+///
+/// # Errors
+/// [`Error::OutputExists`] (unless `force`), [`Error::OutputOverlapsInput`],
+/// [`Error::AlreadyQuantized`] when quantizing a quantized model; the errors of
+/// [`ModelDir::open`]; parameter errors ([`QuantParams::validate`]), recipe errors; I/O and
+/// device errors. On any error the output is left as it was and the temporary directory is
+/// removed.
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    gpu: &Gpu,
+    options: &ConvertOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ConvertReport> {
+    let start = Instant::now();
+    let target = OutputTarget::check(input, output, options.force)?;
+    let model = ModelDir::open(input)?;
+    let dtype = options.dtype.or_else(|| model.config().conversion_dtype());
+    let (steps, quantization) = plan(&model, &options.conversion, dtype)?;
+    let converted_layers = steps.iter().filter(|s| !matches!(s.action, Action::Copy(_))).count();
+
+    let specs: Vec<(TensorSpec, u64)> = steps
+        .iter()
+        .flat_map(|s| &s.outputs)
+        .map(|spec| (spec.clone(), spec.size_in_bytes().unwrap_or(u64::MAX)))
+        .collect();
+    let output_bytes = specs.iter().fold(0u64, |sum, (_, bytes)| sum.saturating_add(*bytes));
+    let shards = plan_shards(specs, options.max_shard_bytes);
+    let shard_count = shards.len();
+    let temp = TempDir::create(&target)?;
+    let mut writers = Vec::with_capacity(shard_count);
+    let mut shard_of = BTreeMap::new();
+    let metadata = BTreeMap::from([("format".to_string(), "mlx".to_string())]);
+    for (i, specs) in shards.into_iter().enumerate() {
+        let file_name = shard_file_name(i + 1, shard_count);
+        for spec in &specs {
+            shard_of.insert(spec.name.clone(), (i, file_name.clone()));
+        }
+        writers.push(SafetensorsWriter::create(&temp.path.join(&file_name), specs, &metadata)?);
+    }
+
+    let total = steps.iter().fold(0u64, |sum, s| sum.saturating_add(s.input_bytes));
+    let mut done = 0;
+    progress(done, total);
+    for step in &steps {
+        for (name, tensor) in run_step(&model, gpu, &step.action, dtype)? {
+            writers[shard_of[&name].0].write(&name, &tensor)?;
+        }
+        done += step.input_bytes;
+        progress(done, total);
+    }
+    for writer in writers {
+        writer.finish()?;
+    }
+
+    let weight_map: BTreeMap<String, String> = shard_of.into_iter().map(|(name, (_, file))| (name, file)).collect();
+    let parameters = model.parameter_count();
+    write_index(&temp.path, &weight_map, output_bytes, parameters)?;
+    let mut config = model.config().clone();
+    config.set_quantization(quantization.as_ref());
+    config.write(&temp.path.join(CONFIG_FILE))?;
+    let copied_files = copy_other_files(input, &temp.path)?;
+    temp.commit(&target)?;
+
+    Ok(ConvertReport {
+        output: output.to_path_buf(),
+        tensors: weight_map.len(),
+        converted_layers,
+        shards: shard_count,
+        input_bytes: total,
+        output_bytes,
+        parameters,
+        bits_per_weight: bits_per_weight(output_bytes, parameters),
+        copied_files,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The output tensors of every step, in input order, and the output's quantization section.
+fn plan(
+    model: &ModelDir,
+    conversion: &Conversion,
+    dtype: Option<DType>,
+) -> Result<(Vec<Step>, Option<QuantizationConfig>)> {
+    let weights = model.weights();
+    let float_dtype = |d: DType| if d.is_float() { dtype.unwrap_or(d) } else { d };
+    let copy = |name: &str| {
+        let entry = weights.get(name).expect("planned from the model's own tensors");
+        Step {
+            action: Action::Copy(name.to_string()),
+            outputs: vec![TensorSpec {
+                name: name.to_string(),
+                dtype: float_dtype(entry.dtype),
+                shape: entry.shape.clone(),
+            }],
+            input_bytes: entry.size_in_bytes,
+        }
+    };
+    let layer_of_weight = |name: &str| {
+        name.strip_suffix(".weight").and_then(|path| model.layers().get(path)).filter(|l| l.weight.name == name)
+    };
+
+    match conversion {
+        Conversion::Quantize { params, recipe, skip } => {
+            if model.is_quantized() {
+                return Err(Error::AlreadyQuantized { path: model.dir().to_path_buf() });
+            }
+            params.validate("convert")?;
+            let mixed = match recipe {
+                Some(_) if params.mode != Mode::Affine => return Err(Error::RecipeNeedsAffine),
+                Some(recipe) => Some(recipe.for_layers(model.layers().keys().map(String::as_str))?),
+                None => None,
+            };
+            let mut quantization = QuantizationConfig::new(*params);
+            let mut steps = Vec::new();
+            for entry in weights.tensors() {
+                let layer =
+                    layer_of_weight(&entry.name).filter(|l| is_quantizable(l, params.group_size, skip.as_ref()));
+                let Some(layer) = layer else {
+                    steps.push(copy(&entry.name));
+                    continue;
+                };
+                let layer_params = match &mixed {
+                    Some(mixed) => {
+                        let layer_params = params.with_bits(mixed.bits_for(&layer.path)?);
+                        quantization.layers.insert(layer.path.clone(), LayerQuantization::Quantized(layer_params));
+                        layer_params
+                    }
+                    None => *params,
+                };
+                layer_params.validate("convert")?;
+                let scale_dtype = float_dtype(entry.dtype);
+                let (k, lead) = entry.shape.split_last().expect("quantizable weights have rank >= 2");
+                let with_last = |last: usize| lead.iter().copied().chain([last]).collect::<Vec<_>>();
+                let path = &layer.path;
+                steps.push(Step {
+                    action: Action::Quantize { layer: path.clone(), params: layer_params },
+                    outputs: vec![
+                        TensorSpec {
+                            name: entry.name.clone(),
+                            dtype: DType::U32,
+                            shape: with_last(layer_params.packed_width(*k)),
+                        },
+                        TensorSpec {
+                            name: format!("{path}.scales"),
+                            dtype: scale_dtype,
+                            shape: with_last(k / layer_params.group_size as usize),
+                        },
+                        TensorSpec {
+                            name: format!("{path}.biases"),
+                            dtype: scale_dtype,
+                            shape: with_last(k / layer_params.group_size as usize),
+                        },
+                    ],
+                    input_bytes: entry.size_in_bytes,
+                });
+            }
+            Ok((steps, Some(quantization)))
+        }
+        Conversion::Dequantize => {
+            let mut steps = Vec::new();
+            for entry in weights.tensors() {
+                let quantized = |l: &&LayerInfo| l.quantization.is_some();
+                if let Some(layer) = layer_of_weight(&entry.name).filter(quantized) {
+                    let params = layer.quantization.expect("filtered on quantized layers");
+                    params.validate("convert")?;
+                    let scales = layer.scales.as_ref().expect("checked when the model was opened");
+                    let companions = layer.scales.iter().chain(&layer.biases);
+                    steps.push(Step {
+                        action: Action::Dequantize { layer: layer.path.clone() },
+                        outputs: vec![TensorSpec {
+                            name: entry.name.clone(),
+                            dtype: float_dtype(scales.dtype),
+                            shape: layer.logical_shape(),
+                        }],
+                        input_bytes: entry.size_in_bytes + companions.map(|t| t.size_in_bytes).sum::<u64>(),
+                    });
+                } else if !is_companion_of_quantized(model, &entry.name) {
+                    steps.push(copy(&entry.name));
+                }
+            }
+            Ok((steps, None))
+        }
+    }
+}
+
+/// mlx-lm's choice for standard transformers (`Linear`/`Embedding` with `to_quantized`, and
+/// `weight.shape[-1] % group_size == 0`), on tensor names: a float weight of rank >= 2.
+fn is_quantizable(layer: &LayerInfo, group_size: u32, skip: Option<&Regex>) -> bool {
+    let weight = &layer.weight;
+    weight.dtype.is_float()
+        && weight.shape.len() >= 2
+        && weight.shape.last().is_some_and(|k| k % group_size as usize == 0)
+        && !skip.is_some_and(|re| re.is_match(&layer.path))
+}
+
+/// Whether `name` is the scales or biases of a quantized layer (consumed by its dequantize).
+fn is_companion_of_quantized(model: &ModelDir, name: &str) -> bool {
+    let path = name.strip_suffix(".scales").or_else(|| name.strip_suffix(".biases"));
+    path.and_then(|p| model.layers().get(p)).is_some_and(|l| l.quantization.is_some())
+}
+
+/// Runs one step: the named output tensors it produces.
+fn run_step(model: &ModelDir, gpu: &Gpu, action: &Action, dtype: Option<DType>) -> Result<Vec<(String, HostTensor)>> {
+    let weights = model.weights();
+    let read = |name: &str| -> Result<HostTensor> {
+        let tensor = weights.read(name)?;
+        match dtype {
+            Some(dtype) => tensor.cast(dtype),
+            None => Ok(tensor),
+        }
+    };
+    match action {
+        Action::Copy(name) => Ok(vec![(name.clone(), read(name)?)]),
+        Action::Quantize { layer, params } => {
+            let weight = read(&format!("{layer}.weight"))?.to_gpu(gpu)?;
+            let q = crate::quantize(&weight, *params)?;
+            drop(weight);
+            let biases = q.biases.as_ref().expect("affine quantization returns biases");
+            Ok(vec![
+                (format!("{layer}.weight"), HostTensor::from_gpu(&q.weight)?),
+                (format!("{layer}.scales"), HostTensor::from_gpu(&q.scales)?),
+                (format!("{layer}.biases"), HostTensor::from_gpu(biases)?),
+            ])
+        }
+        Action::Dequantize { layer } => {
+            let info = &model.layers()[layer];
+            let params = info.quantization.expect("planned for quantized layers");
+            // mlx-lm casts scales and biases to --dtype before dequantizing, so the result is
+            // computed (and rounded) in that dtype.
+            let weight = weights.read(&info.weight.name)?.to_gpu(gpu)?;
+            let scales = read(&format!("{layer}.scales"))?.to_gpu(gpu)?;
+            let biases = read(&format!("{layer}.biases"))?.to_gpu(gpu)?;
+            let q = Quantized::from_parts(weight, scales, Some(biases), params)?;
+            let out = crate::dequantize(&q, None)?;
+            Ok(vec![(format!("{layer}.weight"), HostTensor::from_gpu(&out)?)])
+        }
+    }
+}
+
+/// The checked output location.
+struct OutputTarget {
+    /// The output as given.
+    path: PathBuf,
+    /// Its existing parent directory.
+    parent: PathBuf,
+    /// Its file name.
+    name: String,
+}
+
+impl OutputTarget {
+    /// Refuses an output that overlaps the input, or that exists and is not an empty
+    /// directory (unless `force`).
+    fn check(input: &Path, output: &Path, force: bool) -> Result<OutputTarget> {
+        let input = input
+            .canonicalize()
+            .map_err(|_| Error::MissingFile { path: input.to_path_buf(), what: "the input model directory" })?;
+        let parent = match output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let parent = parent
+            .canonicalize()
+            .map_err(|_| Error::MissingFile { path: parent.clone(), what: "the output's parent directory" })?;
+        let name = output
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::OutputExists { path: output.to_path_buf() })?
+            .to_string();
+        let absolute = parent.join(&name);
+        if absolute.starts_with(&input) || input.starts_with(&absolute) {
+            return Err(Error::OutputOverlapsInput { output: output.to_path_buf(), input });
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(&absolute) {
+            let empty_dir = meta.is_dir()
+                && std::fs::read_dir(&absolute)
+                    .map_err(|source| Error::Io { path: absolute.clone(), source })?
+                    .next()
+                    .is_none();
+            if !empty_dir && !force {
+                return Err(Error::OutputExists { path: output.to_path_buf() });
+            }
+        }
+        Ok(OutputTarget { path: absolute, parent, name })
+    }
+}
+
+/// A temporary directory beside the output, removed on drop unless committed.
+struct TempDir {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl TempDir {
+    fn create(target: &OutputTarget) -> Result<TempDir> {
+        let path = target.parent.join(format!(".{}.wgquant-tmp-{}", target.name, std::process::id()));
+        let io_error = |source| Error::Io { path: path.clone(), source };
+        if path.exists() {
+            // Left by a killed run that had our process id; nothing else writes this name.
+            std::fs::remove_dir_all(&path).map_err(io_error)?;
+        }
+        std::fs::create_dir(&path).map_err(io_error)?;
+        Ok(TempDir { path, committed: false })
+    }
+
+    /// Syncs the directory and renames it to the output, moving an existing output aside first
+    /// and removing it after (only reached with `force` or an empty directory).
+    fn commit(mut self, target: &OutputTarget) -> Result<()> {
+        sync_dir(&self.path)?;
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        let old = target.parent.join(format!(".{}.wgquant-old-{}", target.name, std::process::id()));
+        let replaced = std::fs::symlink_metadata(&target.path).ok();
+        if replaced.is_some() {
+            std::fs::rename(&target.path, &old).map_err(io_error(&target.path))?;
+        }
+        if let Err(source) = std::fs::rename(&self.path, &target.path) {
+            if replaced.is_some() {
+                // Put the old output back; the new one is removed on drop.
+                let _ = std::fs::rename(&old, &target.path);
+            }
+            return Err(Error::Io { path: target.path.clone(), source });
+        }
+        self.committed = true;
+        if let Some(meta) = replaced {
+            // Not following a symlink: a replaced link is removed, never what it points to.
+            let removed = if meta.is_dir() { std::fs::remove_dir_all(&old) } else { std::fs::remove_file(&old) };
+            removed.map_err(io_error(&old))?;
+        }
+        sync_dir(&target.parent)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: an error is already on its way to the caller.
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Makes a directory's entries durable (the renames inside it), where the platform allows.
+fn sync_dir(dir: &Path) -> Result<()> {
+    if cfg!(unix) {
+        let synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        synced.map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    }
+    Ok(())
+}
+
+/// Weight formats and indexes that are not copied: the output has its own weights.
+const NOT_COPIED: [&str; 11] =
+    [".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".npz", ".h5", ".msgpack", ".onnx", ".index.json"];
+
+/// Copies the input's other top-level files (tokenizer, generation config, chat template, ...)
+/// and returns their names. Subdirectories and hidden files are not copied.
+fn copy_other_files(input: &Path, output: &Path) -> Result<Vec<String>> {
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let mut copied = Vec::new();
+    for entry in std::fs::read_dir(input).map_err(io_error(input))? {
+        let entry = entry.map_err(io_error(input))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let source = entry.path();
+        let is_file = std::fs::metadata(&source).map_err(io_error(&source))?.is_file();
+        if !is_file || name.starts_with('.') || name == CONFIG_FILE || NOT_COPIED.iter().any(|s| name.ends_with(s)) {
+            continue;
+        }
+        let destination = output.join(&name);
+        std::fs::copy(&source, &destination).map_err(io_error(&source))?;
+        std::fs::File::open(&destination).and_then(|f| f.sync_all()).map_err(io_error(&destination))?;
+        copied.push(name);
+    }
+    copied.sort();
+    Ok(copied)
+}

@@ -1,0 +1,395 @@
+//! Conversion and loading on the GPU: round trips through `convert` and `load_checkpoint`
+//! (single file and sharded, recipes, `--dtype`, `--skip`, `--dequantize`), checkpoints written
+//! by real MLX, and the output's crash safety (reliability notes §3 E).
+
+mod common;
+mod io_common;
+
+use std::path::Path;
+
+use common::first_bit_difference;
+use io_common::{fingerprint, listing, temp_dir, TinyModel};
+use regex::Regex;
+use wgquant::io::{
+    convert, load_checkpoint, Conversion, ConvertOptions, HostTensor, LayerQuantization, LayerWeight, ModelDir, Recipe,
+    SafetensorsFile,
+};
+use wgquant::{reference, DType, Error, Gpu, QuantParams};
+
+fn quiet(_: u64, _: u64) {}
+
+/// Converts `input` into `<parent>/out` and checks the input was not touched and nothing but
+/// the output was left beside it.
+fn convert_checked(gpu: &Gpu, input: &Path, options: &ConvertOptions) -> wgquant::Result<std::path::PathBuf> {
+    let parent = input.parent().unwrap();
+    let output = parent.join("out");
+    let before = fingerprint(input);
+    let result = convert(input, &output, gpu, options, &mut quiet);
+    assert_eq!(fingerprint(input), before, "the input was modified");
+    let expected: Vec<&str> = if result.is_ok() { vec!["in", "out"] } else { vec!["in"] };
+    assert_eq!(listing(parent), expected, "left beside the output");
+    result.map(|_| output)
+}
+
+/// Host copies of every tensor of a model directory, by name.
+fn read_all(dir: &Path) -> std::collections::BTreeMap<String, HostTensor> {
+    let model = ModelDir::open(dir).unwrap();
+    model.weights().tensors().map(|t| (t.name.clone(), model.weights().read(&t.name).unwrap())).collect()
+}
+
+/// Checks every layer of `output` against the float model it came from: quantized layers bit
+/// for bit against the CPU reference (MLX's semantics) and within one quantization step of the
+/// original; float tensors equal to the originals cast to `dtype`.
+fn check_against_original(
+    gpu: &Gpu,
+    model: &TinyModel,
+    output: &Path,
+    dtype: DType,
+    params_of: &dyn Fn(&str) -> Option<QuantParams>,
+) {
+    let originals = model.tensors();
+    let mut checkpoint = load_checkpoint(output, gpu).unwrap();
+    let as_stored = |values: &[f32]| common::round_to(&common::round_to(values, model.dtype), dtype);
+    for (name, shape, values) in &originals {
+        let Some(path) = name.strip_suffix(".weight") else { continue };
+        let values = as_stored(values);
+        let layer = checkpoint.take_layer(path).unwrap();
+        layer.expect_shape(path, shape).unwrap();
+        let bias = originals.iter().find(|(n, _, _)| *n == format!("{path}.bias"));
+        match (&layer.bias, bias) {
+            (Some(got), Some((_, _, want))) => {
+                assert_eq!(first_bit_difference(&common::download(got), &as_stored(want)), None, "{path}.bias");
+            }
+            (None, None) => {}
+            _ => panic!("{path}: bias"),
+        }
+        let k = *shape.last().unwrap();
+        match (&layer.weight, params_of(path)) {
+            (LayerWeight::Quantized(q), Some(params)) => {
+                assert_eq!(q.params, params, "{path}");
+                let host = reference::quantize(&values, k, params, dtype).unwrap();
+                assert_eq!(q.weight.to_vec::<u32>().unwrap(), host.weight, "{path}: packed words");
+                assert_eq!(q.scales.dtype(), dtype, "{path}: scales dtype");
+                let scales = common::download(&q.scales);
+                assert_eq!(first_bit_difference(&scales, &host.scales), None, "{path}: scales");
+                let biases = common::download(q.biases.as_ref().unwrap());
+                assert_eq!(first_bit_difference(&biases, &host.biases), None, "{path}: biases");
+                // MLX's test_quantize_dequantize bound: |w - w_hat| <= |scale|, plus the
+                // rounding of w_hat to the scales' dtype.
+                let w_hat = common::download(&wgquant::dequantize(q, Some(DType::F32)).unwrap());
+                for (i, (w, w_hat)) in values.iter().zip(&w_hat).enumerate() {
+                    let scale = scales[i / params.group_size as usize].abs();
+                    assert!((w - w_hat).abs() <= scale + w.abs() / 128.0 + 1e-6, "{path}[{i}]: {w} vs {w_hat}");
+                }
+            }
+            (LayerWeight::Float(w), None) => {
+                assert_eq!(w.dtype(), dtype, "{path}");
+                assert_eq!(first_bit_difference(&common::download(w), &values), None, "{path}");
+            }
+            (weight, params) => panic!("{path}: loaded {weight:?}, expected quantization {params:?}"),
+        }
+    }
+    checkpoint.finish().unwrap();
+}
+
+/// What `convert` quantizes in a [`TinyModel`] with group size 64: every rank-2 weight but
+/// `model.odd_proj` (last dimension 48).
+fn default_rule(params: QuantParams) -> impl Fn(&str) -> Option<QuantParams> {
+    move |path: &str| (!path.ends_with("norm") && path != "model.odd_proj").then_some(params)
+}
+
+#[test]
+fn quantized_round_trip_single_file() {
+    let gpu = gpu_or_skip!();
+    let dir = temp_dir();
+    let model = TinyModel::default();
+    model.write(&dir.path().join("in"));
+    let params = QuantParams::affine(64, 4);
+    let output = convert_checked(&gpu, &dir.path().join("in"), &ConvertOptions::quantize(params)).unwrap();
+
+    let mut names = listing(&output);
+    names.sort();
+    assert_eq!(
+        names,
+        ["config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"]
+    );
+    let file = SafetensorsFile::open(&output.join("model.safetensors")).unwrap();
+    assert_eq!(file.metadata().get("format").map(String::as_str), Some("mlx"));
+
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(output.join("config.json")).unwrap()).unwrap();
+    let section = serde_json::json!({"group_size": 64, "bits": 4, "mode": "affine"});
+    assert_eq!(config["quantization"], section);
+    assert_eq!(config["quantization_config"], section);
+    assert_eq!(config["model_type"], "llama", "other keys are kept");
+    assert_eq!(config["rms_norm_eps"], 1e-5);
+
+    check_against_original(&gpu, &model, &output, DType::BF16, &default_rule(params));
+    let opened = ModelDir::open(&output).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(output.join("model.safetensors.index.json")).unwrap()).unwrap();
+    assert_eq!(index["metadata"]["total_size"], opened.weights().data_bytes());
+    assert_eq!(index["metadata"]["total_parameters"], opened.parameter_count());
+    assert_eq!(gpu.take_uncaptured_errors(), Vec::<String>::new());
+}
+
+#[test]
+fn quantized_round_trip_sharded_with_sorted_index() {
+    let gpu = gpu_or_skip!();
+    let dir = temp_dir();
+    let model = TinyModel { dtype: DType::F16, ..TinyModel::default() };
+    model.write(&dir.path().join("in"));
+    let params = QuantParams::affine(32, 3);
+    let options = ConvertOptions { max_shard_bytes: 8_000, ..ConvertOptions::quantize(params) };
+    let output = convert_checked(&gpu, &dir.path().join("in"), &options).unwrap();
+
+    let shards: Vec<String> = listing(&output).into_iter().filter(|n| n.starts_with("model-")).collect();
+    assert!(shards.len() > 3, "{shards:?}");
+    assert_eq!(shards[0], format!("model-00001-of-{:05}.safetensors", shards.len()));
+    for shard in &shards {
+        let file = SafetensorsFile::open(&output.join(shard)).unwrap();
+        let bytes: u64 = file.tensors().iter().map(|t| t.size_in_bytes).sum();
+        assert!(bytes <= 8_000 || file.tensors().len() == 1, "{shard}: {bytes} bytes");
+    }
+    let index = std::fs::read_to_string(output.join("model.safetensors.index.json")).unwrap();
+    let keys: Vec<&str> =
+        index.lines().filter(|l| l.contains(".safetensors\"")).map(|l| l.trim().split('"').nth(1).unwrap()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(keys, sorted, "weight_map is sorted");
+    assert_eq!(keys.len(), ModelDir::open(&output).unwrap().weights().tensors().count());
+    check_against_original(&gpu, &model, &output, DType::F16, &default_rule(params));
+}
+
+#[test]
+fn recipe_dtype_and_skip_follow_mlx_lm() {
+    let gpu = gpu_or_skip!();
+    let dir = temp_dir();
+    let model = TinyModel { layers: 4, ..TinyModel::default() };
+    model.write(&dir.path().join("in"));
+    let params = QuantParams::affine(64, 4);
+    let options = ConvertOptions {
+        conversion: Conversion::Quantize {
+            params,
+            recipe: Some(Recipe::Mixed3_6),
+            skip: Some(Regex::new(r"layers\.2\.mlp").unwrap()),
+        },
+        dtype: Some(DType::F16),
+        ..ConvertOptions::quantize(params)
+    };
+    let output = convert_checked(&gpu, &dir.path().join("in"), &options).unwrap();
+    let opened = ModelDir::open(&output).unwrap();
+    let section = opened.quantization().unwrap();
+    assert_eq!(section.defaults, params);
+
+    let paths: Vec<String> =
+        model.tensors().iter().filter_map(|(n, _, _)| n.strip_suffix(".weight").map(str::to_string)).collect();
+    let rule = Recipe::Mixed3_6.for_layers(paths.iter().map(String::as_str)).unwrap();
+    let expected = |path: &str| {
+        let skipped = path.contains("layers.2.mlp") || path.ends_with("norm") || path == "model.odd_proj";
+        (!skipped).then(|| params.with_bits(rule.bits_for(path).unwrap()))
+    };
+    for path in &paths {
+        let entry = section.layers.get(path).copied();
+        assert_eq!(entry, expected(path).map(LayerQuantization::Quantized), "{path}");
+    }
+    // L = 4: 4/8 = 0 and 7*4/8 = 3, so layer 3 (and lm_head) use 6 bits.
+    assert_eq!(section.layers["model.layers.3.mlp.down_proj"], LayerQuantization::Quantized(params.with_bits(6)));
+    assert_eq!(section.layers["model.layers.1.self_attn.v_proj"], LayerQuantization::Quantized(params.with_bits(3)));
+    check_against_original(&gpu, &model, &output, DType::F16, &expected);
+}
+
+#[test]
+fn dequantize_turns_a_quantized_checkpoint_back_into_floats() {
+    let gpu = gpu_or_skip!();
+    let dir = temp_dir();
+    TinyModel::default().write(&dir.path().join("in"));
+    let quantized = dir.path().join("quantized");
+    convert(
+        &dir.path().join("in"),
+        &quantized,
+        &gpu,
+        &ConvertOptions::quantize(QuantParams::affine(64, 2)),
+        &mut quiet,
+    )
+    .unwrap();
+    let q_tensors = read_all(&quantized);
+    let q_model = ModelDir::open(&quantized).unwrap();
+
+    for dtype in [None, Some(DType::F32)] {
+        let output = dir.path().join(format!("float-{dtype:?}"));
+        let options = ConvertOptions { dtype, ..ConvertOptions::dequantize() };
+        let before = fingerprint(&quantized);
+        convert(&quantized, &output, &gpu, &options, &mut quiet).unwrap();
+        assert_eq!(fingerprint(&quantized), before);
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(output.join("config.json")).unwrap()).unwrap();
+        assert!(config.get("quantization").is_none() && config.get("quantization_config").is_none());
+        let floats = read_all(&output);
+        for (path, layer) in q_model.layers() {
+            let out = &floats[&format!("{path}.weight")];
+            assert_eq!(out.shape(), layer.logical_shape(), "{path}");
+            let Some(params) = layer.quantization else { continue };
+            // mlx-lm casts scales and biases to --dtype first, then dequantizes in that dtype.
+            let out_dtype = dtype.unwrap_or(DType::BF16);
+            let cast =
+                |name: &str| common::round_to(&q_tensors[&format!("{path}.{name}")].to_f32().unwrap(), out_dtype);
+            let words = q_tensors[&format!("{path}.weight")].values::<u32>();
+            let expected = reference::dequantize(words, &cast("scales"), &cast("biases"), params, out_dtype, out_dtype);
+            assert_eq!(out.dtype(), out_dtype);
+            assert_eq!(first_bit_difference(&out.to_f32().unwrap(), &expected), None, "{path}");
+        }
+        assert!(!floats.keys().any(|n| n.ends_with(".scales") || n.ends_with(".biases")));
+    }
+}
+
+/// The MLX-written checkpoints to test: the committed one, and the one `.ci/run` has just made
+/// with `tests/interop/mlx_interop.py make-quantized` when it could install MLX.
+fn mlx_checkpoints() -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mlx_checkpoint")];
+    if let Some(dir) = std::env::var_os("WGQUANT_MLX_CHECKPOINT") {
+        dirs.push(dir.into());
+    }
+    dirs
+}
+
+#[test]
+fn checkpoints_written_by_mlx_load_and_run() {
+    let gpu = gpu_or_skip!();
+    for dir in mlx_checkpoints() {
+        eprintln!("MLX checkpoint: {}", dir.display());
+        let expected = SafetensorsFile::open(&dir.join("mlx_expected.safetensors")).unwrap();
+        let checkpoint = load_checkpoint(&dir, &gpu).unwrap();
+        let section = checkpoint.quantization.clone().unwrap();
+        assert_eq!(section.params_for("model.layers.0.mlp.down_proj", true), Some(QuantParams::affine(128, 8)));
+        assert!(matches!(checkpoint.layers()["model.layers.1.self_attn.o_proj"].weight, LayerWeight::Float(_)));
+        let mut quantized = 0;
+        for (path, layer) in checkpoint.layers() {
+            let LayerWeight::Quantized(q) = &layer.weight else { continue };
+            quantized += 1;
+            // mx.dequantize, bit for bit.
+            let want = expected.read(&format!("{path}.dequantized")).unwrap().to_f32().unwrap();
+            let ours = common::download(&wgquant::dequantize(q, None).unwrap());
+            assert_eq!(first_bit_difference(&ours, &want), None, "{path}: dequantize");
+            // The layer's forward, x @ w_hat.T in f32, against mx.quantized_matmul (f16 out).
+            // MLX's CPU kernel accumulates in f16 for 3, 5 and 6 bits (spec §3.1) and in f32
+            // from unrounded weights otherwise: the bound is the f16 rounding of the output
+            // plus K (or 4) f16 ulps of sum |x_i w_i|.
+            let x = expected.read(&format!("{path}.x")).unwrap().to_f32().unwrap();
+            let y = expected.read(&format!("{path}.y")).unwrap().to_f32().unwrap();
+            let [n, k] = q.logical_shape()[..] else { panic!("{path}: rank") };
+            let ulps = if [3, 5, 6].contains(&q.params.bits) { k as f32 } else { 4.0 };
+            for (row, y_row) in x.chunks(k).zip(y.chunks(n)) {
+                for (j, &y) in y_row.iter().enumerate() {
+                    let terms = row.iter().zip(&ours[j * k..(j + 1) * k]).map(|(a, b)| a * b);
+                    let (dot, magnitude) = terms.fold((0f32, 0f32), |(s, m), t| (s + t, m + t.abs()));
+                    let tol = y.abs() / 1024.0 + ulps * magnitude / 2048.0 + 1e-5;
+                    assert!((dot - y).abs() <= tol, "{path}[{j}]: {dot} vs MLX {y} (tolerance {tol})");
+                }
+            }
+        }
+        assert_eq!(quantized * 3, expected.tensors().len(), "every quantized layer was checked");
+
+        // And back to floats: the dequantized checkpoint holds mx.dequantize's values.
+        let out = temp_dir();
+        let output = out.path().join("float");
+        convert(&dir, &output, &gpu, &ConvertOptions::dequantize(), &mut quiet).unwrap();
+        let floats = read_all(&output);
+        for entry in expected.tensors().iter().filter(|t| t.name.ends_with(".dequantized")) {
+            let path = entry.name.trim_end_matches(".dequantized");
+            let want = expected.read(&entry.name).unwrap();
+            assert_eq!(floats[&format!("{path}.weight")], want, "{path}");
+        }
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_before_anything_is_written() {
+    let gpu = gpu_or_skip!();
+    let dir = temp_dir();
+    let input = dir.path().join("in");
+    TinyModel::default().write(&input);
+    let quantize = |params: QuantParams, recipe: Option<Recipe>| ConvertOptions {
+        conversion: Conversion::Quantize { params, recipe, skip: None },
+        ..ConvertOptions::quantize(params)
+    };
+    let err = convert_checked(&gpu, &input, &quantize(QuantParams::affine(64, 7), None)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "[convert] The requested number of bits 7 is not supported. The supported bits are 1, 2, 3, 4, 5, 6 and 8."
+    );
+    let err = convert_checked(&gpu, &input, &quantize(QuantParams::affine(48, 4), None)).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedGroupSize { group_size: 48, .. }));
+    let mxfp4 = QuantParams::for_mode(wgquant::Mode::Mxfp4);
+    let err = convert_checked(&gpu, &input, &quantize(mxfp4, Some(Recipe::Mixed2_6))).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedMode { .. }), "{err}");
+
+    // A model without down_proj cannot take a recipe (mlx-lm's words).
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("config.json"), "{}").unwrap();
+    let tensors = vec![("fc.weight".to_string(), io_common::host(&[0.5; 64 * 4], &[4, 64], DType::F32))];
+    wgquant::io::write_safetensors(&plain.join("model.safetensors"), &tensors, &Default::default()).unwrap();
+    let err = convert(
+        &plain,
+        &dir.path().join("o"),
+        &gpu,
+        &quantize(QuantParams::default(), Some(Recipe::Mixed3_4)),
+        &mut quiet,
+    );
+    assert_eq!(err.unwrap_err().to_string(), "Model does not have expected keys for mixed quant.");
+
+    // Quantizing a quantized checkpoint.
+    let quantized = dir.path().join("q");
+    convert(&input, &quantized, &gpu, &ConvertOptions::quantize(QuantParams::default()), &mut quiet).unwrap();
+    let err = convert(
+        &quantized,
+        &dir.path().join("qq"),
+        &gpu,
+        &ConvertOptions::quantize(QuantParams::default()),
+        &mut quiet,
+    );
+    assert!(matches!(err, Err(Error::AlreadyQuantized { .. })));
+    assert!(!dir.path().join("qq").exists() && !dir.path().join("o").exists());
+}
+
+#[test]
+fn the_output_is_all_or_nothing() {
+    let gpu = gpu_or_skip!();
+    let dir = temp_dir();
+    let input = dir.path().join("in");
+    TinyModel::default().write(&input);
+    let options = ConvertOptions::quantize(QuantParams::default());
+    let output = dir.path().join("out");
+
+    // An existing, non-empty output is refused, then replaced with force.
+    std::fs::create_dir(&output).unwrap();
+    std::fs::write(output.join("keep.txt"), "mine").unwrap();
+    let err = convert(&input, &output, &gpu, &options, &mut quiet).unwrap_err();
+    assert!(matches!(&err, Error::OutputExists { path } if path == &output), "{err}");
+    assert_eq!(listing(&output), ["keep.txt"]);
+    convert(&input, &output, &gpu, &ConvertOptions { force: true, ..options.clone() }, &mut quiet).unwrap();
+    assert!(!output.join("keep.txt").exists());
+    ModelDir::open(&output).unwrap();
+    assert_eq!(listing(dir.path()), ["in", "out"]);
+
+    // An empty directory is fine.
+    std::fs::remove_dir_all(&output).unwrap();
+    std::fs::create_dir(&output).unwrap();
+    convert(&input, &output, &gpu, &options, &mut quiet).unwrap();
+
+    // The output may not be, hold, or sit inside the input, even with force.
+    for bad in [input.clone(), input.join("sub"), dir.path().to_path_buf()] {
+        let err = convert(&input, &bad, &gpu, &ConvertOptions { force: true, ..options.clone() }, &mut quiet);
+        assert!(matches!(err, Err(Error::OutputOverlapsInput { .. })), "{}: {err:?}", bad.display());
+    }
+
+    // A failure after the shards are written (an unreadable extra file) leaves no output and
+    // no temporary directory.
+    std::fs::remove_dir_all(&output).unwrap();
+    let dangling = input.join("tokenizer.model");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+    let err = convert(&input, &output, &gpu, &options, &mut quiet).unwrap_err();
+    assert!(matches!(&err, Error::Io { path, .. } if path == &dangling), "{err}");
+    assert_eq!(listing(dir.path()), ["in"]);
+}
