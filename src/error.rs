@@ -287,16 +287,13 @@ pub enum Error {
     /// Quantizing a checkpoint that is already quantized.
     #[error("{}: the checkpoint is already quantized; convert it with --dequantize first", .path.display())]
     AlreadyQuantized { path: PathBuf },
-    /// A recipe name that is not one of mlx-lm's.
-    #[error("Invalid quant recipe {0} (expected mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6)")]
-    InvalidRecipe(String),
     /// `Quant predicates only support 'affine' quantization.` (mlx-lm)
     #[error("Quant predicates only support 'affine' quantization.")]
     RecipeNeedsAffine,
-    /// `Model does not have expected keys for mixed quant.` (mlx-lm)
+    /// mlx-lm's error for a mixed recipe on a model without `down_proj` layers.
     #[error("Model does not have expected keys for mixed quant.")]
-    RecipeNoDownProj,
-    /// A layer path whose component at the layer-index position is not a number.
-    #[error("mixed quant: component {position} of layer path \"{path}\" is not a layer index")]
-    RecipeLayerIndex { path: String, position: usize },
+    MixedQuantKeys,
+    /// mlx-lm's error for an unknown recipe name.
+    #[error("Invalid quant recipe {0}")]
+    InvalidRecipe(String),
 }

@@ -246,7 +246,7 @@ fn plan(
                 };
                 let layer_params = match &mixed {
                     Some(mixed) => {
-                        let layer_params = params.with_bits(mixed.bits_for(&layer.path)?);
+                        let layer_params = params.with_bits(mixed.bits_for(&layer.path));
                         quantization.layers.insert(layer.path.clone(), LayerQuantization::Quantized(layer_params));
                         layer_params
                     }

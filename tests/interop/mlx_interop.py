@@ -124,10 +124,11 @@ def mixed_bits_rule(recipe, layer_paths):
     for layer_location, k in enumerate(down_keys[0].split(".")):
         if k.isdigit():
             break
+    # len(model.layers): the largest index in the list that holds the first down_proj, plus one.
     prefix = down_keys[0].split(".")[:layer_location]
-    num_layers = len(
-        {p.split(".")[layer_location] for p in layer_paths if p.split(".")[:layer_location] == prefix and len(p.split(".")) > layer_location}
-    )
+    indices = [p.split(".")[layer_location] for p in layer_paths
+               if p.split(".")[:layer_location] == prefix and len(p.split(".")) > layer_location]
+    num_layers = max(int(i) for i in indices if i.isdigit()) + 1
 
     def bits(path):
         index = int(path.split(".")[layer_location]) if len(path.split(".")) > layer_location else 0
