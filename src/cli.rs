@@ -1,5 +1,7 @@
 //! The `wgquant` command line: `convert`, `inspect`, and the demo (the default).
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -8,7 +10,7 @@ use regex::Regex;
 use wgquant::demo::{self, parse_dtype, DemoArgs};
 use wgquant::error::mlx_shape;
 use wgquant::io::{self, ConvertOptions, ModelDir, Recipe, SafetensorsFile, TensorEntry, MAX_SHARD_BYTES};
-use wgquant::{DType, Gpu, Mode, QuantParams, Result};
+use wgquant::{DType, Error, Gpu, Mode, QuantParams, Result};
 
 /// MLX group quantization on any GPU. Without a subcommand, runs the demo: quantizes a
 /// generated matrix on the default adapter (lavapipe when there is no GPU) and reports bits per
@@ -113,12 +115,8 @@ fn convert(args: &ConvertArgs) -> Result<()> {
     let options =
         ConvertOptions { conversion, dtype: args.dtype, force: args.force, max_shard_bytes: args.max_shard_bytes };
     let gpu = Gpu::new()?;
-    let say = |line: String| {
-        if !args.quiet {
-            println!("{line}");
-        }
-    };
-    say(format!("converting {} -> {} on {}", args.input.display(), args.output.display(), gpu.describe()));
+    let say = |line: String| if args.quiet { Ok(()) } else { emit(&(line + "\n")) };
+    say(format!("converting {} -> {} on {}", args.input.display(), args.output.display(), gpu.describe()))?;
 
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(
@@ -133,22 +131,34 @@ fn convert(args: &ConvertArgs) -> Result<()> {
     let report = report?;
 
     let what = if args.dequantize { "dequantized" } else { "quantized" };
-    say(format!(
-        "{what} {} layers; wrote {} tensors in {} file(s)",
-        report.converted_layers, report.tensors, report.shards
-    ));
-    say(format!(
-        "{} of tensors in, {} out, in {:.2} s ({:.1} MB/s)",
-        megabytes(report.input_bytes),
-        megabytes(report.output_bytes),
-        report.seconds,
-        report.input_bytes as f64 / 1e6 / report.seconds.max(1e-9),
-    ));
+    let mut lines = vec![
+        format!(
+            "{what} {} layers; wrote {} tensors in {} file(s)",
+            report.converted_layers, report.tensors, report.shards
+        ),
+        format!(
+            "{} of tensors in, {} out, in {:.2} s ({:.1} MB/s)",
+            megabytes(report.input_bytes),
+            megabytes(report.output_bytes),
+            report.seconds,
+            report.input_bytes as f64 / 1e6 / report.seconds.max(1e-9),
+        ),
+    ];
     if !report.copied_files.is_empty() {
-        say(format!("copied {}", report.copied_files.join(", ")));
+        lines.push(format!("copied {}", report.copied_files.join(", ")));
     }
-    say(format!("bits per weight: {:.3}", report.bits_per_weight));
-    Ok(())
+    lines.push(format!("bits per weight: {:.3}", report.bits_per_weight));
+    say(lines.join("\n"))
+}
+
+/// Writes to stdout; a closed pipe (`wgquant inspect model | head`) ends the output quietly
+/// instead of panicking as `println!` would.
+fn emit(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.map_err(|source| Error::Io { path: PathBuf::from("<stdout>"), source }),
+    }
 }
 
 fn megabytes(bytes: u64) -> String {
@@ -156,42 +166,48 @@ fn megabytes(bytes: u64) -> String {
 }
 
 fn inspect(path: &Path) -> Result<()> {
+    let mut out = Vec::new();
     if path.is_dir() {
-        inspect_model(&ModelDir::open(path)?);
+        inspect_model(&ModelDir::open(path)?, &mut out);
     } else {
         let file = SafetensorsFile::open(path)?;
-        println!("{}: {} tensors, {}", path.display(), file.tensors().len(), metadata_line(file.metadata()));
-        print_tensors(file.tensors().iter());
-        println!("(a single file: quantization parameters live in the model directory's config.json)");
+        out.push(format!("{}: {} tensors, {}", path.display(), file.tensors().len(), metadata_line(file.metadata())));
+        out.extend(tensor_table(file.tensors().iter().map(|t| (t, None))));
+        out.push("(one file: the quantization parameters are in the model directory's config.json)".into());
     }
-    Ok(())
+    out.push(String::new());
+    emit(&out.join("\n"))
 }
 
-fn metadata_line(metadata: &std::collections::BTreeMap<String, String>) -> String {
+fn metadata_line(metadata: &BTreeMap<String, String>) -> String {
     let pairs: Vec<String> = metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!("metadata {{{}}}", pairs.join(", "))
 }
 
-fn inspect_model(model: &ModelDir) {
+fn inspect_model(model: &ModelDir, out: &mut Vec<String>) {
     let weights = model.weights();
     let files = weights.files();
-    println!(
+    out.push(format!(
         "{}: {} file(s), {} tensors, {} of tensor data, {}",
         model.dir().display(),
         files.len(),
         weights.tensors().count(),
         megabytes(weights.data_bytes()),
         files.first().map_or_else(String::new, |f| metadata_line(f.metadata())),
-    );
-    match model.quantization() {
-        Some(q) => println!("quantization: {} ({} per-layer entries)", q.defaults, q.layers.len()),
-        None => println!("quantization: none"),
-    }
-    println!();
-    print_tensors(weights.tensors());
-    println!();
+    ));
+    out.push(match model.quantization() {
+        Some(q) => format!("quantization: {} ({} per-layer entries)", q.defaults, q.layers.len()),
+        None => "quantization: none".into(),
+    });
+    out.push(String::new());
+    let file_of = |t: &TensorEntry| {
+        let file = files.iter().find(|f| f.get(&t.name).is_some())?;
+        Some(file.path().file_name()?.to_string_lossy().into_owned())
+    };
+    out.extend(tensor_table(weights.tensors().map(|t| (t, file_of(t)))));
+    out.push(String::new());
 
-    let rows: Vec<[String; 3]> = model
+    let rows: Vec<Vec<String>> = model
         .layers()
         .values()
         .map(|layer| {
@@ -200,27 +216,45 @@ fn inspect_model(model: &ModelDir) {
                 None => format!("{} (float)", layer.weight.dtype),
             };
             let bias = if layer.bias.is_some() { " + bias" } else { "" };
-            [layer.path.clone(), mlx_shape(&layer.logical_shape()), format!("{kind}{bias}")]
+            vec![layer.path.clone(), mlx_shape(&layer.logical_shape()), format!("{kind}{bias}")]
         })
         .collect();
-    print_table(["layer", "shape", "quantization"], &rows);
+    out.extend(table(&["layer", "shape", "quantization"], rows));
     let quantized = model.layers().values().filter(|l| l.quantization.is_some()).count();
-    println!();
-    println!("layers: {quantized} quantized, {} float", model.layers().len() - quantized);
-    println!("parameters: {}", model.parameter_count());
-    println!("bits per weight: {:.3}", model.bits_per_weight());
+    out.push(String::new());
+    out.push(format!("layers: {quantized} quantized, {} float", model.layers().len() - quantized));
+    out.push(format!("parameters: {}", model.parameter_count()));
+    out.push(format!("bits per weight: {:.3}", model.bits_per_weight()));
 }
 
-fn print_tensors<'a>(tensors: impl Iterator<Item = &'a TensorEntry>) {
-    let rows: Vec<[String; 3]> = tensors.map(|t| [t.name.clone(), t.dtype.to_string(), mlx_shape(&t.shape)]).collect();
-    print_table(["tensor", "dtype", "shape"], &rows);
+/// Tensors sorted by name, with the file each is in when there are several.
+fn tensor_table<'a>(tensors: impl Iterator<Item = (&'a TensorEntry, Option<String>)>) -> Vec<String> {
+    let mut rows: Vec<Vec<String>> = tensors
+        .map(|(t, file)| {
+            [vec![t.name.clone(), t.dtype.to_string(), mlx_shape(&t.shape)], Vec::from_iter(file)].concat()
+        })
+        .collect();
+    rows.sort();
+    let header: &[&str] = if rows.first().is_some_and(|r| r.len() == 4) {
+        &["tensor", "dtype", "shape", "file"]
+    } else {
+        &["tensor", "dtype", "shape"]
+    };
+    table(header, rows)
 }
 
-fn print_table(header: [&str; 3], rows: &[[String; 3]]) {
-    let width = |i: usize| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0);
-    let (w0, w1) = (width(0), width(1));
-    println!("{:w0$}  {:w1$}  {}", header[0], header[1], header[2]);
-    for [a, b, c] in rows {
-        println!("{a:w0$}  {b:w1$}  {c}");
-    }
+/// Left-aligned columns two spaces apart; the last column is not padded.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let widths: Vec<usize> =
+        (0..header.len()).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    [header]
+        .iter()
+        .chain(&rows)
+        .map(|row| {
+            let (last, cells) = row.split_last().expect("tables have columns");
+            let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:w$}  ")).collect();
+            format!("{}{last}", padded.concat())
+        })
+        .collect()
 }

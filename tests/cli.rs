@@ -41,8 +41,6 @@ fn convert_and_inspect_report_what_they_did() {
     assert!(lines[0].starts_with("out: ") && lines[0].contains(" file(s), 54 tensors, "), "{}", lines[0]);
     for line in [
         "quantization: group_size=64, bits=4, mode=affine (0 per-layer entries)",
-        "model.layers.1.mlp.down_proj.weight uint32 (64,16)",
-        "model.layers.1.mlp.down_proj.scales bfloat16 (64,2)",
         "model.layers.0.self_attn.q_proj (64,64) affine g64 b4 + bias",
         "model.odd_proj (8,48) bfloat16 (float)",
         "layers: 16 quantized, 4 float",
@@ -50,6 +48,24 @@ fn convert_and_inspect_report_what_they_did() {
     ] {
         assert!(lines.iter().any(|l| l == line), "missing {line:?} in\n{}", lines.join("\n"));
     }
+    for row in [
+        "model.layers.1.mlp.down_proj.weight uint32 (64,16) model-",
+        "model.layers.1.mlp.down_proj.scales bfloat16 (64,2) model-",
+    ] {
+        assert!(lines.iter().any(|l| l.starts_with(row)), "missing {row:?}");
+    }
+
+    // A reader that stops early (`| head`) ends the output without a panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgquant"))
+        .args(["inspect", "out"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let closed = child.wait_with_output().unwrap();
+    assert!(closed.status.success(), "{}", text(&closed.stderr));
 
     let first_shard = listing(&dir.path().join("out")).into_iter().find(|n| n.starts_with("model-00001-of-")).unwrap();
     let out = wgquant(&["inspect", &format!("out/{first_shard}")], dir.path());

@@ -384,12 +384,15 @@ fn the_output_is_all_or_nothing() {
         assert!(matches!(err, Err(Error::OutputOverlapsInput { .. })), "{}: {err:?}", bad.display());
     }
 
-    // A failure after the shards are written (an unreadable extra file) leaves no output and
-    // no temporary directory.
-    std::fs::remove_dir_all(&output).unwrap();
-    let dangling = input.join("tokenizer.model");
-    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
-    let err = convert(&input, &output, &gpu, &options, &mut quiet).unwrap_err();
-    assert!(matches!(&err, Error::Io { path, .. } if path == &dangling), "{err}");
-    assert_eq!(listing(dir.path()), ["in"]);
+    // A failure after the shards are written (an unreadable extra file: a dangling symlink)
+    // leaves no output and no temporary directory.
+    #[cfg(unix)]
+    {
+        std::fs::remove_dir_all(&output).unwrap();
+        let dangling = input.join("tokenizer.model");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        let err = convert(&input, &output, &gpu, &options, &mut quiet).unwrap_err();
+        assert!(matches!(&err, Error::Io { path, .. } if path == &dangling), "{err}");
+        assert_eq!(listing(dir.path()), ["in"]);
+    }
 }
