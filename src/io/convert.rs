@@ -110,7 +110,7 @@ enum Action {
     /// Quantize the layer's weight.
     Quantize { layer: String, params: QuantParams },
     /// Dequantize the layer's weight.
-    Dequantize { layer: String },
+    Dequantize { layer: String, params: QuantParams },
 }
 
 struct Step {
@@ -164,15 +164,32 @@ pub fn convert(
     }
 
     let total = steps.iter().fold(0u64, |sum, s| sum.saturating_add(s.input_bytes));
-    let mut done = 0;
-    progress(done, total);
-    for step in &steps {
-        for (name, tensor) in run_step(&model, gpu, &step.action, dtype)? {
-            writers[shard_of[&name].0].write(&name, &tensor)?;
+    progress(0, total);
+    // A reader thread reads (and casts) the next step's tensors while this one runs on the GPU
+    // and is written: at most two steps' inputs are in memory.
+    std::thread::scope(|scope| -> Result<()> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(0);
+        let (model, steps) = (&model, &steps);
+        scope.spawn(move || {
+            for step in steps {
+                let inputs = read_inputs(model, &step.action, dtype);
+                let failed = inputs.is_err();
+                // A closed channel means the writer stopped on an error of its own.
+                if sender.send(inputs).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let mut done = 0;
+        for (step, inputs) in steps.iter().zip(receiver) {
+            for (name, tensor) in compute(gpu, &step.action, inputs?)? {
+                writers[shard_of[&name].0].write(&name, &tensor)?;
+            }
+            done += step.input_bytes;
+            progress(done, total);
         }
-        done += step.input_bytes;
-        progress(done, total);
-    }
+        Ok(())
+    })?;
     for writer in writers {
         writer.finish()?;
     }
@@ -291,7 +308,7 @@ fn plan(
                     let scales = layer.scales.as_ref().expect("checked when the model was opened");
                     let companions = layer.scales.iter().chain(&layer.biases);
                     steps.push(Step {
-                        action: Action::Dequantize { layer: layer.path.clone() },
+                        action: Action::Dequantize { layer: layer.path.clone(), params },
                         outputs: vec![TensorSpec {
                             name: entry.name.clone(),
                             dtype: float_dtype(scales.dtype),
@@ -324,22 +341,34 @@ fn is_companion_of_quantized(model: &ModelDir, name: &str) -> bool {
     path.and_then(|p| model.layers().get(p)).is_some_and(|l| l.quantization.is_some())
 }
 
-/// Runs one step: the named output tensors it produces.
-fn run_step(model: &ModelDir, gpu: &Gpu, action: &Action, dtype: Option<DType>) -> Result<Vec<(String, HostTensor)>> {
-    let weights = model.weights();
-    let read = |name: &str| -> Result<HostTensor> {
-        let tensor = weights.read(name)?;
+/// Reads a step's inputs, cast to the target dtype: the tensor to copy, the weight to quantize,
+/// or the packed weight (uint32, which the cast leaves alone), scales and biases to dequantize.
+/// mlx-lm casts scales and biases before dequantizing, so the result is computed in that dtype.
+fn read_inputs(model: &ModelDir, action: &Action, dtype: Option<DType>) -> Result<Vec<HostTensor>> {
+    let read = |name: String| -> Result<HostTensor> {
+        let tensor = model.weights().read(&name)?;
         match dtype {
             Some(dtype) => tensor.cast(dtype),
             None => Ok(tensor),
         }
     };
     match action {
-        Action::Copy(name) => Ok(vec![(name.clone(), read(name)?)]),
-        Action::Quantize { layer, params } => {
-            let weight = read(&format!("{layer}.weight"))?.to_gpu(gpu)?;
-            let q = crate::quantize(&weight, *params)?;
-            drop(weight);
+        Action::Copy(name) => Ok(vec![read(name.clone())?]),
+        Action::Quantize { layer, .. } => Ok(vec![read(format!("{layer}.weight"))?]),
+        Action::Dequantize { layer, .. } => {
+            ["weight", "scales", "biases"].into_iter().map(|part| read(format!("{layer}.{part}"))).collect()
+        }
+    }
+}
+
+/// Runs a step on its inputs: the named output tensors.
+fn compute(gpu: &Gpu, action: &Action, inputs: Vec<HostTensor>) -> Result<Vec<(String, HostTensor)>> {
+    if let Action::Copy(name) = action {
+        return Ok(inputs.into_iter().map(|tensor| (name.clone(), tensor)).collect());
+    }
+    match (action, inputs.as_slice()) {
+        (Action::Quantize { layer, params }, [weight]) => {
+            let q = crate::quantize(&weight.to_gpu(gpu)?, *params)?;
             let biases = q.biases.as_ref().expect("affine quantization returns biases");
             Ok(vec![
                 (format!("{layer}.weight"), HostTensor::from_gpu(&q.weight)?),
@@ -347,18 +376,12 @@ fn run_step(model: &ModelDir, gpu: &Gpu, action: &Action, dtype: Option<DType>) 
                 (format!("{layer}.biases"), HostTensor::from_gpu(biases)?),
             ])
         }
-        Action::Dequantize { layer } => {
-            let info = &model.layers()[layer];
-            let params = info.quantization.expect("planned for quantized layers");
-            // mlx-lm casts scales and biases to --dtype before dequantizing, so the result is
-            // computed (and rounded) in that dtype.
-            let weight = weights.read(&info.weight.name)?.to_gpu(gpu)?;
-            let scales = read(&format!("{layer}.scales"))?.to_gpu(gpu)?;
-            let biases = read(&format!("{layer}.biases"))?.to_gpu(gpu)?;
-            let q = Quantized::from_parts(weight, scales, Some(biases), params)?;
-            let out = crate::dequantize(&q, None)?;
-            Ok(vec![(format!("{layer}.weight"), HostTensor::from_gpu(&out)?)])
+        (Action::Dequantize { layer, params }, [weight, scales, biases]) => {
+            let (weight, scales, biases) = (weight.to_gpu(gpu)?, scales.to_gpu(gpu)?, biases.to_gpu(gpu)?);
+            let q = Quantized::from_parts(weight, scales, Some(biases), *params)?;
+            Ok(vec![(format!("{layer}.weight"), HostTensor::from_gpu(&crate::dequantize(&q, None)?)?)])
         }
+        _ => unreachable!("read_inputs gives one input per copy or quantize step, three per dequantize"),
     }
 }
 

@@ -31,11 +31,11 @@ pub(crate) fn byte_count(shape: &[usize], dtype: DType) -> Option<usize> {
 }
 
 impl HostTensor {
-    /// A zero tensor whose bytes the caller fills through [`HostTensor::bytes_mut`].
+    /// A zero tensor whose bytes the caller fills through `bytes_mut`.
     ///
     /// # Errors
     /// [`Error::ShapeOverflow`] when the size overflows.
-    pub fn zeroed(dtype: DType, shape: &[usize]) -> Result<HostTensor> {
+    pub(crate) fn zeroed(dtype: DType, shape: &[usize]) -> Result<HostTensor> {
         let len = byte_count(shape, dtype)
             .ok_or_else(|| Error::ShapeOverflow { op: "HostTensor::zeroed", shape: shape.to_vec() })?;
         Ok(HostTensor { dtype, shape: shape.to_vec(), words: vec![0; len.div_ceil(4)], len })
@@ -99,7 +99,7 @@ impl HostTensor {
     }
 
     /// The data, for filling in place.
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         &mut bytemuck::cast_slice_mut(&mut self.words)[..self.len]
     }
 
@@ -127,7 +127,7 @@ impl HostTensor {
     ///
     /// # Panics
     /// When `T` is not the tensor's dtype (a caller bug, not bad input).
-    pub fn values_mut<T: Element>(&mut self) -> &mut [T] {
+    fn values_mut<T: Element>(&mut self) -> &mut [T] {
         assert_eq!(T::DTYPE, self.dtype, "HostTensor::values_mut: wrong element type");
         let n = self.len / self.dtype.size_in_bytes();
         &mut bytemuck::cast_slice_mut(&mut self.words)[..n]
