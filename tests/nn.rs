@@ -661,3 +661,24 @@ fn bits_per_weight_counts_like_mlx_lm() {
     // 4 bits per code plus an f32 scale and bias per 64 weights.
     assert_eq!(nn::bits_per_weight(&m), 4.0 + 64.0 / 64.0);
 }
+
+/// `cargo run --release`'s demo, on one block and four tokens.
+#[test]
+fn demo_runs_end_to_end() {
+    let _gpu = gpu_or_skip!();
+    for (recipe, tied) in [("mixed_3_6", false), ("uniform", true)] {
+        let args = wgquant::demo::DemoArgs {
+            recipe: recipe.parse().unwrap(),
+            bits: 4,
+            group_size: 64,
+            adapter: None,
+            tied,
+            dtype: DType::F16,
+            layers: 1,
+            tokens: 4,
+            iterations: 1,
+            seed: 3,
+        };
+        wgquant::demo::run(&args).unwrap();
+    }
+}

@@ -5,7 +5,6 @@
 mod common;
 
 use common::{download, first_bit_difference, round_to, upload, Rng};
-use wgquant::kernels::{self, KernelKey};
 use wgquant::{ops, reference, DType, Error, Gpu, GpuOptions, Tensor};
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
@@ -42,23 +41,6 @@ fn dot_bound(k: usize, abs_sum: f32) -> f32 {
 /// `exp` and `inverseSqrt` are not correctly rounded in WGSL (a few ulp): relative error of the
 /// functions the softmax, SiLU and RMSNorm kernels call, with margin.
 const TRANSCENDENTAL_REL: f32 = 1e-5;
-
-#[test]
-fn nn_kernels_validate_in_naga() {
-    let caps = kernels::naga_capabilities(&wgpu::Features::empty());
-    let mut checked = 0;
-    for key in KernelKey::all() {
-        if matches!(key, KernelKey::Quantize { .. } | KernelKey::Dequantize { .. }) {
-            continue;
-        }
-        let source = kernels::source(&key);
-        if let Err(e) = kernels::validated_module(&source, &key.constants(), caps) {
-            panic!("{key}: {e}");
-        }
-        checked += 1;
-    }
-    assert!(checked > 300, "only {checked} keys");
-}
 
 fn matmul_case(
     gpu: &Gpu,

@@ -259,8 +259,9 @@ fn binary(op: &'static str, binary_op: BinaryOp, a: &Tensor, b: &Tensor) -> Resu
     same_device(op, &[a, b])?;
     let (rows, width) = a.rows_and_width();
     let same_shape = a.shape() == b.shape();
-    let is_row = b.shape().last() == Some(&width) && b.shape().iter().rev().skip(1).all(|&d| d == 1);
-    if !same_shape && !(is_row && b.ndim() <= a.ndim()) {
+    let is_row =
+        b.ndim() <= a.ndim() && b.shape().last() == Some(&width) && b.shape().iter().rev().skip(1).all(|&d| d == 1);
+    if !(same_shape || is_row) {
         return Err(Error::ShapeMismatch {
             op,
             what: "b (a's shape, or one row of it)",
