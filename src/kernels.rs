@@ -2,7 +2,8 @@
 //! resources it uses.
 //!
 //! A kernel's source is a generated prelude of `const` declarations (the format: dtypes, bits,
-//! group size), then the shared snippets of `wgsl/common/`, then the kernel's own file. This is
+//! group size), then the shared snippets of `wgsl/common/` (all kernels see most of them; a few
+//! go only to the kernels that name them), then the kernel's own file. This is
 //! the only place WGSL strings are joined. Tuning knobs are WGSL `override`s, passed as
 //! pipeline constants. The key's `Display` is both the pipeline-cache key and the wgpu label.
 
@@ -26,6 +27,8 @@ const RMS_NORM: &str = include_str!("../wgsl/rms_norm.wgsl");
 const SOFTMAX: &str = include_str!("../wgsl/softmax.wgsl");
 const UNARY: &str = include_str!("../wgsl/unary.wgsl");
 const BINARY: &str = include_str!("../wgsl/binary.wgsl");
+/// Shared by the row kernels only (it declares their workgroup size and memory).
+const ROW_REDUCE: (&str, &str) = ("common/row_reduce.wgsl", include_str!("../wgsl/common/row_reduce.wgsl"));
 
 /// Invocations per workgroup of the element-wise kernels.
 pub(crate) const ELEMENTWISE_WG_SIZE: u32 = 64;
@@ -286,6 +289,14 @@ impl KernelKey {
         }
     }
 
+    /// Shared snippets this kernel needs beyond those every kernel sees.
+    fn snippets(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            KernelKey::RmsNorm { .. } | KernelKey::Softmax { .. } => &[ROW_REDUCE],
+            _ => &[],
+        }
+    }
+
     /// Pipeline-overridable constants (tuning knobs) for this key.
     pub fn constants(&self) -> Vec<(String, f64)> {
         match self {
@@ -349,7 +360,7 @@ pub fn source(key: &KernelKey) -> String {
     for (name, value) in prelude {
         src.push_str(&format!("const {name}: u32 = {value}u;\n"));
     }
-    for (file, text) in COMMON {
+    for (file, text) in COMMON.iter().chain(key.snippets()) {
         src.push_str(&format!("\n// ---- {file}\n{text}"));
     }
     src.push_str(&format!("\n// ---- {}\n{body}", key.op()));

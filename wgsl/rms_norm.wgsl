@@ -1,7 +1,7 @@
 // rms_norm.wgsl: MLX's fast.rms_norm as its fallback computes it: in f32,
 // y = round_out(round_out(x · rsqrt(mean(x²) + eps)) · w), out dtype = promote(x, w).
 // Prelude: const X_DTYPE, W_DTYPE, OUT_DTYPE
-// Overrides: WG_SIZE
+// Overrides: WG_SIZE (declared in common/row_reduce.wgsl)
 // Bindings: 0 params | 1 x | 2 w | 3 y (zeroed; atomicOr)   (x and y are windows of one chunk)
 // Dispatch: one workgroup per row.
 
@@ -15,10 +15,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<u32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(3) var<storage, read_write> y: array<atomic<u32>>;
-
-override WG_SIZE: u32 = 64u;
-
-var<workgroup> partial: array<f32, WG_SIZE>;
 
 fn load_x(i: u32) -> f32 {
     return dtype_decode(X_DTYPE, x[element_word(X_DTYPE, i)], element_lane(X_DTYPE, i));
@@ -45,15 +41,7 @@ fn main(
         let v = load_x(base + c);
         sum += v * v;
     }
-    partial[local] = sum;
-    workgroupBarrier();
-    for (var half = WG_SIZE / 2u; half > 0u; half /= 2u) {
-        if local < half {
-            partial[local] += partial[local + half];
-        }
-        workgroupBarrier();
-    }
-    let scale = inverseSqrt(partial[0] / f32(params.dims) + params.eps);
+    let scale = inverseSqrt(row_reduce(sum, false, local) / f32(params.dims) + params.eps);
     for (var c = local; c < params.dims; c += WG_SIZE) {
         let normed = dtype_round(OUT_DTYPE, load_x(base + c) * scale);
         let i = base + c;

@@ -3,7 +3,7 @@
 // sees keys j <= i + offset (offset = keys - queries): later keys get probability 0. Row r of
 // the chunk is row first_row + r of the whole tensor, so i = (first_row + r) % queries.
 // Prelude: const IN_DTYPE, OUT_DTYPE
-// Overrides: WG_SIZE (a power of two)
+// Overrides: WG_SIZE (declared in common/row_reduce.wgsl)
 // Bindings: 0 params | 1 s | 2 y (zeroed; atomicOr)   (windows of one chunk of rows)
 // Dispatch: one workgroup per row.
 
@@ -21,29 +21,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> s: array<u32>;
 @group(0) @binding(2) var<storage, read_write> y: array<atomic<u32>>;
 
-override WG_SIZE: u32 = 64u;
-
-var<workgroup> partial: array<f32, WG_SIZE>;
-
 fn load_s(i: u32) -> f32 {
     return dtype_decode(IN_DTYPE, s[element_word(IN_DTYPE, i)], element_lane(IN_DTYPE, i));
-}
-
-// Tree reduction of `partial` (max or sum); every invocation gets the result.
-fn reduce(is_max: bool, local: u32) -> f32 {
-    workgroupBarrier();
-    for (var half = WG_SIZE / 2u; half > 0u; half /= 2u) {
-        if local < half {
-            let a = partial[local];
-            let b = partial[local + half];
-            partial[local] = select(a + b, max(a, b), is_max);
-        }
-        workgroupBarrier();
-    }
-    let result = partial[0];
-    // Everyone must read the result before `partial` is reused.
-    workgroupBarrier();
-    return result;
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -53,6 +32,7 @@ fn main(
     @builtin(local_invocation_index) local: u32,
 ) {
     let row = linear_workgroup(wg, num_wg);
+    // Uniform for the workgroup: the barriers of row_reduce stay in uniform control flow.
     if row >= params.rows {
         return;
     }
@@ -65,14 +45,12 @@ fn main(
     for (var c = local; c < visible; c += WG_SIZE) {
         m = max(m, params.scale * load_s(base + c));
     }
-    partial[local] = m;
-    m = reduce(true, local);
+    m = row_reduce(m, true, local);
     var sum = 0.0;
     for (var c = local; c < visible; c += WG_SIZE) {
         sum += exp(params.scale * load_s(base + c) - m);
     }
-    partial[local] = sum;
-    sum = reduce(false, local);
+    sum = row_reduce(sum, false, local);
     for (var c = local; c < params.cols; c += WG_SIZE) {
         var p = 0.0;
         if c < visible {

@@ -5,14 +5,13 @@
 //! kernels do. Rows of `x` are split into chunks when `x` or the output exceed one storage
 //! binding; `w` and the bias are bound whole.
 
-use std::ops::Range;
-
 use bytemuck::{Pod, Zeroable};
 
+use super::launch::{launch_chunks, whole, Launch};
 use super::validate::{fits_binding, float_operand, index_u32, same_device};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::{BufferWindow, Dispatch};
+use crate::gpu::BufferWindow;
 use crate::kernels::{KernelKey, MATMUL_TILE};
 use crate::tensor::Tensor;
 
@@ -69,8 +68,7 @@ fn matrix_product(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor
     out_shape.push(n);
     let out = Tensor::zeros(gpu, &out_shape, out_dtype)?;
     let row_bytes = [(k * x.dtype().size_in_bytes()) as u64, (n * out_dtype.size_in_bytes()) as u64];
-    let chunks = gpu.row_chunks(op, rows, &row_bytes)?;
-    if chunks.is_empty() || n == 0 {
+    if n == 0 {
         return Ok(out);
     }
     index_u32(op, rows.max(n).max(k))?;
@@ -81,31 +79,26 @@ fn matrix_product(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor
         out_dtype,
         transpose,
     };
-    let pipeline = gpu.pipeline(&key)?;
     let w_row = if transpose { k } else { n };
-    let dispatches = chunks
-        .iter()
-        .map(|chunk: &Range<usize>| {
-            let layout = MatmulLayout {
-                m: chunk.len(),
-                n,
-                k,
-                batch_outer: 1,
-                batch_inner: 1,
-                x: Strides { outer: 0, inner: 0, row: k },
-                w: Strides { outer: 0, inner: 0, row: w_row },
-                y: Strides { outer: 0, inner: 0, row: n },
-            };
-            let windows = [
-                BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
-                whole(w),
-                whole(bias.unwrap_or(w)),
-                BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
-            ];
-            layout.dispatch(&pipeline, windows)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    gpu.submit(op, &dispatches)?;
+    launch_chunks(op, gpu, rows, &row_bytes, &key, |chunk| {
+        let layout = MatmulLayout {
+            m: chunk.len(),
+            n,
+            k,
+            batch_outer: 1,
+            batch_inner: 1,
+            x: Strides { outer: 0, inner: 0, row: k },
+            w: Strides { outer: 0, inner: 0, row: w_row },
+            y: Strides { outer: 0, inner: 0, row: n },
+        };
+        let windows = [
+            BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
+            whole(w),
+            whole(bias.unwrap_or(w)),
+            BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
+        ];
+        layout.launch(windows)
+    })?;
     Ok(out)
 }
 
@@ -156,11 +149,7 @@ struct MatmulParams {
 
 impl MatmulLayout {
     /// The launch of this layout; `buffers` are x, w, bias (or w again) and y.
-    fn dispatch<'a>(
-        &self,
-        pipeline: &'a wgpu::ComputePipeline,
-        buffers: [BufferWindow<'a>; 4],
-    ) -> Result<Dispatch<'a>> {
+    fn launch<'a>(&self, buffers: [BufferWindow<'a>; 4]) -> Result<Launch<'a>> {
         let op = "matmul";
         let tile = MATMUL_TILE as usize;
         let (tiles_m, tiles_n) = (self.m.div_ceil(tile), self.n.div_ceil(tile));
@@ -184,8 +173,7 @@ impl MatmulLayout {
             y_inner: u(self.y.inner)?,
             y_row: u(self.y.row)?,
         };
-        Ok(Dispatch {
-            pipeline,
+        Ok(Launch {
             params: bytemuck::bytes_of(&params).to_vec(),
             buffers: buffers.into(),
             workgroups: u(batches * tiles_m * tiles_n)?,
@@ -216,12 +204,7 @@ pub(crate) fn batched_matmul(
     }
     let key = KernelKey::Matmul { x_dtype: x.dtype(), w_dtype: w.dtype(), bias_dtype: None, out_dtype, transpose };
     let pipeline = gpu.pipeline(&key)?;
-    let dispatch = layout.dispatch(&pipeline, [whole(x), whole(w), whole(w), whole(&out)])?;
-    gpu.submit(op, &[dispatch])?;
+    let launch = layout.launch([whole(x), whole(w), whole(w), whole(&out)])?;
+    gpu.submit(op, &[launch.with(&pipeline)])?;
     Ok(out)
-}
-
-/// A binding of all of `t`.
-pub(super) fn whole(t: &Tensor) -> BufferWindow<'_> {
-    BufferWindow { buffer: t.buffer(), offset: 0, size: t.size_in_bytes().max(4).next_multiple_of(4) }
 }

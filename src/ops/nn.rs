@@ -9,11 +9,12 @@ use std::ops::Range;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::matmul::{batched_matmul, whole, MatmulLayout, Strides};
+use super::launch::{launch_chunks, whole, Launch};
+use super::matmul::{batched_matmul, MatmulLayout, Strides};
 use super::validate::{fits_binding, float_operand, index_u32, same_device};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::{BufferWindow, Dispatch};
+use crate::gpu::BufferWindow;
 use crate::kernels::{BinaryOp, KernelKey, UnaryOp, ELEMENTWISE_WG_SIZE};
 use crate::tensor::Tensor;
 
@@ -51,34 +52,28 @@ pub fn take(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let gpu = table.gpu();
     let out = Tensor::zeros(gpu, &out_shape, table.dtype())?;
     let row_bytes = [4, (width * element_bytes) as u64];
-    let chunks = gpu.row_chunks(op, ids.len(), &row_bytes)?;
-    if width == 0 || chunks.is_empty() {
+    if width == 0 {
         return Ok(out);
     }
-    let pipeline = gpu.pipeline(&KernelKey::Gather { element_bytes: element_bytes as u32 })?;
-    let dispatches = chunks
-        .iter()
-        .map(|chunk| {
-            let n_elements = chunk.len() * width;
-            let params = GatherParams {
-                n_elements: index_u32(op, n_elements)?,
-                width: index_u32(op, width)?,
-                table_rows: index_u32(op, table_rows)?,
-                _pad: 0,
-            };
-            Ok(Dispatch {
-                pipeline: &pipeline,
-                params: bytemuck::bytes_of(&params).to_vec(),
-                buffers: vec![
-                    BufferWindow::rows(ids.buffer(), row_bytes[0], chunk),
-                    whole(table),
-                    BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
-                ],
-                workgroups: per_word_workgroups(op, n_elements, 4 / element_bytes)?,
-            })
+    let key = KernelKey::Gather { element_bytes: element_bytes as u32 };
+    launch_chunks(op, gpu, ids.len(), &row_bytes, &key, |chunk| {
+        let n_elements = chunk.len() * width;
+        let params = GatherParams {
+            n_elements: index_u32(op, n_elements)?,
+            width: index_u32(op, width)?,
+            table_rows: index_u32(op, table_rows)?,
+            _pad: 0,
+        };
+        Ok(Launch {
+            params: bytemuck::bytes_of(&params).to_vec(),
+            buffers: vec![
+                BufferWindow::rows(ids.buffer(), row_bytes[0], chunk),
+                whole(table),
+                BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
+            ],
+            workgroups: per_word_workgroups(op, n_elements, 4 / element_bytes)?,
         })
-        .collect::<Result<Vec<_>>>()?;
-    gpu.submit(op, &dispatches)?;
+    })?;
     Ok(out)
 }
 
@@ -160,21 +155,15 @@ fn row_kernel(
     let gpu = x.gpu();
     let out = Tensor::zeros(gpu, x.shape(), out_dtype)?;
     let row_bytes = [(cols * x.dtype().size_in_bytes()) as u64, (cols * out_dtype.size_in_bytes()) as u64];
-    let chunks = gpu.row_chunks(op, rows, &row_bytes)?;
-    if cols == 0 || chunks.is_empty() {
+    if cols == 0 {
         return Ok(out);
     }
-    let pipeline = gpu.pipeline(&key)?;
-    let dispatches: Vec<Dispatch<'_>> = chunks
-        .iter()
-        .map(|chunk| {
-            let mut buffers = vec![BufferWindow::rows(x.buffer(), row_bytes[0], chunk)];
-            buffers.extend(extra.map(whole));
-            buffers.push(BufferWindow::rows(out.buffer(), row_bytes[1], chunk));
-            Dispatch { pipeline: &pipeline, params: params(chunk), buffers, workgroups: chunk.len() as u32 }
-        })
-        .collect();
-    gpu.submit(op, &dispatches)?;
+    launch_chunks(op, gpu, rows, &row_bytes, &key, |chunk| {
+        let mut buffers = vec![BufferWindow::rows(x.buffer(), row_bytes[0], chunk)];
+        buffers.extend(extra.map(whole));
+        buffers.push(BufferWindow::rows(out.buffer(), row_bytes[1], chunk));
+        Ok(Launch { params: params(chunk), buffers, workgroups: chunk.len() as u32 })
+    })?;
     Ok(out)
 }
 
@@ -212,27 +201,21 @@ fn unary(op: &'static str, unary_op: UnaryOp, x: &Tensor, out_dtype: DType) -> R
     let gpu = x.gpu();
     let out = Tensor::zeros(gpu, x.shape(), out_dtype)?;
     let row_bytes = [(width * x.dtype().size_in_bytes()) as u64, (width * out_dtype.size_in_bytes()) as u64];
-    let chunks = gpu.row_chunks(op, rows, &row_bytes)?;
-    if width == 0 || chunks.is_empty() {
+    if width == 0 {
         return Ok(out);
     }
-    let pipeline = gpu.pipeline(&KernelKey::Unary { op: unary_op, in_dtype: x.dtype(), out_dtype })?;
-    let dispatches = chunks
-        .iter()
-        .map(|chunk| {
-            let n_elements = chunk.len() * width;
-            Ok(Dispatch {
-                pipeline: &pipeline,
-                params: bytemuck::bytes_of(&index_u32(op, n_elements)?).to_vec(),
-                buffers: vec![
-                    BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
-                    BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
-                ],
-                workgroups: per_word_workgroups(op, n_elements, 4 / out_dtype.size_in_bytes())?,
-            })
+    let key = KernelKey::Unary { op: unary_op, in_dtype: x.dtype(), out_dtype };
+    launch_chunks(op, gpu, rows, &row_bytes, &key, |chunk| {
+        let n_elements = chunk.len() * width;
+        Ok(Launch {
+            params: bytemuck::bytes_of(&index_u32(op, n_elements)?).to_vec(),
+            buffers: vec![
+                BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
+                BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
+            ],
+            workgroups: per_word_workgroups(op, n_elements, 4 / out_dtype.size_in_bytes())?,
         })
-        .collect::<Result<Vec<_>>>()?;
-    gpu.submit(op, &dispatches)?;
+    })?;
     Ok(out)
 }
 
@@ -280,36 +263,29 @@ fn binary(op: &'static str, binary_op: BinaryOp, a: &Tensor, b: &Tensor) -> Resu
         (width * b.dtype().size_in_bytes()) as u64,
         (width * out_dtype.size_in_bytes()) as u64,
     ];
-    let chunks = gpu.row_chunks(op, rows, &row_bytes)?;
-    if width == 0 || chunks.is_empty() {
+    if width == 0 {
         return Ok(out);
     }
     let key = KernelKey::Binary { op: binary_op, a_dtype: a.dtype(), b_dtype: b.dtype(), out_dtype };
-    let pipeline = gpu.pipeline(&key)?;
-    let dispatches = chunks
-        .iter()
-        .map(|chunk| {
-            let n_elements = chunk.len() * width;
-            // A same-shape b is chunked with a; a row of b is bound whole and repeats.
-            let (b_window, b_len) = if same_shape {
-                (BufferWindow::rows(b.buffer(), row_bytes[1], chunk), n_elements)
-            } else {
-                (whole(b), width)
-            };
-            let params = BinaryParams { n_elements: index_u32(op, n_elements)?, b_len: index_u32(op, b_len)? };
-            Ok(Dispatch {
-                pipeline: &pipeline,
-                params: bytemuck::bytes_of(&params).to_vec(),
-                buffers: vec![
-                    BufferWindow::rows(a.buffer(), row_bytes[0], chunk),
-                    b_window,
-                    BufferWindow::rows(out.buffer(), row_bytes[2], chunk),
-                ],
-                workgroups: per_word_workgroups(op, n_elements, 4 / out_dtype.size_in_bytes())?,
-            })
+    launch_chunks(op, gpu, rows, &row_bytes, &key, |chunk| {
+        let n_elements = chunk.len() * width;
+        // A same-shape b is chunked with a; a row of b is bound whole and repeats.
+        let (b_window, b_len) = if same_shape {
+            (BufferWindow::rows(b.buffer(), row_bytes[1], chunk), n_elements)
+        } else {
+            (whole(b), width)
+        };
+        let params = BinaryParams { n_elements: index_u32(op, n_elements)?, b_len: index_u32(op, b_len)? };
+        Ok(Launch {
+            params: bytemuck::bytes_of(&params).to_vec(),
+            buffers: vec![
+                BufferWindow::rows(a.buffer(), row_bytes[0], chunk),
+                b_window,
+                BufferWindow::rows(out.buffer(), row_bytes[2], chunk),
+            ],
+            workgroups: per_word_workgroups(op, n_elements, 4 / out_dtype.size_in_bytes())?,
         })
-        .collect::<Result<Vec<_>>>()?;
-    gpu.submit(op, &dispatches)?;
+    })?;
     Ok(out)
 }
 
