@@ -70,21 +70,18 @@ pub struct QuantizedPath {
 /// # Example
 /// ```no_run
 /// # fn main() -> wgquant::Result<()> {
-/// use wgquant::nn::{self, Decision, Module};
-/// use wgquant::QuantParams;
-/// # let mut model: Box<dyn Module> = todo!();
-/// // 4 bits everywhere, but 8 bits for the head (MLX: return a dict for that path).
-/// let done = nn::quantize(
-///     model.as_mut(),
-///     QuantParams::affine(64, 4),
-///     Some(&mut |path: &str, m: &dyn Module| {
-///         if path == "lm_head" {
-///             QuantParams::affine(64, 8).into()
-///         } else {
-///             nn::quantizable(path, m)
-///         }
-///     }),
-/// )?;
+/// use wgquant::nn::{self, Decision, LlamaConfig, Model};
+/// use wgquant::{DType, Gpu, QuantParams};
+///
+/// let gpu = Gpu::new()?;
+/// let mut model = Model::random(&gpu, &LlamaConfig::default(), DType::F16, 0)?;
+/// // 4 bits, but 8 for the head (MLX: a dict for that path) and none for the embedding.
+/// let done = nn::quantize(&mut model, QuantParams::affine(64, 4), Some(&mut |path, m| match path {
+///     "lm_head" => QuantParams::affine(64, 8).into(),
+///     "model.embed_tokens" => Decision::Skip,
+///     _ => nn::quantizable(path, m),
+/// }))?;
+/// assert_eq!(done.len(), 4 * 7 + 1); // seven projections per block, and the head
 /// # Ok(()) }
 /// ```
 pub fn quantize(
