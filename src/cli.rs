@@ -12,9 +12,9 @@ use wgquant::error::mlx_shape;
 use wgquant::io::{self, ConvertOptions, ModelDir, Recipe, SafetensorsFile, TensorEntry, MAX_SHARD_BYTES};
 use wgquant::{DType, Error, Gpu, Mode, QuantParams, Result};
 
-/// MLX group quantization on any GPU. Without a subcommand, runs the demo: quantizes a
-/// generated matrix on the default adapter (lavapipe when there is no GPU) and reports bits per
-/// weight, error and time.
+/// MLX group quantization on any GPU. Without a subcommand, runs the demo: quantizes a small
+/// Llama-shaped model with mlx-lm's mixed recipes on the default adapter (lavapipe when there is
+/// no GPU) and reports bits per weight, the logits' error and the time per forward pass.
 #[derive(Parser, Debug)]
 #[command(name = "wgquant", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -30,7 +30,7 @@ enum Command {
     Convert(ConvertArgs),
     /// List a model directory's (or one safetensors file's) tensors, layers and bits per weight.
     Inspect(InspectArgs),
-    /// Quantize a generated matrix and report bits per weight, error and time (the default).
+    /// Quantize a small Llama-shaped model and report bits per weight, logit error and time (the default).
     Demo(DemoArgs),
 }
 

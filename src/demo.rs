@@ -1,36 +1,83 @@
-//! The demo behind `cargo run --release`: quantizes a generated matrix on the default adapter
-//! and reports what it cost and what it lost.
+//! The demo behind `cargo run --release`: builds a small Llama-shaped model with seeded random
+//! weights, quantizes it with one of mlx-lm's mixed recipes through [`nn::quantize`], and reports
+//! what that cost (bits per weight), what it lost (the logits' relative error against the float
+//! model on the same tokens) and the time per forward pass, on the default adapter (lavapipe
+//! when there is no GPU).
 
-use std::time::Instant;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use half::{bf16, f16};
 
 use crate::dtype::DType;
-use crate::error::Result;
-use crate::gpu::Gpu;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, GpuOptions};
+use crate::nn::{self, LlamaConfig, Model, Module, Recipe};
 use crate::params::QuantParams;
-use crate::reference;
 use crate::tensor::Tensor;
 
-/// Quantize a generated matrix with MLX's affine group quantization on the default GPU adapter
-/// (lavapipe when there is no GPU) and report bits per weight, error and time.
+/// Quantize a small Llama-shaped model with MLX's group quantization (mlx-lm's mixed recipes)
+/// on the default GPU adapter (lavapipe when there is no GPU), and report bits per weight, the
+/// error of the logits and the time per forward pass.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Bits per weight code: 1, 2, 3, 4, 5, 6 or 8.
+    /// How to choose bits per layer: mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (mlx-lm's
+    /// --quant-predicate recipes), or uniform (--bits everywhere).
+    #[arg(long, default_value = "mixed_4_6")]
+    pub recipe: QuantRecipe,
+    /// Bits per weight code with --recipe uniform: 1, 2, 3, 4, 5, 6 or 8.
     #[arg(long, default_value_t = 4)]
     pub bits: u32,
-    /// Elements per group: 32, 64 or 128.
+    /// Elements per quantization group: 32, 64 or 128.
     #[arg(long, default_value_t = 64)]
     pub group_size: u32,
-    /// Rows of the generated matrix.
-    #[arg(long, default_value_t = 512)]
-    pub rows: usize,
-    /// Columns of the generated matrix (the grouped axis).
-    #[arg(long, default_value_t = 2048)]
-    pub cols: usize,
-    /// Element type of the matrix: f32, f16 or bf16.
+    /// Consider only adapters whose name contains this (case-insensitive), e.g. llvmpipe or H100.
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Tie the output head to the embedding table (no lm_head; the quantized table serves both).
+    #[arg(long)]
+    pub tied: bool,
+    /// Element type of the float weights: f32, f16 or bf16.
     #[arg(long, default_value = "f16", value_parser = parse_dtype)]
     pub dtype: DType,
+    /// Transformer blocks (width 256, MLP 512, 4 heads, vocabulary 1024).
+    #[arg(long, default_value_t = 4, value_parser = at_least_one())]
+    pub layers: usize,
+    /// Tokens in the input sequence.
+    #[arg(long, default_value_t = 32, value_parser = at_least_one())]
+    pub tokens: usize,
+    /// Timed forward passes per model (after one warm-up pass).
+    #[arg(long, default_value_t = 5, value_parser = at_least_one())]
+    pub iterations: usize,
+    /// Seed of the weights and tokens.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// How the demo picks each layer's bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantRecipe {
+    /// The same bits for every layer.
+    Uniform,
+    /// One of mlx-lm's mixed recipes.
+    Mixed(Recipe),
+}
+
+impl FromStr for QuantRecipe {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "uniform" {
+            Ok(QuantRecipe::Uniform)
+        } else {
+            s.parse().map(QuantRecipe::Mixed)
+        }
+    }
+}
+
+/// A count of at least one.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// Parses `f32`, `f16` or `bf16` (or MLX's long names).
@@ -48,126 +95,123 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
 /// # Errors
 /// No adapter, invalid parameters, device errors.
 pub fn run(args: &DemoArgs) -> Result<()> {
-    let gpu = Gpu::new()?;
     let params = QuantParams::affine(args.group_size, args.bits);
-    println!("adapter:        {}", gpu.describe());
-    println!("matrix:         {} x {} {}, {params}", args.rows, args.cols, args.dtype);
-    let report = quantize_demo(&gpu, args.rows, args.cols, args.dtype, params)?;
-    println!("bits per weight: {:.3}", report.bits_per_weight);
-    println!("max |w - w_hat|: {:.3e}", report.max_abs_error);
-    println!("rms error:       {:.3e} ({:.2}% of rms(w))", report.rms_error, 100.0 * report.relative_rms_error);
+    // mlx-lm's predicate skips layers it cannot quantize, so check the parameters up front.
+    params.validate("quantize")?;
+    let mut options = GpuOptions::from_env()?;
+    if let Some(name) = &args.adapter {
+        options.adapter_name = Some(name.clone());
+    }
+    let gpu = Gpu::with_options(options)?;
+    let config =
+        LlamaConfig { num_hidden_layers: args.layers, tie_word_embeddings: args.tied, ..LlamaConfig::default() };
+    println!("adapter: {}", gpu.describe());
     println!(
-        "bit-exact with the CPU reference (MLX semantics): {}",
-        if report.matches_reference { "yes" } else { "NO" }
+        "model:   Llama-shaped, {} blocks, width {}, MLP {}, {} heads, vocabulary {}, {} head, {} weights, seed {}",
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_attention_heads,
+        config.vocab_size,
+        if config.tie_word_embeddings { "tied" } else { "untied" },
+        args.dtype,
+        args.seed
+    );
+    let float = Model::random(&gpu, &config, args.dtype, args.seed)?;
+    println!("\n{float}\n");
+
+    // The quantized model starts as the same weights (same seed) and is quantized in place.
+    let mut quantized = Model::random(&gpu, &config, args.dtype, args.seed)?;
+    let start = Instant::now();
+    let done = match args.recipe {
+        QuantRecipe::Uniform => {
+            println!("quantizing: {} bits everywhere, group size {} (mlx-lm's predicate)", args.bits, args.group_size);
+            let mut predicate = nn::mlx_lm_predicate(args.group_size, nn::quantizable);
+            nn::quantize(&mut quantized, params, Some(&mut predicate))?
+        }
+        QuantRecipe::Mixed(recipe) => {
+            let (low, high) = recipe.bits();
+            println!(
+                "quantizing: {recipe} ({low} bits, {high} for v_proj/down_proj of some blocks and lm_head), group size {}",
+                args.group_size
+            );
+            let mixed = nn::MixedPredicate::new(recipe, &quantized, args.group_size)?;
+            let mut predicate = nn::mlx_lm_predicate(args.group_size, |path, m| mixed.decide(path, m));
+            nn::quantize(&mut quantized, params, Some(&mut predicate))?
+        }
+    };
+    gpu.synchronize()?;
+    let quantize_time = start.elapsed();
+    println!("\n{quantized}\n");
+
+    let mut by_bits = std::collections::BTreeMap::new();
+    for q in &done {
+        *by_bits.entry(q.params.bits).or_insert(0) += 1;
+    }
+    let counts: Vec<String> = by_bits.iter().map(|(bits, n)| format!("{n} at {bits} bits")).collect();
+    println!("quantized {} layers ({}) in {}", done.len(), counts.join(", "), millis(quantize_time));
+    println!(
+        "bits per weight: {:.2} -> {:.2} (mlx-lm's count); parameters {} -> {}",
+        nn::bits_per_weight(&float),
+        nn::bits_per_weight(&quantized),
+        mebibytes(&float),
+        mebibytes(&quantized)
+    );
+
+    let tokens = random_tokens(&gpu, args.tokens, config.vocab_size, args.seed)?;
+    let (float_logits, float_time) = timed_forward(&gpu, &float, &tokens, args.iterations)?;
+    let (quantized_logits, quantized_time) = timed_forward(&gpu, &quantized, &tokens, args.iterations)?;
+    let (y, y_q) = (read_f32(&float_logits)?, read_f32(&quantized_logits)?);
+    let vocab = config.vocab_size;
+    let agree = y.chunks(vocab).zip(y_q.chunks(vocab)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    println!(
+        "logits on {} tokens: relative error {:.3e} (|y_q - y| / |y|), same top-1 token for {agree}/{}",
+        args.tokens,
+        relative_error(&y_q, &y),
+        args.tokens
     );
     println!(
-        "quantize:        {:.2} ms, dequantize: {:.2} ms (wall, incl. submit)",
-        report.quantize_ms, report.dequantize_ms
+        "time per forward ({} tokens, median of {}): float {}, quantized {}",
+        args.tokens,
+        args.iterations,
+        millis(float_time),
+        millis(quantized_time)
     );
     Ok(())
 }
 
-/// What the quantize demo measured.
-#[derive(Clone, Debug)]
-pub struct QuantizeReport {
-    /// Bits stored per weight: packed codes plus scales and biases.
-    pub bits_per_weight: f64,
-    /// Largest |w - dequantize(quantize(w))|.
-    pub max_abs_error: f32,
-    /// Root mean square of the error.
-    pub rms_error: f32,
-    /// RMS error over RMS of w.
-    pub relative_rms_error: f32,
-    /// Whether the GPU's packed words, scales and biases equal the CPU reference's bit for bit.
-    pub matches_reference: bool,
-    /// Wall time of quantize on the GPU, submit to finish, in milliseconds.
-    pub quantize_ms: f64,
-    /// Wall time of dequantize on the GPU, in milliseconds.
-    pub dequantize_ms: f64,
-}
-
-/// A deterministic matrix with a heavy tail: mostly normal values plus a few outliers per row,
-/// the shape of real transformer weights.
-pub fn generated_matrix(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-    };
-    (0..rows * cols)
+/// Seeded token ids below `vocab` (SplitMix64).
+fn random_tokens(gpu: &Gpu, n: usize, vocab: usize, seed: u64) -> Result<Tensor> {
+    let mut state = seed ^ 0x5eed_5eed;
+    let ids: Vec<u32> = (0..n)
         .map(|_| {
-            let (u1, u2) = (next().max(1e-7), next());
-            let normal = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
-            let outlier = if next() < 0.001 { 8.0 } else { 1.0 };
-            normal * outlier / (cols as f32).sqrt()
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) % vocab as u64) as u32
         })
-        .collect()
+        .collect();
+    Tensor::from_slice(gpu, &ids, &[n])
 }
 
-/// Quantizes a generated `rows x cols` matrix of `dtype`, dequantizes it, and compares with the
-/// original and with the CPU reference.
-///
-/// # Errors
-/// Invalid parameters or device errors.
-pub fn quantize_demo(gpu: &Gpu, rows: usize, cols: usize, dtype: DType, params: QuantParams) -> Result<QuantizeReport> {
-    let values = generated_matrix(rows, cols, 7);
-    let w = match dtype {
-        DType::F16 => {
-            Tensor::from_slice(gpu, &values.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(), &[rows, cols])?
-        }
-        DType::BF16 => {
-            Tensor::from_slice(gpu, &values.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>(), &[rows, cols])?
-        }
-        _ => Tensor::from_slice(gpu, &values, &[rows, cols])?,
-    };
-    let values: Vec<f32> = values.iter().map(|&v| dtype.round_f32(v)).collect();
-    // Warm the pipelines so the timings show the kernels, not shader compilation.
-    crate::dequantize(&crate::quantize(&w, params)?, Some(DType::F32))?;
+/// One warm-up pass (which builds the pipelines), then the median wall time of `iterations`
+/// (at least one) passes, each waited for.
+fn timed_forward(gpu: &Gpu, model: &dyn Module, tokens: &Tensor, iterations: usize) -> Result<(Tensor, Duration)> {
+    let logits = model.forward(tokens)?;
     gpu.synchronize()?;
-
-    let start = Instant::now();
-    let q = crate::quantize(&w, params)?;
-    gpu.synchronize()?;
-    let quantize_ms = start.elapsed().as_secs_f64() * 1e3;
-    let start = Instant::now();
-    let w_hat = crate::dequantize(&q, Some(DType::F32))?;
-    gpu.synchronize()?;
-    let dequantize_ms = start.elapsed().as_secs_f64() * 1e3;
-
-    let host = reference::quantize(&values, cols, params, dtype)?;
-    let scales: Vec<f32> = read_float(&q.scales)?;
-    let biases: Vec<f32> = match &q.biases {
-        Some(b) => read_float(b)?,
-        None => Vec::new(),
-    };
-    let matches_reference = q.weight.to_vec::<u32>()? == host.weight
-        && bits_equal(&scales, &host.scales)
-        && bits_equal(&biases, &host.biases);
-
-    let w_hat = w_hat.to_vec::<f32>()?;
-    let (mut max_abs, mut err_sq, mut w_sq) = (0f32, 0f64, 0f64);
-    for (&a, &b) in values.iter().zip(&w_hat) {
-        let e = (a - b).abs();
-        max_abs = max_abs.max(e);
-        err_sq += f64::from(e) * f64::from(e);
-        w_sq += f64::from(a) * f64::from(a);
+    let mut times = Vec::new();
+    for _ in 0..iterations {
+        let start = Instant::now();
+        model.forward(tokens)?;
+        gpu.synchronize()?;
+        times.push(start.elapsed());
     }
-    let n = values.len().max(1) as f64;
-    Ok(QuantizeReport {
-        bits_per_weight: q.size_in_bytes() as f64 * 8.0 / n,
-        max_abs_error: max_abs,
-        rms_error: (err_sq / n).sqrt() as f32,
-        relative_rms_error: (err_sq / w_sq.max(f64::MIN_POSITIVE)).sqrt() as f32,
-        matches_reference,
-        quantize_ms,
-        dequantize_ms,
-    })
+    times.sort();
+    Ok((logits, times[times.len() / 2]))
 }
 
-fn read_float(t: &Tensor) -> Result<Vec<f32>> {
+fn read_f32(t: &Tensor) -> Result<Vec<f32>> {
     Ok(match t.dtype() {
         DType::F16 => t.to_vec::<f16>()?.into_iter().map(f16::to_f32).collect(),
         DType::BF16 => t.to_vec::<bf16>()?.into_iter().map(bf16::to_f32).collect(),
@@ -175,6 +219,21 @@ fn read_float(t: &Tensor) -> Result<Vec<f32>> {
     })
 }
 
-fn bits_equal(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+fn relative_error(y_q: &[f32], y: &[f32]) -> f64 {
+    let diff: f64 = y_q.iter().zip(y).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+    let norm: f64 = y.iter().map(|b| f64::from(*b).powi(2)).sum();
+    (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn mebibytes(model: &dyn Module) -> String {
+    let bytes: u64 = model.parameters().iter().map(|(_, t)| t.size_in_bytes()).sum();
+    format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64)
 }

@@ -290,6 +290,56 @@ pub enum Error {
     /// `Quant predicates only support 'affine' quantization.` (mlx-lm)
     #[error("Quant predicates only support 'affine' quantization.")]
     RecipeNeedsAffine,
+    // ---- float ops (matmul, take, rms_norm, softmax, element-wise) --------------------------
+    /// An operand that must be floating point is not.
+    #[error("[{op}] {what} must be a real floating type but has type {dtype}.")]
+    NotFloatOperand { op: &'static str, what: &'static str, dtype: DType },
+    /// A dtype the op has no kernel for.
+    #[error("[{op}] {what} of type {dtype} is not supported (supported: {supported}).")]
+    UnsupportedDType { op: &'static str, what: &'static str, dtype: DType, supported: &'static str },
+    /// An operand with the wrong number of dimensions.
+    #[error("[{op}] {what} must have {expected} dimensions but has {ndim}.")]
+    NdimMismatch { op: &'static str, what: &'static str, expected: &'static str, ndim: usize },
+    /// An operand whose shape does not fit the others.
+    #[error("[{op}] {what} must have shape {} but has shape {}.", mlx_shape(.expected), mlx_shape(.actual))]
+    ShapeMismatch { op: &'static str, what: &'static str, expected: Vec<usize>, actual: Vec<usize> },
+    /// The contraction dimensions of a matrix product differ (MLX's `[matmul]` wording).
+    #[error(
+        "[{op}] Last dimension of first input with shape {} must match the {} dimension of the weight with shape {} (transpose={transpose}).",
+        mlx_shape(.x),
+        if *.transpose { "last" } else { "first" },
+        mlx_shape(.w)
+    )]
+    MatmulShapes { op: &'static str, x: Vec<usize>, w: Vec<usize>, transpose: bool },
+    /// Operands with different dtypes where the op needs one.
+    #[error("[{op}] {what} must share one dtype but have {dtypes:?}.")]
+    DTypesDiffer { op: &'static str, what: &'static str, dtypes: Vec<DType> },
+    /// A size that must split evenly does not.
+    #[error("[{op}] {what} {value} is not divisible by {divisor}.")]
+    NotDivisible { op: &'static str, what: &'static str, value: usize, divisor: usize },
+    /// Causal attention with more queries than keys.
+    #[error("[{op}] causal attention needs at least as many keys ({keys}) as queries ({queries}).")]
+    CausalQueriesExceedKeys { op: &'static str, queries: usize, keys: usize },
+
+    // ---- nn: module trees and nn::quantize (MLX's and mlx-lm's words) ------------------------
+    /// The predicate asked to quantize a module that has no `to_quantized` (MLX's `ValueError`).
+    #[error("Unable to quantize model of type {type_name} (at \"{path}\")")]
+    NotQuantizable { path: String, type_name: String },
+    /// A module to be replaced is held by its concrete type, not in a [`Layer`](crate::nn::Layer) slot.
+    #[error("Unable to replace the {type_name} at \"{path}\": its parent holds it by type; hold it in a `Layer` (Box<dyn Module>) to let it be swapped")]
+    NotReplaceable { path: String, type_name: String },
+    /// An error raised while converting the module at `path` (for instance MLX's `[quantize] ...
+    /// divisible ...` message for a layer whose input size does not split into groups).
+    #[error("{path}: {source}")]
+    AtPath {
+        path: String,
+        #[source]
+        source: Box<Error>,
+    },
+    /// A module of an unexpected type where a model needs a particular one (a tied head needs an
+    /// embedding).
+    #[error("\"{path}\" holds a {found}, but {expected} was expected")]
+    UnexpectedModule { path: String, expected: &'static str, found: String },
     /// mlx-lm's error for a mixed recipe on a model without `down_proj` layers.
     #[error("Model does not have expected keys for mixed quant.")]
     MixedQuantKeys,

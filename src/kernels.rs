@@ -2,7 +2,8 @@
 //! resources it uses.
 //!
 //! A kernel's source is a generated prelude of `const` declarations (the format: dtypes, bits,
-//! group size), then the shared snippets of `wgsl/common/`, then the kernel's own file. This is
+//! group size), then the shared snippets of `wgsl/common/` (all kernels see most of them; a few
+//! go only to the kernels that name them), then the kernel's own file. This is
 //! the only place WGSL strings are joined. Tuning knobs are WGSL `override`s, passed as
 //! pipeline constants. The key's `Display` is both the pipeline-cache key and the wgpu label.
 
@@ -11,17 +12,86 @@ use std::fmt;
 use crate::dtype::DType;
 
 /// The shared snippets every kernel sees, in this order.
-const COMMON: [(&str, &str); 3] = [
+const COMMON: [(&str, &str); 4] = [
     ("common/softfloat.wgsl", include_str!("../wgsl/common/softfloat.wgsl")),
     ("common/dtype.wgsl", include_str!("../wgsl/common/dtype.wgsl")),
+    ("common/element.wgsl", include_str!("../wgsl/common/element.wgsl")),
     ("common/grid.wgsl", include_str!("../wgsl/common/grid.wgsl")),
 ];
 
 const QUANTIZE: &str = include_str!("../wgsl/quantize.wgsl");
 const DEQUANTIZE: &str = include_str!("../wgsl/dequantize.wgsl");
+const MATMUL: &str = include_str!("../wgsl/matmul.wgsl");
+const GATHER: &str = include_str!("../wgsl/gather.wgsl");
+const RMS_NORM: &str = include_str!("../wgsl/rms_norm.wgsl");
+const SOFTMAX: &str = include_str!("../wgsl/softmax.wgsl");
+const UNARY: &str = include_str!("../wgsl/unary.wgsl");
+const BINARY: &str = include_str!("../wgsl/binary.wgsl");
+/// Shared by the row kernels only (it declares their workgroup size and memory).
+const ROW_REDUCE: (&str, &str) = ("common/row_reduce.wgsl", include_str!("../wgsl/common/row_reduce.wgsl"));
 
 /// Invocations per workgroup of the element-wise kernels.
 pub(crate) const ELEMENTWISE_WG_SIZE: u32 = 64;
+/// Side of the square output tile one matmul workgroup computes (TILE x TILE invocations).
+pub(crate) const MATMUL_TILE: u32 = 16;
+/// Invocations per workgroup of the row kernels (RMSNorm, softmax): one workgroup per row.
+pub(crate) const ROW_WG_SIZE: u32 = 64;
+
+/// Element-wise functions of one tensor ([`crate::ops::relu`], [`crate::ops::silu`], casts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    /// `x`, converted to the output dtype.
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// `x * sigmoid(x)`.
+    Silu,
+}
+
+impl UnaryOp {
+    fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Identity => "cast",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Silu => "silu",
+        }
+    }
+
+    /// The id `wgsl/unary.wgsl` switches on.
+    fn wgsl_id(self) -> u32 {
+        match self {
+            UnaryOp::Identity => 0,
+            UnaryOp::Relu => 1,
+            UnaryOp::Silu => 2,
+        }
+    }
+}
+
+/// Element-wise functions of two tensors ([`crate::ops::add`], [`crate::ops::multiply`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    /// `a + b`.
+    Add,
+    /// `a * b`.
+    Multiply,
+}
+
+impl BinaryOp {
+    fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Multiply => "multiply",
+        }
+    }
+
+    /// The id `wgsl/binary.wgsl` switches on.
+    fn wgsl_id(self) -> u32 {
+        match self {
+            BinaryOp::Add => 0,
+            BinaryOp::Multiply => 1,
+        }
+    }
+}
 
 /// One kernel specialisation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -46,6 +116,60 @@ pub enum KernelKey {
         /// Elements per group.
         group_size: u32,
     },
+    /// Float matrix product with f32 accumulation, optionally plus a bias row.
+    Matmul {
+        /// Left operand dtype.
+        x_dtype: DType,
+        /// Right operand (weight) dtype.
+        w_dtype: DType,
+        /// Bias dtype, when a bias is added before the final rounding (MLX's `addmm`).
+        bias_dtype: Option<DType>,
+        /// Output dtype.
+        out_dtype: DType,
+        /// Whether `w` is read as `(N, K)` (`x @ wᵀ`, the Linear layout) rather than `(K, N)`.
+        transpose: bool,
+    },
+    /// Row gather (`table[ids]`), copying elements bit for bit.
+    Gather {
+        /// Bytes per element: 4 or 2.
+        element_bytes: u32,
+    },
+    /// RMS normalisation of rows, times a weight vector.
+    RmsNorm {
+        /// Input dtype.
+        x_dtype: DType,
+        /// Weight dtype.
+        w_dtype: DType,
+        /// Output dtype.
+        out_dtype: DType,
+    },
+    /// Softmax of rows (scaled, optionally causal).
+    Softmax {
+        /// Input dtype.
+        in_dtype: DType,
+        /// Output dtype.
+        out_dtype: DType,
+    },
+    /// An element-wise function of one tensor.
+    Unary {
+        /// The function.
+        op: UnaryOp,
+        /// Input dtype.
+        in_dtype: DType,
+        /// Output dtype.
+        out_dtype: DType,
+    },
+    /// An element-wise function of two tensors, the second repeated along the first.
+    Binary {
+        /// The function.
+        op: BinaryOp,
+        /// First operand dtype.
+        a_dtype: DType,
+        /// Second operand dtype.
+        b_dtype: DType,
+        /// Output dtype.
+        out_dtype: DType,
+    },
 }
 
 impl fmt::Display for KernelKey {
@@ -60,6 +184,31 @@ impl fmt::Display for KernelKey {
                 scale_dtype.short_name(),
                 out_dtype.short_name()
             ),
+            KernelKey::Matmul { x_dtype, w_dtype, bias_dtype, out_dtype, transpose } => {
+                write!(f, "matmul_{}_{}", x_dtype.short_name(), w_dtype.short_name())?;
+                if let Some(bias) = bias_dtype {
+                    write!(f, "_bias_{}", bias.short_name())?;
+                }
+                write!(f, "_to_{}{}", out_dtype.short_name(), if *transpose { "_t" } else { "" })
+            }
+            KernelKey::Gather { element_bytes } => write!(f, "gather_{}", element_bytes * 8),
+            KernelKey::RmsNorm { x_dtype, w_dtype, out_dtype } => {
+                write!(f, "rms_norm_{}_{}_to_{}", x_dtype.short_name(), w_dtype.short_name(), out_dtype.short_name())
+            }
+            KernelKey::Softmax { in_dtype, out_dtype } => {
+                write!(f, "softmax_{}_to_{}", in_dtype.short_name(), out_dtype.short_name())
+            }
+            KernelKey::Unary { op, in_dtype, out_dtype } => {
+                write!(f, "{}_{}_to_{}", op.name(), in_dtype.short_name(), out_dtype.short_name())
+            }
+            KernelKey::Binary { op, a_dtype, b_dtype, out_dtype } => write!(
+                f,
+                "{}_{}_{}_to_{}",
+                op.name(),
+                a_dtype.short_name(),
+                b_dtype.short_name(),
+                out_dtype.short_name()
+            ),
         }
     }
 }
@@ -70,6 +219,12 @@ impl KernelKey {
         match self {
             KernelKey::Quantize { .. } => "quantize",
             KernelKey::Dequantize { .. } => "dequantize",
+            KernelKey::Matmul { .. } => "matmul",
+            KernelKey::Gather { .. } => "gather",
+            KernelKey::RmsNorm { .. } => "rms_norm",
+            KernelKey::Softmax { .. } => "softmax",
+            KernelKey::Unary { op, .. } => op.name(),
+            KernelKey::Binary { op, .. } => op.name(),
         }
     }
 
@@ -94,14 +249,65 @@ impl KernelKey {
                     ("OUT_DTYPE", out_dtype.wgsl_id()),
                 ],
             ),
+            KernelKey::Matmul { x_dtype, w_dtype, bias_dtype, out_dtype, transpose } => (
+                MATMUL,
+                vec![
+                    ("X_DTYPE", x_dtype.wgsl_id()),
+                    ("W_DTYPE", w_dtype.wgsl_id()),
+                    ("HAS_BIAS", u32::from(bias_dtype.is_some())),
+                    // Without a bias the binding still exists (it aliases w) and is never read.
+                    ("BIAS_DTYPE", bias_dtype.unwrap_or(w_dtype).wgsl_id()),
+                    ("OUT_DTYPE", out_dtype.wgsl_id()),
+                    ("TRANSPOSE", u32::from(transpose)),
+                ],
+            ),
+            KernelKey::Gather { element_bytes } => (GATHER, vec![("ELEMENT_BYTES", element_bytes)]),
+            KernelKey::RmsNorm { x_dtype, w_dtype, out_dtype } => (
+                RMS_NORM,
+                vec![
+                    ("X_DTYPE", x_dtype.wgsl_id()),
+                    ("W_DTYPE", w_dtype.wgsl_id()),
+                    ("OUT_DTYPE", out_dtype.wgsl_id()),
+                ],
+            ),
+            KernelKey::Softmax { in_dtype, out_dtype } => {
+                (SOFTMAX, vec![("IN_DTYPE", in_dtype.wgsl_id()), ("OUT_DTYPE", out_dtype.wgsl_id())])
+            }
+            KernelKey::Unary { op, in_dtype, out_dtype } => (
+                UNARY,
+                vec![("OP", op.wgsl_id()), ("IN_DTYPE", in_dtype.wgsl_id()), ("OUT_DTYPE", out_dtype.wgsl_id())],
+            ),
+            KernelKey::Binary { op, a_dtype, b_dtype, out_dtype } => (
+                BINARY,
+                vec![
+                    ("OP", op.wgsl_id()),
+                    ("A_DTYPE", a_dtype.wgsl_id()),
+                    ("B_DTYPE", b_dtype.wgsl_id()),
+                    ("OUT_DTYPE", out_dtype.wgsl_id()),
+                ],
+            ),
+        }
+    }
+
+    /// Shared snippets this kernel needs beyond those every kernel sees.
+    fn snippets(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            KernelKey::RmsNorm { .. } | KernelKey::Softmax { .. } => &[ROW_REDUCE],
+            _ => &[],
         }
     }
 
     /// Pipeline-overridable constants (tuning knobs) for this key.
     pub fn constants(&self) -> Vec<(String, f64)> {
         match self {
-            KernelKey::Quantize { .. } | KernelKey::Dequantize { .. } => {
-                vec![("WG_SIZE".to_string(), f64::from(ELEMENTWISE_WG_SIZE))]
+            KernelKey::Quantize { .. }
+            | KernelKey::Dequantize { .. }
+            | KernelKey::Gather { .. }
+            | KernelKey::Unary { .. }
+            | KernelKey::Binary { .. } => vec![("WG_SIZE".to_string(), f64::from(ELEMENTWISE_WG_SIZE))],
+            KernelKey::Matmul { .. } => vec![("TILE".to_string(), f64::from(MATMUL_TILE))],
+            KernelKey::RmsNorm { .. } | KernelKey::Softmax { .. } => {
+                vec![("WG_SIZE".to_string(), f64::from(ROW_WG_SIZE))]
             }
         }
     }
@@ -121,6 +327,28 @@ impl KernelKey {
                 }
             }
         }
+        for element_bytes in [2, 4] {
+            keys.push(KernelKey::Gather { element_bytes });
+        }
+        for a in floats {
+            for out_dtype in floats {
+                keys.push(KernelKey::Softmax { in_dtype: a, out_dtype });
+                for op in [UnaryOp::Identity, UnaryOp::Relu, UnaryOp::Silu] {
+                    keys.push(KernelKey::Unary { op, in_dtype: a, out_dtype });
+                }
+                for b in floats {
+                    keys.push(KernelKey::RmsNorm { x_dtype: a, w_dtype: b, out_dtype });
+                    for op in [BinaryOp::Add, BinaryOp::Multiply] {
+                        keys.push(KernelKey::Binary { op, a_dtype: a, b_dtype: b, out_dtype });
+                    }
+                    for bias_dtype in [None, Some(DType::F32), Some(DType::F16), Some(DType::BF16)] {
+                        for transpose in [false, true] {
+                            keys.push(KernelKey::Matmul { x_dtype: a, w_dtype: b, bias_dtype, out_dtype, transpose });
+                        }
+                    }
+                }
+            }
+        }
         keys
     }
 }
@@ -132,7 +360,7 @@ pub fn source(key: &KernelKey) -> String {
     for (name, value) in prelude {
         src.push_str(&format!("const {name}: u32 = {value}u;\n"));
     }
-    for (file, text) in COMMON {
+    for (file, text) in COMMON.iter().chain(key.snippets()) {
         src.push_str(&format!("\n// ---- {file}\n{text}"));
     }
     src.push_str(&format!("\n// ---- {}\n{body}", key.op()));

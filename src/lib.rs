@@ -1,7 +1,8 @@
 //! # wgquant
 //!
-//! MLX's group quantization on any GPU through wgpu: `quantize`, `dequantize` (and, as the
-//! crate grows, `quantized_matmul` and `nn::quantize`) with MLX's formats, bit for bit.
+//! MLX's group quantization on any GPU through wgpu: `quantize`, `dequantize` and
+//! `quantized_matmul` with MLX's formats, and [`nn::quantize`], MLX's `nn.quantize` over a tree of
+//! layers with GPU forward passes.
 //!
 //! Quantization follows MLX 0.32.4's CPU semantics (true min/max, the edge flip, round half to
 //! even); the packed words, scales and biases equal what `mx.quantize` returns. Every kernel
@@ -29,6 +30,7 @@ pub mod error;
 pub mod gpu;
 pub mod io;
 pub mod kernels;
+pub mod nn;
 pub mod ops;
 pub mod params;
 pub mod reference;
@@ -37,7 +39,7 @@ pub mod tensor;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Error, Result};
 pub use gpu::{Caps, Gpu, GpuOptions};
-pub use ops::{dequantize, quantize};
+pub use ops::{dequantize, quantize, quantized_matmul};
 pub use params::{Mode, QuantParams};
 pub use tensor::{Quantized, Tensor};
 

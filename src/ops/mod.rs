@@ -1,6 +1,14 @@
 //! The ops, named as in MLX: validate at the boundary, pick the kernel key, record, submit.
 //! Ops return GPU tensors without waiting; nothing is read back unless the caller asks.
 
+mod launch;
+mod matmul;
+mod nn;
 mod quantize;
+mod quantized_matmul;
+mod validate;
 
+pub use matmul::{linear, matmul};
+pub use nn::{add, astype, multiply, relu, rms_norm, scaled_dot_product_attention, silu, softmax, take};
 pub use quantize::{dequantize, quantize};
+pub use quantized_matmul::quantized_matmul;

@@ -5,8 +5,12 @@
 //! Values are `f32` on the host; a dtype argument says what the GPU stores, and results are
 //! rounded to it exactly as MLX rounds (round to nearest, ties to even).
 
+mod matmul;
+mod nn;
 mod quantize;
 
+pub use matmul::matmul;
+pub use nn::{add, multiply, relu, rms_norm, scaled_dot_product_attention, silu, softmax, take};
 pub use quantize::{
     dequantize, dequantize_value, group_scale_bias, pack, quantize, quantize_value, unpack, HostQuantized,
 };
