@@ -328,6 +328,10 @@ pub enum Error {
     /// A module to be replaced is held by its concrete type, not in a [`Layer`](crate::nn::Layer) slot.
     #[error("Unable to replace the {type_name} at \"{path}\": its parent holds it by type; hold it in a `Layer` (Box<dyn Module>) to let it be swapped")]
     NotReplaceable { path: String, type_name: String },
+    /// A module asked to set an array it does not have (MLX's `load_weights`: `Module does not
+    /// have parameter named ...`).
+    #[error("Module {type_name} does not have parameter named \"{key}\"")]
+    NoSuchParameter { key: String, type_name: String },
     /// An error raised while converting the module at `path` (for instance MLX's `[quantize] ...
     /// divisible ...` message for a layer whose input size does not split into groups).
     #[error("{path}: {source}")]

@@ -11,6 +11,7 @@
 //! - [`ModelConfig`] / [`QuantizationConfig`]: `config.json` and mlx-lm's loading rule.
 //! - [`ModelDir`]: an opened directory with its layer plan; [`load_checkpoint`] loads it onto the
 //!   GPU as a [`Checkpoint`] of float or [`Quantized`](crate::Quantized) layers.
+//! - [`load_weights`]: load a [`Checkpoint`] into an [`nn`](crate::nn) module tree, strictly.
 //! - [`convert`]: quantize or dequantize a whole directory, streaming, crash-safe.
 //! - [`Recipe`]: mlx-lm's mixed-precision recipes on layer paths.
 
@@ -19,6 +20,7 @@ mod config;
 mod convert;
 mod host;
 mod json;
+mod model;
 mod recipe;
 mod safetensors;
 mod shards;
@@ -27,6 +29,7 @@ pub use checkpoint::{load_checkpoint, Checkpoint, Layer, LayerInfo, LayerWeight,
 pub use config::{LayerQuantization, ModelConfig, QuantizationConfig, CONFIG_FILE};
 pub use convert::{convert, Conversion, ConvertOptions, ConvertReport};
 pub use host::HostTensor;
+pub use model::load_weights;
 pub use recipe::{MixedBits, Recipe};
 pub use safetensors::{
     write_safetensors, SafetensorsFile, SafetensorsWriter, TensorEntry, TensorSpec, MAX_HEADER_BYTES, MAX_NAME_BYTES,

@@ -2,7 +2,7 @@
 //! and `nn.QuantizedEmbedding`, `quantized.py`).
 
 use super::linear::{check_weight, quantized_parameters};
-use super::module::{display_as_module, Layer, Module, Quantizable};
+use super::module::{display_as_module, no_such_parameter, set_checked, Layer, Module, Quantizable};
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::params::QuantParams;
@@ -61,6 +61,13 @@ impl Module for Embedding {
 
     fn own_parameters(&self) -> Vec<(&str, &Tensor)> {
         vec![("weight", &self.weight)]
+    }
+
+    fn set_parameter(&mut self, key: &str, value: Tensor) -> Result<()> {
+        match key {
+            "weight" => set_checked("Embedding", "the weight", &mut self.weight, value),
+            _ => Err(no_such_parameter(self, key)),
+        }
     }
 
     fn as_quantizable(&self) -> Option<&dyn Quantizable> {

@@ -2,7 +2,7 @@
 //! `nn.ReLU`, `nn.SiLU` in `activations.py`, `nn.RMSNorm` in `normalization.py`, `nn.Sequential`
 //! in `containers.py`).
 
-use super::module::{display_as_module, python_float, Layer, Module};
+use super::module::{display_as_module, no_such_parameter, python_float, set_checked, Layer, Module};
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::tensor::Tensor;
@@ -73,6 +73,13 @@ impl Module for RMSNorm {
 
     fn own_parameters(&self) -> Vec<(&str, &Tensor)> {
         vec![("weight", &self.weight)]
+    }
+
+    fn set_parameter(&mut self, key: &str, value: Tensor) -> Result<()> {
+        match key {
+            "weight" => set_checked("RMSNorm", "the weight", &mut self.weight, value),
+            _ => Err(no_such_parameter(self, key)),
+        }
     }
 }
 

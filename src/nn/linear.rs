@@ -1,7 +1,7 @@
 //! `Linear` and `QuantizedLinear` (MLX's `nn.Linear`, `python/mlx/nn/layers/linear.py`, and
 //! `nn.QuantizedLinear`, `quantized.py`).
 
-use super::module::{display_as_module, python_bool, Layer, Module, Quantizable};
+use super::module::{display_as_module, no_such_parameter, python_bool, set_checked, Layer, Module, Quantizable};
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::params::QuantParams;
@@ -68,6 +68,14 @@ impl Module for Linear {
         let mut out = vec![("weight", &self.weight)];
         out.extend(self.bias.as_ref().map(|b| ("bias", b)));
         out
+    }
+
+    fn set_parameter(&mut self, key: &str, value: Tensor) -> Result<()> {
+        match (key, &mut self.bias) {
+            ("weight", _) => set_checked("Linear", "the weight", &mut self.weight, value),
+            ("bias", Some(bias)) => set_checked("Linear", "the bias", bias, value),
+            _ => Err(no_such_parameter(self, key)),
+        }
     }
 
     fn as_quantizable(&self) -> Option<&dyn Quantizable> {
@@ -177,6 +185,15 @@ impl Module for QuantizedLinear {
         let mut out = quantized_parameters(&self.weight);
         out.extend(self.bias.as_ref().map(|b| ("bias", b)));
         out
+    }
+
+    /// Only the bias: the packed weight, scales and biases are set together by building a new
+    /// layer ([`QuantizedLinear::new`]).
+    fn set_parameter(&mut self, key: &str, value: Tensor) -> Result<()> {
+        match (key, &mut self.bias) {
+            ("bias", Some(bias)) => set_checked("QuantizedLinear", "the bias", bias, value),
+            _ => Err(no_such_parameter(self, key)),
+        }
     }
 
     fn quant_params(&self) -> Option<QuantParams> {

@@ -49,7 +49,9 @@ pub use embedding::{Embedding, QuantizedEmbedding};
 pub use layers::{RMSNorm, ReLU, Sequential, SiLU};
 pub use linear::{Linear, QuantizedLinear};
 pub use llama::{Attention, LlamaConfig, LlamaModel, Mlp, Model, TransformerBlock};
+pub(crate) use module::join;
 pub use module::{AsModule, Container, Dict, Layer, Module, Node, Quantizable, Slot};
+pub(crate) use quantize::replace_leaves;
 pub use quantize::{
     bits_per_weight, dequantize_model, mlx_lm_predicate, quantizable, quantize, Decision, Predicate, QuantizedPath,
 };

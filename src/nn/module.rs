@@ -102,6 +102,19 @@ pub trait Module: AsModule + Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Replaces the own array `key` (one of [`own_parameters`](Module::own_parameters)) with
+    /// `value` of the same shape, as MLX's `load_weights` sets each array in place. Layers with
+    /// parameters implement it; the default has none to set.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchParameter`](crate::Error::NoSuchParameter) for a key the module does not
+    /// have; [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) for a shape other than the
+    /// current one; [`Error::NotFloatOperand`](crate::Error::NotFloatOperand) for a non-float
+    /// array.
+    fn set_parameter(&mut self, key: &str, _value: Tensor) -> Result<()> {
+        Err(no_such_parameter(self.as_module(), key))
+    }
+
     /// `Some(self)` for layers with a quantized counterpart (MLX: `hasattr(m, "to_quantized")`).
     fn as_quantizable(&self) -> Option<&dyn Quantizable> {
         None
@@ -182,6 +195,14 @@ impl<'a> Slot<'a> {
         match self {
             Slot::Layer(layer) => &***layer,
             Slot::Fixed(module) => &**module,
+        }
+    }
+
+    /// The module in the slot, mutably, borrowed for as long as the slot was.
+    pub fn into_module(self) -> &'a mut dyn Module {
+        match self {
+            Slot::Layer(layer) => layer.as_mut(),
+            Slot::Fixed(module) => module,
         }
     }
 
@@ -471,6 +492,26 @@ pub(crate) fn leaf_slots(root: &mut dyn Module) -> Vec<(String, Slot<'_>)> {
         push(path, slot, &mut out);
     }
     out
+}
+
+/// Sets `*slot` to `value` when it is a float array of the same shape: the check MLX's
+/// `load_weights` makes (`Expected shape ... but received shape ...`), for
+/// [`Module::set_parameter`] implementations.
+pub(crate) fn set_checked(op: &'static str, what: &'static str, slot: &mut Tensor, value: Tensor) -> Result<()> {
+    use crate::error::Error;
+    if value.shape() != slot.shape() {
+        return Err(Error::ShapeMismatch { op, what, expected: slot.shape().to_vec(), actual: value.shape().to_vec() });
+    }
+    if !value.dtype().is_float() {
+        return Err(Error::NotFloatOperand { op, what, dtype: value.dtype() });
+    }
+    *slot = value;
+    Ok(())
+}
+
+/// [`Module::set_parameter`]'s error for a key the module does not have.
+pub(crate) fn no_such_parameter(module: &dyn Module, key: &str) -> crate::error::Error {
+    crate::error::Error::NoSuchParameter { key: key.to_string(), type_name: module.type_name().to_string() }
 }
 
 /// `wgquant::nn::linear::Linear` → `Linear`; `a::Wrapper<b::Inner>` → `Wrapper`.

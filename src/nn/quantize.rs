@@ -188,7 +188,7 @@ pub fn dequantize_model(model: &mut dyn Module) -> Result<Vec<String>> {
 }
 
 /// Asks `replacement` for every leaf in order and swaps in what it returns, all or nothing.
-fn replace_leaves(
+pub(crate) fn replace_leaves(
     model: &mut dyn Module,
     mut replacement: impl FnMut(&str, &dyn Module) -> Result<Option<Layer>>,
 ) -> Result<()> {
