@@ -19,9 +19,105 @@ const COMMON: [(&str, &str); 3] = [
 
 const QUANTIZE: &str = include_str!("../wgsl/quantize.wgsl");
 const DEQUANTIZE: &str = include_str!("../wgsl/dequantize.wgsl");
+const QMV: &str = include_str!("../wgsl/qmv.wgsl");
+const QVM: &str = include_str!("../wgsl/qvm.wgsl");
+const QMM: &str = include_str!("../wgsl/qmm.wgsl");
+const QMM_SUM_PARTIALS: &str = include_str!("../wgsl/qmm_sum_partials.wgsl");
+
+/// Snippets of the quantized-matmul kernels (each kernel names the ones it includes).
+const QMM_IO: (&str, &str) = ("common/qmm_io.wgsl", include_str!("../wgsl/common/qmm_io.wgsl"));
+const QMM_OPERANDS: (&str, &str) = ("common/qmm_operands.wgsl", include_str!("../wgsl/common/qmm_operands.wgsl"));
+const QMM_WORDS_VEC4: (&str, &str) = ("common/qmm_words_vec4.wgsl", include_str!("../wgsl/common/qmm_words_vec4.wgsl"));
+const QMM_WORDS_U32: (&str, &str) = ("common/qmm_words_u32.wgsl", include_str!("../wgsl/common/qmm_words_u32.wgsl"));
+const REDUCE_SUBGROUP: (&str, &str) =
+    ("common/reduce_subgroup.wgsl", include_str!("../wgsl/common/reduce_subgroup.wgsl"));
+const REDUCE_WORKGROUP: (&str, &str) =
+    ("common/reduce_workgroup.wgsl", include_str!("../wgsl/common/reduce_workgroup.wgsl"));
 
 /// Invocations per workgroup of the element-wise kernels.
 pub(crate) const ELEMENTWISE_WG_SIZE: u32 = 64;
+
+/// Invocations per workgroup of [`KernelKey::QmmSumPartials`].
+pub(crate) const SUM_PARTIALS_WG_SIZE: u32 = 64;
+/// Default invocations per [`KernelKey::Qmv`] workgroup (they split k).
+pub(crate) const QMV_WG_SIZE: u32 = 128;
+/// Default blocks of 32 outputs per [`KernelKey::Qvm`] workgroup.
+pub(crate) const QVM_WG_SIZE: u32 = 32;
+/// Default columns of y per [`KernelKey::Qmm`] tile.
+pub(crate) const QMM_TILE_N: u32 = 128;
+/// The rows of y per [`KernelKey::Qmm`] tile the dispatcher picks from.
+pub(crate) const QMM_TILE_ROWS: [u32; 3] = [32, 64, 128];
+
+/// Default outputs per [`KernelKey::Qmv`] workgroup for `vecs` rows of x: fewer when more rows
+/// of x share the registers.
+pub(crate) const fn qmv_rows(vecs: u32) -> u32 {
+    if vecs <= 2 {
+        8
+    } else {
+        4
+    }
+}
+
+/// The element types and quantization format a quantized-matmul kernel is specialised for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulFormat {
+    /// dtype of x.
+    pub x_dtype: DType,
+    /// dtype of the scales and biases.
+    pub scale_dtype: DType,
+    /// dtype of y.
+    pub out_dtype: DType,
+    /// Bits per code.
+    pub bits: u32,
+    /// Codes per group.
+    pub group_size: u32,
+}
+
+impl fmt::Display for MatmulFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}_{}_to_{}_gs{}_b{}",
+            self.x_dtype.short_name(),
+            self.scale_dtype.short_name(),
+            self.out_dtype.short_name(),
+            self.group_size,
+            self.bits
+        )
+    }
+}
+
+impl MatmulFormat {
+    /// Prelude constants every matmul kernel gets.
+    fn prelude(&self) -> Vec<(&'static str, u32)> {
+        vec![
+            ("BITS", self.bits),
+            ("GROUP_SIZE", self.group_size),
+            ("X_DTYPE", self.x_dtype.wgsl_id()),
+            ("SCALE_DTYPE", self.scale_dtype.wgsl_id()),
+            ("OUT_DTYPE", self.out_dtype.wgsl_id()),
+        ]
+    }
+
+    /// The operand snippets: w_q is read 16 bytes at a time where a block is whole vec4s.
+    fn operand_snippets(&self) -> Vec<(&'static str, &'static str)> {
+        let words = if self.bits % 4 == 0 { QMM_WORDS_VEC4 } else { QMM_WORDS_U32 };
+        vec![QMM_IO, QMM_OPERANDS, words]
+    }
+}
+
+/// How [`KernelKey::Qmv`] totals its invocations' partial sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// `subgroupAdd`, then the subgroups' totals through workgroup memory; `min_size` is the
+    /// adapter's smallest subgroup.
+    Subgroup {
+        /// Smallest subgroup size the adapter may use.
+        min_size: u32,
+    },
+    /// A tree in workgroup memory (devices without subgroup operations).
+    Workgroup,
+}
 
 /// One kernel specialisation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -46,6 +142,44 @@ pub enum KernelKey {
         /// Elements per group.
         group_size: u32,
     },
+    /// Quantized matrix-vector product, transposed weights, `vecs` rows of x per workgroup.
+    Qmv {
+        /// dtypes and format.
+        format: MatmulFormat,
+        /// Rows of x per workgroup.
+        vecs: u32,
+        /// Rows of w (outputs) per workgroup.
+        rows: u32,
+        /// Invocations per workgroup (they split k).
+        wg_size: u32,
+        /// How partial sums are totalled.
+        reduction: Reduction,
+    },
+    /// Quantized vector-matrix product, untransposed weights, `vecs` rows of x per invocation.
+    Qvm {
+        /// dtypes and format.
+        format: MatmulFormat,
+        /// Rows of x per invocation.
+        vecs: u32,
+        /// Invocations (blocks of 32 outputs) per workgroup.
+        wg_size: u32,
+    },
+    /// Tiled quantized matrix product, either layout, `bm` x `bn` tiles of y.
+    Qmm {
+        /// dtypes and format.
+        format: MatmulFormat,
+        /// Whether w_q is `(n, k)` (groups along k) rather than `(k, n)`.
+        transpose: bool,
+        /// Rows of y per tile (a multiple of 8).
+        bm: u32,
+        /// Columns of y per tile (a multiple of 32).
+        bn: u32,
+    },
+    /// Sums k-slices of f32 partial sums into y.
+    QmmSumPartials {
+        /// dtype of y.
+        out_dtype: DType,
+    },
 }
 
 impl fmt::Display for KernelKey {
@@ -60,6 +194,18 @@ impl fmt::Display for KernelKey {
                 scale_dtype.short_name(),
                 out_dtype.short_name()
             ),
+            KernelKey::Qmv { format, vecs, rows, wg_size, reduction } => {
+                let reduction = match reduction {
+                    Reduction::Subgroup { min_size } => format!("sg{min_size}"),
+                    Reduction::Workgroup => "wgsum".to_string(),
+                };
+                write!(f, "qmv_{format}_v{vecs}_r{rows}_wg{wg_size}_{reduction}")
+            }
+            KernelKey::Qvm { format, vecs, wg_size } => write!(f, "qvm_{format}_v{vecs}_wg{wg_size}"),
+            KernelKey::Qmm { format, transpose, bm, bn } => {
+                write!(f, "qmm_{}_{format}_{bm}x{bn}", if *transpose { "t" } else { "n" })
+            }
+            KernelKey::QmmSumPartials { out_dtype } => write!(f, "qmm_sum_partials_{}", out_dtype.short_name()),
         }
     }
 }
@@ -70,11 +216,16 @@ impl KernelKey {
         match self {
             KernelKey::Quantize { .. } => "quantize",
             KernelKey::Dequantize { .. } => "dequantize",
+            KernelKey::Qmv { .. }
+            | KernelKey::Qvm { .. }
+            | KernelKey::Qmm { .. }
+            | KernelKey::QmmSumPartials { .. } => "quantized_matmul",
         }
     }
 
-    /// The kernel's own WGSL file and the prelude constants it needs.
-    fn body_and_prelude(&self) -> (&'static str, Vec<(&'static str, u32)>) {
+    /// The kernel's own WGSL file, the prelude constants it needs and the snippets (beyond
+    /// [`COMMON`]) it includes.
+    fn body_and_prelude(&self) -> (&'static str, Vec<(&'static str, u32)>, Vec<(&'static str, &'static str)>) {
         match *self {
             KernelKey::Quantize { dtype, bits, group_size } => (
                 QUANTIZE,
@@ -84,6 +235,7 @@ impl KernelKey {
                     ("W_DTYPE", dtype.wgsl_id()),
                     ("GROUPS_PER_INVOCATION", 4 / dtype.size_in_bytes() as u32),
                 ],
+                vec![],
             ),
             KernelKey::Dequantize { scale_dtype, out_dtype, bits, group_size } => (
                 DEQUANTIZE,
@@ -93,7 +245,31 @@ impl KernelKey {
                     ("SCALE_DTYPE", scale_dtype.wgsl_id()),
                     ("OUT_DTYPE", out_dtype.wgsl_id()),
                 ],
+                vec![],
             ),
+            KernelKey::Qmv { format, vecs, rows, reduction, .. } => {
+                let mut snippets = format.operand_snippets();
+                snippets.push(match reduction {
+                    Reduction::Subgroup { .. } => REDUCE_SUBGROUP,
+                    Reduction::Workgroup => REDUCE_WORKGROUP,
+                });
+                let mut prelude = format.prelude();
+                prelude.extend([("VECS", vecs), ("ROWS", rows)]);
+                (QMV, prelude, snippets)
+            }
+            KernelKey::Qvm { format, vecs, .. } => {
+                let mut prelude = format.prelude();
+                prelude.push(("VECS", vecs));
+                (QVM, prelude, format.operand_snippets())
+            }
+            KernelKey::Qmm { format, transpose, bm, bn } => {
+                let mut prelude = format.prelude();
+                prelude.extend([("TRANSPOSE", u32::from(transpose)), ("BM", bm), ("BN", bn)]);
+                (QMM, prelude, format.operand_snippets())
+            }
+            KernelKey::QmmSumPartials { out_dtype } => {
+                (QMM_SUM_PARTIALS, vec![("OUT_DTYPE", out_dtype.wgsl_id())], vec![QMM_IO])
+            }
         }
     }
 
@@ -103,11 +279,25 @@ impl KernelKey {
             KernelKey::Quantize { .. } | KernelKey::Dequantize { .. } => {
                 vec![("WG_SIZE".to_string(), f64::from(ELEMENTWISE_WG_SIZE))]
             }
+            KernelKey::Qmv { wg_size, reduction, .. } => {
+                let mut constants = vec![("WG_SIZE".to_string(), f64::from(*wg_size))];
+                if let Reduction::Subgroup { min_size } = reduction {
+                    constants.push(("MIN_SUBGROUP_SIZE".to_string(), f64::from(*min_size)));
+                }
+                constants
+            }
+            KernelKey::Qvm { wg_size, .. } => vec![("WG_SIZE".to_string(), f64::from(*wg_size))],
+            KernelKey::Qmm { .. } => Vec::new(),
+            KernelKey::QmmSumPartials { .. } => {
+                vec![("WG_SIZE".to_string(), f64::from(SUM_PARTIALS_WG_SIZE))]
+            }
         }
     }
 
-    /// Every specialisation wgquant can build for the ops in this file: used by the shader
-    /// portability test.
+    /// The specialisations wgquant builds, for the shader portability test: quantize and
+    /// dequantize for every format; every quantized-matmul kernel and knob value the dispatcher
+    /// picks by default, for every bits and group size with one dtype throughout, and each mixed
+    /// x and scales dtype once per kernel (dtypes only change the load and store functions).
     pub fn all() -> Vec<KernelKey> {
         let floats = [DType::F32, DType::F16, DType::BF16];
         let mut keys = Vec::new();
@@ -118,7 +308,42 @@ impl KernelKey {
                     for out_dtype in floats {
                         keys.push(KernelKey::Dequantize { scale_dtype: dtype, out_dtype, bits, group_size });
                     }
+                    let format =
+                        MatmulFormat { x_dtype: dtype, scale_dtype: dtype, out_dtype: dtype, bits, group_size };
+                    keys.extend(Self::matmul_kernels(format));
                 }
+            }
+        }
+        for x_dtype in floats {
+            for scale_dtype in floats.into_iter().filter(|&s| s != x_dtype) {
+                let out_dtype = x_dtype.promote(scale_dtype);
+                keys.extend(Self::matmul_kernels(MatmulFormat {
+                    x_dtype,
+                    scale_dtype,
+                    out_dtype,
+                    bits: 4,
+                    group_size: 64,
+                }));
+            }
+        }
+        keys.extend(floats.map(|out_dtype| KernelKey::QmmSumPartials { out_dtype }));
+        keys
+    }
+
+    /// The quantized-matmul kernels `quantized_matmul` may build for `format` with default knobs.
+    fn matmul_kernels(format: MatmulFormat) -> Vec<KernelKey> {
+        let mut keys = Vec::new();
+        for vecs in 1..=8 {
+            for reduction in [Reduction::Subgroup { min_size: 8 }, Reduction::Workgroup] {
+                keys.push(KernelKey::Qmv { format, vecs, rows: qmv_rows(vecs), wg_size: QMV_WG_SIZE, reduction });
+            }
+        }
+        for vecs in 1..=4 {
+            keys.push(KernelKey::Qvm { format, vecs, wg_size: QVM_WG_SIZE });
+        }
+        for transpose in [true, false] {
+            for bm in QMM_TILE_ROWS {
+                keys.push(KernelKey::Qmm { format, transpose, bm, bn: QMM_TILE_N });
             }
         }
         keys
@@ -127,12 +352,12 @@ impl KernelKey {
 
 /// The complete WGSL source for `key`.
 pub fn source(key: &KernelKey) -> String {
-    let (body, prelude) = key.body_and_prelude();
+    let (body, prelude, snippets) = key.body_and_prelude();
     let mut src = format!("// {key}: generated prelude\n");
     for (name, value) in prelude {
         src.push_str(&format!("const {name}: u32 = {value}u;\n"));
     }
-    for (file, text) in COMMON {
+    for (file, text) in COMMON.into_iter().chain(snippets) {
         src.push_str(&format!("\n// ---- {file}\n{text}"));
     }
     src.push_str(&format!("\n// ---- {}\n{body}", key.op()));

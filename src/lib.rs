@@ -1,7 +1,7 @@
 //! # wgquant
 //!
-//! MLX's group quantization on any GPU through wgpu: `quantize`, `dequantize` (and, as the
-//! crate grows, `quantized_matmul` and `nn::quantize`) with MLX's formats, bit for bit.
+//! MLX's group quantization on any GPU through wgpu: `quantize`, `dequantize` and
+//! `quantized_matmul` (and, as the crate grows, `nn::quantize`) with MLX's formats, bit for bit.
 //!
 //! Quantization follows MLX 0.32.4's CPU semantics (true min/max, the edge flip, round half to
 //! even); the packed words, scales and biases equal what `mx.quantize` returns. Every kernel
@@ -36,7 +36,7 @@ pub mod tensor;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Error, Result};
 pub use gpu::{Caps, Gpu, GpuOptions};
-pub use ops::{dequantize, quantize};
+pub use ops::{dequantize, quantize, quantized_matmul, quantized_matmul_with, QmmKernel, QmmOptions};
 pub use params::{Mode, QuantParams};
 pub use tensor::{Quantized, Tensor};
 

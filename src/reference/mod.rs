@@ -5,8 +5,10 @@
 //! Values are `f32` on the host; a dtype argument says what the GPU stores, and results are
 //! rounded to it exactly as MLX rounds (round to nearest, ties to even).
 
+mod matmul;
 mod quantize;
 
+pub use matmul::{quantized_matmul, HostMatrix};
 pub use quantize::{
     dequantize, dequantize_value, group_scale_bias, pack, quantize, quantize_value, unpack, HostQuantized,
 };
