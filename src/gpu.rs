@@ -381,18 +381,7 @@ impl Gpu {
             self.inner.submissions.fetch_add(1, Ordering::Relaxed);
             staging
         })?;
-        let (sender, receiver) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |result| {
-            let _ = sender.send(result);
-        });
-        self.wait(what, None)?;
-        match receiver.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Readback { what: what.to_string(), message: e.to_string() }),
-            Err(_) => {
-                return Err(Error::Readback { what: what.to_string(), message: "the buffer was never mapped".into() })
-            }
-        }
+        self.map_for_reading(what, &staging, None)?;
         let bytes = {
             let view = staging
                 .get_mapped_range(..)
@@ -401,6 +390,33 @@ impl Gpu {
         };
         staging.unmap();
         Ok(bytes)
+    }
+
+    /// Maps `buffer` for reading once `submission` (or all work) is done, with the deadline.
+    fn map_for_reading(&self, what: &str, buffer: &wgpu::Buffer, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        buffer.map_async(wgpu::MapMode::Read, .., move |result| {
+            let _ = sender.send(result);
+        });
+        self.wait(what, submission)?;
+        // The callback runs inside some thread's poll: when another thread polls the same device
+        // at the same time, it may still be on its way after our poll returned.
+        let deadline = std::time::Instant::now() + self.inner.timeout;
+        loop {
+            match receiver.recv_timeout(Duration::from_millis(1)) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => return Err(Error::Readback { what: what.to_string(), message: e.to_string() }),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Readback { what: what.to_string(), message: "the buffer was never mapped".into() })
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() > deadline => {
+                    return Err(Error::Timeout { what: what.to_string(), seconds: self.inner.timeout.as_secs_f64() })
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.inner.device.poll(wgpu::PollType::Poll);
+                }
+            }
+        }
     }
 
     /// The compute pipeline for `key`, built on first use. Before wgpu sees the shader, its
@@ -560,18 +576,14 @@ impl Gpu {
             (query_set, resolved, readback)
         })?;
         let submission = self.encode_and_submit("Gpu::time", &commands, Some((&query_set, &resolved, &readback)))?;
-        let (sender, receiver) = std::sync::mpsc::channel();
-        readback.map_async(wgpu::MapMode::Read, .., move |result| {
-            let _ = sender.send(result);
-        });
-        self.wait("Gpu::time", Some(submission))?;
-        let mapped = receiver.try_recv().map_err(|_| "the timestamps were never mapped".to_string());
-        let ticks = mapped.and_then(|r| r.map_err(|e| e.to_string())).and_then(|()| {
-            let view = readback.get_mapped_range(..).map_err(|e| e.to_string())?;
+        self.map_for_reading("Gpu::time", &readback, Some(submission))?;
+        let ticks = {
+            let view = readback
+                .get_mapped_range(..)
+                .map_err(|e| Error::Readback { what: "Gpu::time".into(), message: e.to_string() })?;
             let t: Vec<u64> = bytemuck::pod_collect_to_vec(&view[..16]);
-            Ok(t[1].saturating_sub(t[0]))
-        });
-        let ticks = ticks.map_err(|message| Error::Readback { what: "Gpu::time".into(), message })?;
+            t[1].saturating_sub(t[0])
+        };
         readback.unmap();
         let nanos = ticks as f64 * f64::from(self.inner.queue.get_timestamp_period());
         Ok((out, Duration::from_secs_f64(nanos * 1e-9)))

@@ -27,8 +27,6 @@ const QMM_SUM_PARTIALS: &str = include_str!("../wgsl/qmm_sum_partials.wgsl");
 /// Snippets of the quantized-matmul kernels (each kernel names the ones it includes).
 const QMM_IO: (&str, &str) = ("common/qmm_io.wgsl", include_str!("../wgsl/common/qmm_io.wgsl"));
 const QMM_OPERANDS: (&str, &str) = ("common/qmm_operands.wgsl", include_str!("../wgsl/common/qmm_operands.wgsl"));
-const QMM_WORDS_VEC4: (&str, &str) = ("common/qmm_words_vec4.wgsl", include_str!("../wgsl/common/qmm_words_vec4.wgsl"));
-const QMM_WORDS_U32: (&str, &str) = ("common/qmm_words_u32.wgsl", include_str!("../wgsl/common/qmm_words_u32.wgsl"));
 const REDUCE_SUBGROUP: (&str, &str) =
     ("common/reduce_subgroup.wgsl", include_str!("../wgsl/common/reduce_subgroup.wgsl"));
 const REDUCE_WORKGROUP: (&str, &str) =
@@ -41,22 +39,10 @@ pub(crate) const ELEMENTWISE_WG_SIZE: u32 = 64;
 pub(crate) const SUM_PARTIALS_WG_SIZE: u32 = 64;
 /// Default invocations per [`KernelKey::Qmv`] workgroup (they split k).
 pub(crate) const QMV_WG_SIZE: u32 = 128;
-/// Default blocks of 32 outputs per [`KernelKey::Qvm`] workgroup.
-pub(crate) const QVM_WG_SIZE: u32 = 32;
-/// Default columns of y per [`KernelKey::Qmm`] tile.
-pub(crate) const QMM_TILE_N: u32 = 128;
-/// The rows of y per [`KernelKey::Qmm`] tile the dispatcher picks from.
-pub(crate) const QMM_TILE_ROWS: [u32; 3] = [32, 64, 128];
-
-/// Default outputs per [`KernelKey::Qmv`] workgroup for `vecs` rows of x: fewer when more rows
-/// of x share the registers.
-pub(crate) const fn qmv_rows(vecs: u32) -> u32 {
-    if vecs <= 2 {
-        8
-    } else {
-        4
-    }
-}
+/// Quads of outputs per [`KernelKey::Qvm`] workgroup.
+pub(crate) const QVM_WG_SIZE: u32 = 64;
+/// The rows of y per [`KernelKey::Qmm`] tile (128 columns) the kernel supports.
+pub const QMM_TILE_ROWS: [u32; 3] = [32, 64, 128];
 
 /// The element types and quantization format a quantized-matmul kernel is specialised for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -99,10 +85,9 @@ impl MatmulFormat {
         ]
     }
 
-    /// The operand snippets: w_q is read 16 bytes at a time where a block is whole vec4s.
+    /// The snippets of the kernels that read quantized weights.
     fn operand_snippets(&self) -> Vec<(&'static str, &'static str)> {
-        let words = if self.bits % 4 == 0 { QMM_WORDS_VEC4 } else { QMM_WORDS_U32 };
-        vec![QMM_IO, QMM_OPERANDS, words]
+        vec![QMM_IO, QMM_OPERANDS]
     }
 }
 
@@ -142,38 +127,36 @@ pub enum KernelKey {
         /// Elements per group.
         group_size: u32,
     },
-    /// Quantized matrix-vector product, transposed weights, `vecs` rows of x per workgroup.
+    /// Quantized matrix-vector product, transposed weights, 4 outputs and `vecs` rows of x per
+    /// workgroup.
     Qmv {
         /// dtypes and format.
         format: MatmulFormat,
-        /// Rows of x per workgroup.
+        /// Rows of x per workgroup (1 ..= 8).
         vecs: u32,
-        /// Rows of w (outputs) per workgroup.
-        rows: u32,
         /// Invocations per workgroup (they split k).
         wg_size: u32,
         /// How partial sums are totalled.
         reduction: Reduction,
     },
-    /// Quantized vector-matrix product, untransposed weights, `vecs` rows of x per invocation.
+    /// Quantized vector-matrix product, untransposed weights, 4 outputs and `vecs` rows of x per
+    /// invocation.
     Qvm {
         /// dtypes and format.
         format: MatmulFormat,
-        /// Rows of x per invocation.
+        /// Rows of x per invocation (1 ..= 4).
         vecs: u32,
-        /// Invocations (blocks of 32 outputs) per workgroup.
+        /// Invocations per workgroup.
         wg_size: u32,
     },
-    /// Tiled quantized matrix product, either layout, `bm` x `bn` tiles of y.
+    /// Tiled quantized matrix product, either layout, `bm` x 128 tiles of y.
     Qmm {
         /// dtypes and format.
         format: MatmulFormat,
         /// Whether w_q is `(n, k)` (groups along k) rather than `(k, n)`.
         transpose: bool,
-        /// Rows of y per tile (a multiple of 8).
+        /// Rows of y per tile: one of [`QMM_TILE_ROWS`].
         bm: u32,
-        /// Columns of y per tile (a multiple of 32).
-        bn: u32,
     },
     /// Sums k-slices of f32 partial sums into y.
     QmmSumPartials {
@@ -194,16 +177,16 @@ impl fmt::Display for KernelKey {
                 scale_dtype.short_name(),
                 out_dtype.short_name()
             ),
-            KernelKey::Qmv { format, vecs, rows, wg_size, reduction } => {
+            KernelKey::Qmv { format, vecs, wg_size, reduction } => {
                 let reduction = match reduction {
                     Reduction::Subgroup { min_size } => format!("sg{min_size}"),
                     Reduction::Workgroup => "wgsum".to_string(),
                 };
-                write!(f, "qmv_{format}_v{vecs}_r{rows}_wg{wg_size}_{reduction}")
+                write!(f, "qmv_{format}_v{vecs}_wg{wg_size}_{reduction}")
             }
             KernelKey::Qvm { format, vecs, wg_size } => write!(f, "qvm_{format}_v{vecs}_wg{wg_size}"),
-            KernelKey::Qmm { format, transpose, bm, bn } => {
-                write!(f, "qmm_{}_{format}_{bm}x{bn}", if *transpose { "t" } else { "n" })
+            KernelKey::Qmm { format, transpose, bm } => {
+                write!(f, "qmm_{}_{format}_{bm}x128", if *transpose { "t" } else { "n" })
             }
             KernelKey::QmmSumPartials { out_dtype } => write!(f, "qmm_sum_partials_{}", out_dtype.short_name()),
         }
@@ -247,14 +230,14 @@ impl KernelKey {
                 ],
                 vec![],
             ),
-            KernelKey::Qmv { format, vecs, rows, reduction, .. } => {
+            KernelKey::Qmv { format, vecs, reduction, .. } => {
                 let mut snippets = format.operand_snippets();
                 snippets.push(match reduction {
                     Reduction::Subgroup { .. } => REDUCE_SUBGROUP,
                     Reduction::Workgroup => REDUCE_WORKGROUP,
                 });
                 let mut prelude = format.prelude();
-                prelude.extend([("VECS", vecs), ("ROWS", rows)]);
+                prelude.push(("VECS", vecs));
                 (QMV, prelude, snippets)
             }
             KernelKey::Qvm { format, vecs, .. } => {
@@ -262,9 +245,9 @@ impl KernelKey {
                 prelude.push(("VECS", vecs));
                 (QVM, prelude, format.operand_snippets())
             }
-            KernelKey::Qmm { format, transpose, bm, bn } => {
+            KernelKey::Qmm { format, transpose, bm } => {
                 let mut prelude = format.prelude();
-                prelude.extend([("TRANSPOSE", u32::from(transpose)), ("BM", bm), ("BN", bn)]);
+                prelude.extend([("TRANSPOSE", u32::from(transpose)), ("BM", bm)]);
                 (QMM, prelude, format.operand_snippets())
             }
             KernelKey::QmmSumPartials { out_dtype } => {
@@ -335,7 +318,7 @@ impl KernelKey {
         let mut keys = Vec::new();
         for vecs in 1..=8 {
             for reduction in [Reduction::Subgroup { min_size: 8 }, Reduction::Workgroup] {
-                keys.push(KernelKey::Qmv { format, vecs, rows: qmv_rows(vecs), wg_size: QMV_WG_SIZE, reduction });
+                keys.push(KernelKey::Qmv { format, vecs, wg_size: QMV_WG_SIZE, reduction });
             }
         }
         for vecs in 1..=4 {
@@ -343,7 +326,7 @@ impl KernelKey {
         }
         for transpose in [true, false] {
             for bm in QMM_TILE_ROWS {
-                keys.push(KernelKey::Qmm { format, transpose, bm, bn: QMM_TILE_N });
+                keys.push(KernelKey::Qmm { format, transpose, bm });
             }
         }
         keys

@@ -385,13 +385,13 @@ fn test_qmm_large_dims() {
     check_all(&gpu, &cases);
 }
 
-/// A dispatch of more than 65535 workgroups is laid out as a 2-D grid: qmv with one output per
-/// workgroup over 66000 outputs.
+/// A dispatch of more than 65535 workgroups is laid out as a 2-D grid: qmv (4 outputs per
+/// workgroup) over 264000 outputs.
 #[test]
 fn dispatch_beyond_65535_workgroups() {
     let gpu = gpu_or_skip!();
-    let options = QmmOptions { qmv_rows: Some(1), qmv_wg_size: Some(8), ..QmmOptions::default() };
-    check_all(&gpu, &[Case::new(true, 32, 4, &[1, 32], &[], 66000).options(options)]);
+    let options = QmmOptions { qmv_wg_size: Some(8), ..QmmOptions::default() };
+    check_all(&gpu, &[Case::new(true, 32, 4, &[1, 32], &[], 264_000).options(options)]);
 }
 
 /// `test_throw`: each of MLX's invalid calls fails with MLX's error, and the valid one runs.
@@ -554,8 +554,8 @@ fn dtypes_promote_as_mlx() {
 }
 
 /// Every kernel on shapes with tails in M, N and K, whichever the shape would pick: qmv over
-/// many tiles of rows, qvm beyond 4 rows, qmm for a single row; custom tiles, qmv knobs, and qvm
-/// with and without split k.
+/// many tiles of rows, qvm beyond 4 rows, qmm for a single row; every qmm tile with and without
+/// split k, qmv workgroup sizes, and qvm with and without split k.
 #[test]
 fn every_kernel_on_every_shape() {
     let gpu = gpu_or_skip!();
@@ -567,17 +567,19 @@ fn every_kernel_on_every_shape() {
             cases.push(Case::new(false, 32, 5, &[m, 45], &[], 96).kernel(kernel));
         }
     }
-    for tile in [(8, 32), (64, 64), (128, 128), (32, 192)] {
-        let options = QmmOptions { qmm_tile: Some(tile), ..opts(QmmKernel::Tiled) };
-        cases.push(Case::new(true, 64, 8, &[70, 128], &[], 200).options(options));
-        cases.push(Case::new(false, 64, 2, &[70, 77], &[], 192).options(options));
+    for rows in [32, 64, 128] {
+        for split in [1, 3] {
+            let options = QmmOptions { qmm_tile_rows: Some(rows), split_k: Some(split), ..opts(QmmKernel::Tiled) };
+            cases.push(Case::new(true, 64, 8, &[70, 384], &[], 200).options(options));
+            cases.push(Case::new(false, 64, 2, &[70, 333], &[], 192).options(options));
+        }
     }
-    for (rows, wg) in [(1, 32), (3, 64), (16, 256)] {
-        let options = QmmOptions { qmv_rows: Some(rows), qmv_wg_size: Some(wg), ..opts(QmmKernel::Vector) };
+    for wg in [32, 64, 256] {
+        let options = QmmOptions { qmv_wg_size: Some(wg), ..opts(QmmKernel::Vector) };
         cases.push(Case::new(true, 128, 6, &[2, 384], &[], 50).options(options));
     }
     for split in [1, 3, 100] {
-        let options = QmmOptions { qvm_split_k: Some(split), ..opts(QmmKernel::Vector) };
+        let options = QmmOptions { split_k: Some(split), ..opts(QmmKernel::Vector) };
         cases.push(Case::new(false, 32, 4, &[2, 300], &[2], 64).options(options));
     }
     check_all(&gpu, &cases);

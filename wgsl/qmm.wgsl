@@ -1,19 +1,29 @@
 // qmm.wgsl: y = x · w for larger M, in both layouts: MLX's qmm_t and qmm_n. A workgroup makes a
-// BM x BN tile of y, walking k in steps of BK = 32. Each step stages x[BM, BK] and the dequantized
-// w[BK, BN] in workgroup memory as f32, k-major, so that a k-row of either is 16-byte vectors;
-// then each invocation adds the outer products into an 8 x 8 sub-tile held in registers: rows
-// 4ty .. 4ty+3 and BM/2 + 4ty .., columns 4tx .. and BN/2 + 4tx .., so that a subgroup's reads
-// of a k-row are conflict-free or broadcasts. Accumulation is f32.
+// BM x 128 tile of y, walking its slice of k in steps of BK = 32. Each step stages x[BM, BK] and
+// the dequantized w[BK, 128] in workgroup memory as f32, k-major, so that a k-row of either is
+// 16-byte vectors; then each invocation adds the outer products into an 8 x 8 sub-tile held in
+// registers: rows 4ty .. 4ty+3 and BM/2 + 4ty .., columns 4tx .. and 64 + 4tx .., so that a
+// subgroup's reads of a k-row are conflict-free or broadcasts. Accumulation is f32.
+// The next step's words are fetched into registers before the current step's arithmetic and
+// decoded only when staged, so that their loads are in flight meanwhile. Per-invocation work is
+// written out (literal indices, no loops over private arrays) so that it stays in registers.
 // Prelude: const BITS, GROUP_SIZE, X_DTYPE, SCALE_DTYPE, OUT_DTYPE, TRANSPOSE (1: w_q is (n, k),
-//          groups along k; 0: w_q is (k, n), groups along n), BM, BN (the tile; they size
-//          workgroup arrays and set the workgroup size (BM/8)(BN/8))
+//          groups along k; 0: w_q is (k, n), groups along n), BM (32, 64 or 128: sizes arrays
+//          and sets the workgroup size BM · 2)
 // Bindings: 0 params | 1 batches | 2 x | 3 w_q | 4 scales | 5 biases | 6 y
-// Dispatch: n_tiles = ceil(n / BN), m_tiles = ceil(m / BM), k_splits = 1, per batch entry.
-//           Transposed, k is a multiple of 32; otherwise n is, and k has a tail.
+// Dispatch: n_tiles = ceil(n / 128), m_tiles = ceil(m / BM), k_splits slices (f32 partial sums in
+//           their slots of y when more than one), per batch entry. Transposed, k is a multiple
+//           of 32; otherwise n is, and k has a tail.
 
+const BN: u32 = 128u;
 const BK: u32 = 32u;
 const THREADS_N: u32 = BN / 8u;
 const WG_SIZE: u32 = (BM / 8u) * THREADS_N;
+// A step stages x as quads (4 consecutive k of one row): 4 per invocation; and w as pieces (8
+// consecutive codes): 256 / BM (2, 4 or 8) per invocation.
+const X_QUADS: u32 = BM * BK / 4u;
+const W_PIECES: u32 = BN * BK / 8u;
+const W_PIECES_PER_INVOCATION: u32 = W_PIECES / WG_SIZE;
 
 @group(0) @binding(2) var<storage, read> x: array<u32>;
 @group(0) @binding(6) var<storage, read_write> y: array<atomic<u32>>;
@@ -21,70 +31,189 @@ const WG_SIZE: u32 = (BM / 8u) * THREADS_N;
 var<workgroup> x_tile: array<vec4<f32>, BK * BM / 4u>;
 var<workgroup> w_tile: array<vec4<f32>, BK * BN / 4u>;
 
+// The words fetched for the next step: per x quad the word of each element; per w piece the
+// (up to two) words holding its codes and the words holding its scale and bias. Indexed by
+// literals only.
+struct Fetched {
+    x: array<vec4<u32>, 4>,
+    w: array<vec4<u32>, 8>,
+}
+
+// The 8 x 8 sub-tile: rows (lo, hi) x columns (lo, hi), column j of each matrix is a row.
+struct Acc {
+    c00: mat4x4<f32>,
+    c01: mat4x4<f32>,
+    c10: mat4x4<f32>,
+    c11: mat4x4<f32>,
+}
+
 fn load_x(e: u32) -> f32 {
     return unpack_element(X_DTYPE, x[element_word(X_DTYPE, e)], e);
 }
 
-// Stages x[m0 .. m0 + BM, k0 .. k0 + BK] as x_tile[k][m], zero past m and k. An item is 4
-// consecutive k of one row; consecutive invocations take consecutive rows, so that their stores
-// fall in different banks.
-fn stage_x(tile: Tile, m0: u32, k0: u32, local: u32) {
-    for (var item = local; item < BM * BK / 4u; item += WG_SIZE) {
-        let m = item % BM;
-        let kk = (item / BM) * 4u;
-        for (var j = 0u; j < 4u; j++) {
-            var v = 0.0;
-            if m0 + m < params.m && k0 + kk + j < tile.k_end {
-                v = load_x(tile.x + (m0 + m) * params.x_stride + k0 + kk + j);
-            }
-            let slot = (kk + j) * BM + m;
-            x_tile[slot / 4u][slot % 4u] = v;
-        }
+// Quad i of invocation `local`: row q % BM (consecutive invocations take consecutive rows, so
+// that their stores to x_tile fall in different banks), k offset 4 (q / BM) within the step.
+fn quad_of(local: u32, i: u32) -> vec2<u32> {
+    let q = local + i * WG_SIZE;
+    return vec2<u32>(q % BM, (q / BM) * 4u);
+}
+
+fn fetch_x_quad(tile: Tile, m0: u32, k0: u32, local: u32, i: u32) -> vec4<u32> {
+    let quad = quad_of(local, i);
+    // Out-of-range rows and k are clamped here and zeroed when staged.
+    let row = tile.x + min(m0 + quad.x, params.m - 1u) * params.x_stride;
+    let k = min(vec4<u32>(k0 + quad.y) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(tile.k_end - 1u)) + row;
+    return vec4<u32>(
+        x[element_word(X_DTYPE, k.x)],
+        x[element_word(X_DTYPE, k.y)],
+        x[element_word(X_DTYPE, k.z)],
+        x[element_word(X_DTYPE, k.w)],
+    );
+}
+
+fn stage_x_quad(tile: Tile, m0: u32, k0: u32, local: u32, i: u32, words: vec4<u32>) {
+    let quad = quad_of(local, i);
+    let e = tile.x + (m0 + quad.x) * params.x_stride + k0 + quad.y;
+    let in_range = vec4<u32>(k0 + quad.y) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(tile.k_end);
+    let row_ok = m0 + quad.x < params.m;
+    let v = vec4<f32>(
+        unpack_element(X_DTYPE, words.x, e),
+        unpack_element(X_DTYPE, words.y, e + 1u),
+        unpack_element(X_DTYPE, words.z, e + 2u),
+        unpack_element(X_DTYPE, words.w, e + 3u),
+    );
+    let staged = select(vec4<f32>(0.0), v, in_range & vec4<bool>(row_ok));
+    let slot = quad.y * BM + quad.x;
+    x_tile[slot / 4u][slot % 4u] = staged.x;
+    x_tile[(slot + BM) / 4u][slot % 4u] = staged.y;
+    x_tile[(slot + 2u * BM) / 4u][slot % 4u] = staged.z;
+    x_tile[(slot + 3u * BM) / 4u][slot % 4u] = staged.w;
+}
+
+// Where piece p of a step lies: the row of w_q, the index of its first code in the row, its
+// scale's index, whether it is inside the matrix, and its first slot in w_tile and the stride
+// between its 8 slots.
+struct Piece {
+    row: u32,
+    code: u32,
+    group: u32,
+    valid: bool,
+    slot: u32,
+    stride: u32,
+}
+
+fn piece_of(tile: Tile, n0: u32, k0: u32, local: u32, i: u32) -> Piece {
+    let p = local + i * WG_SIZE;
+    var piece: Piece;
+    if TRANSPOSE == 1u {
+        // w_q is (n, k): the step's codes of output n are one block, cut in 4 pieces.
+        // Consecutive invocations take consecutive outputs, so that their stores fall in
+        // different banks.
+        let n = p % BN;
+        let c = p / BN;
+        piece.valid = n0 + n < params.n;
+        piece.row = tile.w + min(n0 + n, params.n - 1u);
+        piece.code = k0 + 8u * c;
+        piece.group = piece.row * params.s_stride + k0 / GROUP_SIZE;
+        piece.slot = 8u * c * BN + n;
+        piece.stride = BN;
+    } else {
+        // w_q is (k, n): a piece is 8 consecutive outputs of one k; consecutive invocations
+        // read consecutive words.
+        let n = n0 + 8u * (p % (BN / 8u));
+        let kk = p / (BN / 8u);
+        piece.valid = n < params.n && k0 + kk < tile.k_end;
+        piece.row = tile.w + min(k0 + kk, tile.k_end - 1u);
+        piece.code = min(n, params.n - 8u);
+        piece.group = piece.row * params.s_stride + piece.code / GROUP_SIZE;
+        piece.slot = kk * BN + n - n0;
+        piece.stride = 1u;
+    }
+    return piece;
+}
+
+fn fetch_w_piece(tile: Tile, n0: u32, k0: u32, local: u32, i: u32) -> vec4<u32> {
+    let piece = piece_of(tile, n0, k0, local, i);
+    let bit = piece.code * BITS;
+    let word = piece.row * params.w_stride + bit / 32u;
+    var words = vec4<u32>(w_q[word], 0u, 0u, 0u);
+    // 8 codes span at most two words (bits 1..8 start a piece at bit 0, 8, 16 or 24).
+    if bit % 32u + 8u * BITS > 32u {
+        words.y = w_q[word + 1u];
+    }
+    let scale_word = element_word(SCALE_DTYPE, piece.group);
+    words.z = scales[scale_word];
+    words.w = biases[scale_word];
+    return words;
+}
+
+fn store_w(slot: u32, v: f32) {
+    w_tile[slot / 4u][slot % 4u] = v;
+}
+
+fn stage_w_piece(tile: Tile, n0: u32, k0: u32, local: u32, i: u32, words: vec4<u32>) {
+    let piece = piece_of(tile, n0, k0, local, i);
+    let scale = vec4<f32>(unpack_element(SCALE_DTYPE, words.z, piece.group));
+    let bias = vec4<f32>(unpack_element(SCALE_DTYPE, words.w, piece.group));
+    let first = (piece.code * BITS) % 32u;
+    var lo = fma(scale, window_codes(window64(words.x, words.y, first)), bias);
+    var hi = fma(scale, window_codes(window64(words.x, words.y, first + 4u * BITS)), bias);
+    if !piece.valid {
+        lo = vec4<f32>(0.0);
+        hi = vec4<f32>(0.0);
+    }
+    if TRANSPOSE == 1u {
+        store_w(piece.slot, lo.x);
+        store_w(piece.slot + BN, lo.y);
+        store_w(piece.slot + 2u * BN, lo.z);
+        store_w(piece.slot + 3u * BN, lo.w);
+        store_w(piece.slot + 4u * BN, hi.x);
+        store_w(piece.slot + 5u * BN, hi.y);
+        store_w(piece.slot + 6u * BN, hi.z);
+        store_w(piece.slot + 7u * BN, hi.w);
+    } else {
+        w_tile[piece.slot / 4u] = lo;
+        w_tile[piece.slot / 4u + 1u] = hi;
     }
 }
 
-// Stages w[k0 .. k0 + BK, n0 .. n0 + BN] as w_tile[k][n], zero past n, for w_q of shape (n, k):
-// the step's codes of a row are one block. An item is 8 codes of one row.
-fn stage_w_transposed(tile: Tile, n0: u32, k0: u32, local: u32) {
-    for (var item = local; item < BN * 4u; item += WG_SIZE) {
-        let n = item % BN;
-        let c = item / BN;
-        var w = array<vec4<f32>, 2>(vec4<f32>(0.0), vec4<f32>(0.0));
-        if n0 + n < params.n {
-            let row = tile.w + n0 + n;
-            let block = load_block(row * params.w_stride + (k0 / 32u) * BITS);
-            let scale_bias = load_scale_bias(row * params.s_stride + k0 / GROUP_SIZE);
-            let q = block_codes8(block, c);
-            w[0] = fma(vec4<f32>(scale_bias.x), q[0], vec4<f32>(scale_bias.y));
-            w[1] = fma(vec4<f32>(scale_bias.x), q[1], vec4<f32>(scale_bias.y));
-        }
-        for (var j = 0u; j < 8u; j++) {
-            let slot = (8u * c + j) * BN + n;
-            w_tile[slot / 4u][slot % 4u] = w[j / 4u][j % 4u];
-        }
+fn fetch(tile: Tile, m0: u32, n0: u32, k0: u32, local: u32) -> Fetched {
+    var f: Fetched;
+    f.x[0] = fetch_x_quad(tile, m0, k0, local, 0u);
+    f.x[1] = fetch_x_quad(tile, m0, k0, local, 1u);
+    f.x[2] = fetch_x_quad(tile, m0, k0, local, 2u);
+    f.x[3] = fetch_x_quad(tile, m0, k0, local, 3u);
+    f.w[0] = fetch_w_piece(tile, n0, k0, local, 0u);
+    f.w[1] = fetch_w_piece(tile, n0, k0, local, 1u);
+    if W_PIECES_PER_INVOCATION > 2u {
+        f.w[2] = fetch_w_piece(tile, n0, k0, local, 2u);
+        f.w[3] = fetch_w_piece(tile, n0, k0, local, 3u);
     }
+    if W_PIECES_PER_INVOCATION > 4u {
+        f.w[4] = fetch_w_piece(tile, n0, k0, local, 4u);
+        f.w[5] = fetch_w_piece(tile, n0, k0, local, 5u);
+        f.w[6] = fetch_w_piece(tile, n0, k0, local, 6u);
+        f.w[7] = fetch_w_piece(tile, n0, k0, local, 7u);
+    }
+    return f;
 }
 
-// Stages w[k0 .. k0 + BK, n0 .. n0 + BN] as w_tile[k][n], zero past n and k, for w_q of shape
-// (k, n): a row of the tile is BN / 32 blocks. An item is 8 consecutive outputs of one row, so
-// consecutive invocations read consecutive words.
-fn stage_w_plain(tile: Tile, n0: u32, k0: u32, local: u32) {
-    for (var item = local; item < BK * BN / 8u; item += WG_SIZE) {
-        let p = item % (BN / 8u);
-        let kk = item / (BN / 8u);
-        let n = n0 + 8u * p;
-        var w = array<vec4<f32>, 2>(vec4<f32>(0.0), vec4<f32>(0.0));
-        if n < params.n && k0 + kk < tile.k_end {
-            let row = tile.w + k0 + kk;
-            let block = load_block(row * params.w_stride + (n / 32u) * BITS);
-            let scale_bias = load_scale_bias(row * params.s_stride + n / GROUP_SIZE);
-            let q = block_codes8(block, (n % 32u) / 8u);
-            w[0] = fma(vec4<f32>(scale_bias.x), q[0], vec4<f32>(scale_bias.y));
-            w[1] = fma(vec4<f32>(scale_bias.x), q[1], vec4<f32>(scale_bias.y));
-        }
-        let slot = (kk * BN + 8u * p) / 4u;
-        w_tile[slot] = w[0];
-        w_tile[slot + 1u] = w[1];
+fn stage(tile: Tile, m0: u32, n0: u32, k0: u32, local: u32, f: Fetched) {
+    stage_x_quad(tile, m0, k0, local, 0u, f.x[0]);
+    stage_x_quad(tile, m0, k0, local, 1u, f.x[1]);
+    stage_x_quad(tile, m0, k0, local, 2u, f.x[2]);
+    stage_x_quad(tile, m0, k0, local, 3u, f.x[3]);
+    stage_w_piece(tile, n0, k0, local, 0u, f.w[0]);
+    stage_w_piece(tile, n0, k0, local, 1u, f.w[1]);
+    if W_PIECES_PER_INVOCATION > 2u {
+        stage_w_piece(tile, n0, k0, local, 2u, f.w[2]);
+        stage_w_piece(tile, n0, k0, local, 3u, f.w[3]);
+    }
+    if W_PIECES_PER_INVOCATION > 4u {
+        stage_w_piece(tile, n0, k0, local, 4u, f.w[4]);
+        stage_w_piece(tile, n0, k0, local, 5u, f.w[5]);
+        stage_w_piece(tile, n0, k0, local, 6u, f.w[6]);
+        stage_w_piece(tile, n0, k0, local, 7u, f.w[7]);
     }
 }
 
@@ -96,6 +225,18 @@ fn outer_fma(c: mat4x4<f32>, a: vec4<f32>, b: vec4<f32>) -> mat4x4<f32> {
         fma(vec4<f32>(a.z), b, c[2]),
         fma(vec4<f32>(a.w), b, c[3]),
     );
+}
+
+// The outer products of k-row kk of the staged tiles.
+fn multiply_add(kk: u32, tx: u32, ty: u32, acc: ptr<function, Acc>) {
+    let a0 = x_tile[kk * (BM / 4u) + ty];
+    let a1 = x_tile[kk * (BM / 4u) + BM / 8u + ty];
+    let b0 = w_tile[kk * (BN / 4u) + tx];
+    let b1 = w_tile[kk * (BN / 4u) + BN / 8u + tx];
+    (*acc).c00 = outer_fma((*acc).c00, a0, b0);
+    (*acc).c01 = outer_fma((*acc).c01, a0, b1);
+    (*acc).c10 = outer_fma((*acc).c10, a1, b0);
+    (*acc).c11 = outer_fma((*acc).c11, a1, b1);
 }
 
 fn store_sub_tile(tile: Tile, c: mat4x4<f32>, m: u32, n: u32) {
@@ -122,27 +263,19 @@ fn main(
     let m0 = tile.m * BM;
     let tx = local % THREADS_N;
     let ty = local / THREADS_N;
-    var c00 = mat4x4<f32>();
-    var c01 = mat4x4<f32>();
-    var c10 = mat4x4<f32>();
-    var c11 = mat4x4<f32>();
+    var acc = Acc(mat4x4<f32>(), mat4x4<f32>(), mat4x4<f32>(), mat4x4<f32>());
+    var fetched = fetch(tile, m0, n0, tile.k_begin, local);
     for (var k0 = tile.k_begin; k0 < tile.k_end; k0 += BK) {
-        stage_x(tile, m0, k0, local);
-        if TRANSPOSE == 1u {
-            stage_w_transposed(tile, n0, k0, local);
-        } else {
-            stage_w_plain(tile, n0, k0, local);
-        }
+        stage(tile, m0, n0, k0, local, fetched);
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let a0 = x_tile[kk * (BM / 4u) + ty];
-            let a1 = x_tile[kk * (BM / 4u) + BM / 8u + ty];
-            let b0 = w_tile[kk * (BN / 4u) + tx];
-            let b1 = w_tile[kk * (BN / 4u) + BN / 8u + tx];
-            c00 = outer_fma(c00, a0, b0);
-            c01 = outer_fma(c01, a0, b1);
-            c10 = outer_fma(c10, a1, b0);
-            c11 = outer_fma(c11, a1, b1);
+        if k0 + BK < tile.k_end {
+            fetched = fetch(tile, m0, n0, k0 + BK, local);
+        }
+        for (var kk = 0u; kk < BK; kk += 4u) {
+            multiply_add(kk, tx, ty, &acc);
+            multiply_add(kk + 1u, tx, ty, &acc);
+            multiply_add(kk + 2u, tx, ty, &acc);
+            multiply_add(kk + 3u, tx, ty, &acc);
         }
         workgroupBarrier();
     }
@@ -150,8 +283,8 @@ fn main(
     let m_hi = m0 + BM / 2u + 4u * ty;
     let n_lo = n0 + 4u * tx;
     let n_hi = n0 + BN / 2u + 4u * tx;
-    store_sub_tile(tile, c00, m_lo, n_lo);
-    store_sub_tile(tile, c01, m_lo, n_hi);
-    store_sub_tile(tile, c10, m_hi, n_lo);
-    store_sub_tile(tile, c11, m_hi, n_hi);
+    store_sub_tile(tile, acc.c00, m_lo, n_lo);
+    store_sub_tile(tile, acc.c01, m_lo, n_hi);
+    store_sub_tile(tile, acc.c10, m_hi, n_lo);
+    store_sub_tile(tile, acc.c11, m_hi, n_hi);
 }

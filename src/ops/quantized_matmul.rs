@@ -14,10 +14,7 @@ use std::ops::Range;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::{aligned_row_step, BufferWindow, Dispatch, Gpu};
-use crate::kernels::{
-    qmv_rows, KernelKey, MatmulFormat, Reduction, QMM_TILE_N, QMM_TILE_ROWS, QMV_WG_SIZE, QVM_WG_SIZE,
-    SUM_PARTIALS_WG_SIZE,
-};
+use crate::kernels::{KernelKey, MatmulFormat, Reduction, QMM_TILE_ROWS, QMV_WG_SIZE, QVM_WG_SIZE, SUM_PARTIALS_WG_SIZE};
 use crate::params::Mode;
 use crate::tensor::{element_count, Quantized, Tensor};
 
@@ -32,6 +29,12 @@ const QVM_MAX_ROWS: usize = 4;
 const QVM_TARGET_INVOCATIONS: usize = 16384;
 /// Rows of w a `qvm` slice walks at least: fewer would cost more in partial sums than it saves.
 const QVM_MIN_SLICE: usize = 64;
+/// `qmm` splits k until about this many workgroups run (a few per multiprocessor of a large GPU).
+const QMM_TARGET_WORKGROUPS: usize = 512;
+/// k a `qmm` slice walks at least (8 steps of 32).
+const QMM_MIN_SLICE: usize = 256;
+/// Columns of y per `qmm` tile.
+const QMM_TILE_N: usize = 128;
 
 /// Which kernel family [`quantized_matmul_with`] uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,15 +54,12 @@ pub enum QmmKernel {
 pub struct QmmOptions {
     /// The kernel family.
     pub kernel: QmmKernel,
-    /// `qmv`: outputs per workgroup.
-    pub qmv_rows: Option<u32>,
     /// `qmv`: invocations per workgroup (they split k); a power of two.
     pub qmv_wg_size: Option<u32>,
-    /// `qmm`: rows and columns of a tile of y: multiples of 8 and 32, with (rows/8)·(columns/8)
-    /// invocations per workgroup.
-    pub qmm_tile: Option<(u32, u32)>,
-    /// `qvm`: slices of k, each summed separately.
-    pub qvm_split_k: Option<u32>,
+    /// `qmm`: rows of a tile of y (32, 64 or 128; tiles are 128 columns wide).
+    pub qmm_tile_rows: Option<u32>,
+    /// `qvm` and `qmm`: slices of k, each summed separately into f32 partial sums.
+    pub split_k: Option<u32>,
 }
 
 /// `x @ dequantize(w).T` (`transpose`) or `x @ dequantize(w)`: MLX's `mx.quantized_matmul(x, w,
@@ -352,9 +352,9 @@ struct SumParams {
 /// A kernel with its knobs, for one dispatch.
 #[derive(Clone, Copy, Debug)]
 enum Kernel {
-    Qmv { vecs: u32, rows: u32, wg_size: u32, reduction: Reduction },
+    Qmv { vecs: u32, wg_size: u32, reduction: Reduction },
     Qvm { vecs: u32 },
-    Qmm { bm: u32, bn: u32 },
+    Qmm { bm: u32 },
 }
 
 /// One piece of the product: rows of x and y, outputs, and the inner range.
@@ -389,62 +389,71 @@ impl<'a> Planner<'a> {
             QmmKernel::Tiled => false,
         };
         if !vector {
-            // The smallest tile that covers m (in rows), else the largest.
-            let rows = QMM_TILE_ROWS.into_iter().find(|&r| m <= r as usize).unwrap_or(QMM_TILE_ROWS[2]);
-            let (bm, bn) = self.options.qmm_tile.unwrap_or((rows, QMM_TILE_N));
-            if bm == 0 || bm % 8 != 0 || bn == 0 || bn % 32 != 0 {
+            // The smallest tile that covers m, else the largest.
+            let largest = QMM_TILE_ROWS[QMM_TILE_ROWS.len() - 1];
+            let bm = self.options.qmm_tile_rows.unwrap_or(QMM_TILE_ROWS.into_iter().find(|&r| m <= r as usize).unwrap_or(largest));
+            if !QMM_TILE_ROWS.contains(&bm) {
                 return Err(Error::ExceedsDeviceLimit {
                     op: OP,
-                    what: "a qmm tile of rows in multiples of 8 and columns in multiples of 32 (rows)",
+                    what: "qmm tile rows (32, 64 or 128)",
                     value: bm.into(),
-                    limit: bn.into(),
+                    limit: largest.into(),
                 });
             }
-            return Ok(Kernel::Qmm { bm, bn });
+            return Ok(Kernel::Qmm { bm });
         }
         if !p.transpose {
             return Ok(Kernel::Qvm { vecs: m.clamp(1, QVM_MAX_ROWS) as u32 });
         }
         let vecs = m.clamp(1, QMV_MAX_ROWS) as u32;
-        let rows = self.options.qmv_rows.unwrap_or(qmv_rows(vecs));
         let caps = self.gpu.caps();
         let (reduction, wg_size) = if caps.has_subgroups() {
             let min_size = caps.info.subgroup_min_size.max(1);
             (Reduction::Subgroup { min_size }, self.options.qmv_wg_size.unwrap_or(QMV_WG_SIZE))
         } else {
-            // The tree keeps every invocation's partial sums in workgroup memory.
-            let fits = u64::from(caps.limits.max_compute_workgroup_storage_size) / (u64::from(rows * vecs) * 4);
+            // The tree keeps every invocation's partial sums (a vec4 per row of x) in workgroup
+            // memory.
+            let fits = u64::from(caps.limits.max_compute_workgroup_storage_size) / (u64::from(vecs) * 16);
             let largest = 1u32 << (63 - fits.max(1).leading_zeros()).min(31);
             (Reduction::Workgroup, self.options.qmv_wg_size.unwrap_or(QMV_WG_SIZE.min(largest)))
         };
-        if rows == 0 || !wg_size.is_power_of_two() {
+        if !wg_size.is_power_of_two() {
             return Err(Error::ExceedsDeviceLimit {
                 op: OP,
-                what: "qmv rows (at least 1) and a power-of-two workgroup size (workgroup size)",
+                what: "a power-of-two qmv workgroup size (invocations)",
                 value: wg_size.into(),
                 limit: caps.limits.max_compute_invocations_per_workgroup.into(),
             });
         }
-        Ok(Kernel::Qmv { vecs, rows, wg_size, reduction })
+        Ok(Kernel::Qmv { vecs, wg_size, reduction })
     }
 
     fn key(&self, kernel: Kernel, out_dtype: DType) -> KernelKey {
         let format = MatmulFormat { out_dtype, ..self.problem.format };
         match kernel {
-            Kernel::Qmv { vecs, rows, wg_size, reduction } => KernelKey::Qmv { format, vecs, rows, wg_size, reduction },
+            Kernel::Qmv { vecs, wg_size, reduction } => KernelKey::Qmv { format, vecs, wg_size, reduction },
             Kernel::Qvm { vecs } => KernelKey::Qvm { format, vecs, wg_size: QVM_WG_SIZE },
-            Kernel::Qmm { bm, bn } => KernelKey::Qmm { format, transpose: self.problem.transpose, bm, bn },
+            Kernel::Qmm { bm } => KernelKey::Qmm { format, transpose: self.problem.transpose, bm },
         }
     }
 
-    /// Slices of k for `qvm` over `piece` (1 for the other kernels).
+    /// Slices of k over `piece`: enough for the GPU to have work, each long enough to pay for
+    /// its partial sums (`qvm` and `qmm`; `qmv` has parallelism enough along n).
     fn k_splits(&self, kernel: Kernel, piece: &Piece) -> usize {
-        let Kernel::Qvm { vecs } = kernel else { return 1 };
-        let blocks = piece.n / 32;
-        let invocations = piece.entries.len() * piece.m.div_ceil(vecs as usize) * blocks;
-        let wanted =
-            self.options.qvm_split_k.map(|s| s as usize).unwrap_or(QVM_TARGET_INVOCATIONS.div_ceil(invocations.max(1)));
-        wanted.clamp(1, piece.k.div_ceil(QVM_MIN_SLICE).max(1))
+        let (tiles, target, min_slice) = match kernel {
+            Kernel::Qmv { .. } => return 1,
+            Kernel::Qvm { vecs } => {
+                (piece.m.div_ceil(vecs as usize) * piece.n / 4, QVM_TARGET_INVOCATIONS, QVM_MIN_SLICE)
+            }
+            Kernel::Qmm { bm } => {
+                (piece.m.div_ceil(bm as usize) * piece.n.div_ceil(QMM_TILE_N), QMM_TARGET_WORKGROUPS, QMM_MIN_SLICE)
+            }
+        };
+        let wanted = match self.options.split_k {
+            Some(s) => s as usize,
+            None => target.div_ceil((tiles * piece.entries.len()).max(1)),
+        };
+        wanted.clamp(1, piece.k.div_ceil(min_slice).max(1))
     }
 
     /// The matmul dispatch of `piece` reading `operands` (x, w_q, scales, biases) and writing
@@ -453,9 +462,9 @@ impl<'a> Planner<'a> {
         let Output { window: y, slices, slot_stride: y_slot_stride, dtype: out_dtype } = output;
         let p = self.problem;
         let (m_tile, n_tile) = match kernel {
-            Kernel::Qmv { vecs, rows, .. } => (vecs as usize, rows as usize),
-            Kernel::Qvm { vecs } => (vecs as usize, 32 * QVM_WG_SIZE as usize),
-            Kernel::Qmm { bm, bn } => (bm as usize, bn as usize),
+            Kernel::Qmv { vecs, .. } => (vecs as usize, 4),
+            Kernel::Qvm { vecs } => (vecs as usize, 4 * QVM_WG_SIZE as usize),
+            Kernel::Qmm { bm } => (bm as usize, QMM_TILE_N),
         };
         let k_per_split = piece.k.div_ceil(slices).next_multiple_of(32);
         let slices = piece.k.div_ceil(k_per_split);

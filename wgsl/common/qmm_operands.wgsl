@@ -1,9 +1,12 @@
 // qmm_operands.wgsl: the parameters, batch table and quantized weights of the qmv, qvm and qmm
-// kernels. A block is 32 consecutive codes of a row of w_q: exactly BITS words of the row's
-// LSB-first bitstream, always inside one group (groups are 32, 64 or 128 codes), so one scale
-// and bias serve the whole block.
-// Expects: const BITS, SCALE_DTYPE; `load_block` and the w_q binding (qmm_words_*.wgsl).
-// Bindings: 0 params | 1 batches (x offset, w row offset, y offset per entry) | 4 scales | 5 biases
+// kernels. Codes are read four at a time from a 32-bit window of a row's LSB-first bitstream
+// (4 codes of at most 8 bits fit one window). A block is 32 consecutive codes of a row: exactly
+// BITS words, always inside one group (groups are 32, 64 or 128 codes).
+// Hot paths avoid private arrays indexed by loop counters: wgpu bounds every loop, which keeps
+// drivers from unrolling, and such arrays then live in slow local memory.
+// Expects: const BITS, SCALE_DTYPE.
+// Bindings: 0 params | 1 batches (x offset, w row offset, y offset per entry) | 3 w_q (u32 words)
+//           | 4 scales | 5 biases
 
 // `MatmulParams` in Rust.
 struct Params {
@@ -27,6 +30,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> batches: array<u32>;
+@group(0) @binding(3) var<storage, read> w_q: array<u32>;
 @group(0) @binding(4) var<storage, read> scales: array<u32>;
 @group(0) @binding(5) var<storage, read> biases: array<u32>;
 
@@ -63,8 +67,6 @@ fn tile_of(group: u32) -> Tile {
     return t;
 }
 
-alias Block = array<u32, BITS>;
-
 const CODE_MASK: u32 = (1u << BITS) - 1u;
 
 // The f32 value of an integer code (< 2^23) without an int-to-float conversion: OR-ing the code
@@ -74,26 +76,89 @@ fn code_float(c: u32) -> f32 {
     return bitcast<f32>(c | 0x4b000000u) - 8388608.0;
 }
 
-// Code i (0..32) of a block. 3-, 5- and 6-bit codes may straddle two words.
-fn block_code(block: Block, i: u32) -> u32 {
-    var words = block;
-    let bit = i * BITS;
-    let word = bit / 32u;
-    let shift = bit % 32u;
-    var code = words[word] >> shift;
-    if shift + BITS > 32u {
-        code |= words[word + 1u] << (32u - shift);
+// The 32 bits from bit `b` (< 64) of the 64-bit stream hi:lo.
+fn window64(lo: u32, hi: u32, b: u32) -> u32 {
+    if b >= 32u {
+        return hi >> (b - 32u);
     }
-    return code & CODE_MASK;
+    if b == 0u {
+        return lo;
+    }
+    return (lo >> b) | (hi << (32u - b));
 }
 
-// Codes 8c .. 8c + 7 of a block, as floats.
-fn block_codes8(block: Block, c: u32) -> array<vec4<f32>, 2> {
-    var q: array<vec4<f32>, 2>;
-    for (var i = 0u; i < 8u; i++) {
-        q[i / 4u][i % 4u] = code_float(block_code(block, 8u * c + i));
+// The four codes in the low 4 BITS bits of `window`, as floats.
+fn window_codes(window: u32) -> vec4<f32> {
+    return vec4<f32>(
+        code_float(window & CODE_MASK),
+        code_float((window >> BITS) & CODE_MASK),
+        code_float((window >> (2u * BITS)) & CODE_MASK),
+        code_float((window >> (3u * BITS)) & CODE_MASK),
+    );
+}
+
+// Codes i .. i + 3 of the row whose first word is `row_word`.
+fn load_codes4(row_word: u32, i: u32) -> vec4<f32> {
+    let bit = i * BITS;
+    let word = row_word + bit / 32u;
+    var hi = 0u;
+    if bit % 32u + 4u * BITS > 32u {
+        hi = w_q[word + 1u];
     }
-    return q;
+    return window_codes(window64(w_q[word], hi, bit % 32u));
+}
+
+// A block's BITS words: words 0..3 in `a`, 4..7 in `b`.
+struct Block {
+    a: vec4<u32>,
+    b: vec4<u32>,
+}
+
+// The block whose first word is `word`, read word by word (BITS words).
+fn load_block(word: u32) -> Block {
+    var block = Block(vec4<u32>(0u), vec4<u32>(0u));
+    block.a.x = w_q[word];
+    if BITS > 1u {
+        block.a.y = w_q[word + 1u];
+    }
+    if BITS > 2u {
+        block.a.z = w_q[word + 2u];
+    }
+    if BITS > 3u {
+        block.a.w = w_q[word + 3u];
+    }
+    if BITS > 4u {
+        block.b.x = w_q[word + 4u];
+    }
+    if BITS > 5u {
+        block.b.y = w_q[word + 5u];
+    }
+    if BITS > 6u {
+        block.b.z = w_q[word + 6u];
+    }
+    if BITS > 7u {
+        block.b.w = w_q[word + 7u];
+    }
+    return block;
+}
+
+// Word i of a block (i a constant where it matters: callers pass literals).
+fn block_word(block: Block, i: u32) -> u32 {
+    if i < 4u {
+        return block.a[i];
+    }
+    return block.b[i - 4u];
+}
+
+// Codes 4c .. 4c + 3 of a block, as floats.
+fn block_codes4(block: Block, c: u32) -> vec4<f32> {
+    let bit = 4u * c * BITS;
+    let word = bit / 32u;
+    var hi = 0u;
+    if bit % 32u + 4u * BITS > 32u {
+        hi = block_word(block, word + 1u);
+    }
+    return window_codes(window64(block_word(block, word), hi, bit % 32u));
 }
 
 // (scale, bias) of group g.

@@ -1,31 +1,33 @@
-// reduce_subgroup.wgsl: the entry point of a kernel whose invocations each hold OUTPUTS partial
-// sums, and `workgroup_sum`, which totals them over the workgroup: subgroupAdd inside each
-// subgroup, then the subgroups' totals through workgroup memory (one barrier).
-// Expects: const OUTPUTS; override WG_SIZE; fn kernel(local: u32, group: u32).
+// reduce_subgroup.wgsl: the entry point of a kernel whose invocations each hold SLOTS vec4s of
+// partial sums, and the functions that total them over the workgroup: `contribute` adds a slot
+// within each subgroup (subgroupAdd) and parks the subgroup's total in workgroup memory; after
+// a barrier, `workgroup_total` adds up the subgroups' totals of one component.
+// Expects: const SLOTS; override WG_SIZE; fn kernel(local: u32, group: u32).
 // Overrides: MIN_SUBGROUP_SIZE (the adapter's smallest subgroup; sizes the scratch)
 
 override MIN_SUBGROUP_SIZE: u32 = 4u;
 
-var<workgroup> subgroup_sums: array<f32, (WG_SIZE + MIN_SUBGROUP_SIZE - 1u) / MIN_SUBGROUP_SIZE * OUTPUTS>;
+var<workgroup> subgroup_sums: array<vec4<f32>, (WG_SIZE + MIN_SUBGROUP_SIZE - 1u) / MIN_SUBGROUP_SIZE * SLOTS>;
 var<private> subgroup_lane: u32;
 var<private> subgroup_index: u32;
 var<private> subgroup_count: u32;
 
-// Total i of the workgroup's partial sums, returned to invocation i < OUTPUTS (0 elsewhere).
-// Every invocation must call it, in uniform control flow.
-fn workgroup_sum(partials: array<f32, OUTPUTS>, local: u32) -> f32 {
-    var values = partials;
-    for (var i = 0u; i < OUTPUTS; i++) {
-        let total = subgroupAdd(values[i]);
-        if subgroup_lane == 0u {
-            subgroup_sums[subgroup_index * OUTPUTS + i] = total;
-        }
+// Adds this invocation's `partial` to slot `slot`. Every invocation must call it, in uniform
+// control flow, before the barrier that precedes `workgroup_total`.
+fn contribute(slot: u32, partial: vec4<f32>, local: u32) {
+    let total = subgroupAdd(partial);
+    if subgroup_lane == 0u {
+        subgroup_sums[subgroup_index * SLOTS + slot] = total;
     }
-    workgroupBarrier();
+}
+
+// The workgroup's total of component `output % 4` of slot `output / 4` (output < 4 SLOTS).
+// Every invocation must call it, in uniform control flow, after a workgroupBarrier.
+fn workgroup_total(output: u32, local: u32) -> f32 {
     var total = 0.0;
-    if local < OUTPUTS {
+    if output < 4u * SLOTS {
         for (var s = 0u; s < subgroup_count; s++) {
-            total += subgroup_sums[s * OUTPUTS + local];
+            total += subgroup_sums[s * SLOTS + output / 4u][output % 4u];
         }
     }
     return total;

@@ -1,29 +1,30 @@
-// reduce_workgroup.wgsl: the entry point of a kernel whose invocations each hold OUTPUTS partial
-// sums, and `workgroup_sum`, which totals them over the workgroup with a tree in workgroup
-// memory: for devices without subgroup operations.
-// Expects: const OUTPUTS; override WG_SIZE (a power of two); fn kernel(local: u32, group: u32).
+// reduce_workgroup.wgsl: the entry point of a kernel whose invocations each hold SLOTS vec4s of
+// partial sums, and the functions that total them over the workgroup with a tree in workgroup
+// memory: for devices without subgroup operations. Same contract as reduce_subgroup.wgsl.
+// Expects: const SLOTS; override WG_SIZE (a power of two); fn kernel(local: u32, group: u32).
 
-var<workgroup> invocation_sums: array<f32, WG_SIZE * OUTPUTS>;
+var<workgroup> invocation_sums: array<vec4<f32>, WG_SIZE * SLOTS>;
 
-// Total i of the workgroup's partial sums, returned to invocation i < OUTPUTS (0 elsewhere).
-// Every invocation must call it, in uniform control flow.
-fn workgroup_sum(partials: array<f32, OUTPUTS>, local: u32) -> f32 {
-    var values = partials;
-    for (var i = 0u; i < OUTPUTS; i++) {
-        invocation_sums[i * WG_SIZE + local] = values[i];
-    }
-    workgroupBarrier();
+// Parks this invocation's `partial` for slot `slot`. Every invocation must call it, in uniform
+// control flow, before the barrier that precedes `workgroup_total`.
+fn contribute(slot: u32, partial: vec4<f32>, local: u32) {
+    invocation_sums[slot * WG_SIZE + local] = partial;
+}
+
+// The workgroup's total of component `output % 4` of slot `output / 4` (output < 4 SLOTS).
+// Every invocation must call it, in uniform control flow, after a workgroupBarrier.
+fn workgroup_total(output: u32, local: u32) -> f32 {
     for (var half = WG_SIZE / 2u; half > 0u; half /= 2u) {
         if local < half {
-            for (var i = 0u; i < OUTPUTS; i++) {
-                invocation_sums[i * WG_SIZE + local] += invocation_sums[i * WG_SIZE + local + half];
+            for (var s = 0u; s < SLOTS; s++) {
+                invocation_sums[s * WG_SIZE + local] += invocation_sums[s * WG_SIZE + local + half];
             }
         }
         workgroupBarrier();
     }
     var total = 0.0;
-    if local < OUTPUTS {
-        total = invocation_sums[local * WG_SIZE];
+    if output < 4u * SLOTS {
+        total = invocation_sums[(output / 4u) * WG_SIZE][output % 4u];
     }
     return total;
 }
