@@ -136,10 +136,10 @@ fn fetch_w_piece(tile: Tile, n0: u32, k0: u32, local: u32, i: u32) -> vec4<u32> 
     let piece = piece_of(tile, n0, k0, local, i);
     let bit = piece.code * BITS;
     let word = piece.row * params.w_stride + bit / 32u;
-    var words = vec4<u32>(w_q[word], 0u, 0u, 0u);
+    var words = vec4<u32>(load_word(word), 0u, 0u, 0u);
     // 8 codes span at most two words (bits 1..8 start a piece at bit 0, 8, 16 or 24).
     if bit % 32u + 8u * BITS > 32u {
-        words.y = w_q[word + 1u];
+        words.y = load_word(word + 1u);
     }
     let scale_word = element_word(SCALE_DTYPE, piece.group);
     words.z = scales[scale_word];
@@ -153,7 +153,8 @@ fn store_w(slot: u32, v: f32) {
 
 fn stage_w_piece(tile: Tile, n0: u32, k0: u32, local: u32, i: u32, words: vec4<u32>) {
     let piece = piece_of(tile, n0, k0, local, i);
-    let scale = vec4<f32>(unpack_element(SCALE_DTYPE, words.z, piece.group));
+    // The codes come scaled by 1 / CODE_SCALE (see `window_codes`).
+    let scale = unpack_element(SCALE_DTYPE, words.z, piece.group) * CODE_SCALE;
     let bias = vec4<f32>(unpack_element(SCALE_DTYPE, words.w, piece.group));
     let first = (piece.code * BITS) % 32u;
     var lo = fma(scale, window_codes(window64(words.x, words.y, first)), bias);
@@ -227,16 +228,13 @@ fn outer_fma(c: mat4x4<f32>, a: vec4<f32>, b: vec4<f32>) -> mat4x4<f32> {
     );
 }
 
-// The outer products of k-row kk of the staged tiles.
-fn multiply_add(kk: u32, tx: u32, ty: u32, acc: ptr<function, Acc>) {
+// The sub-tile plus the outer products of k-row kk of the staged tiles.
+fn multiply_add(kk: u32, tx: u32, ty: u32, acc: Acc) -> Acc {
     let a0 = x_tile[kk * (BM / 4u) + ty];
     let a1 = x_tile[kk * (BM / 4u) + BM / 8u + ty];
     let b0 = w_tile[kk * (BN / 4u) + tx];
     let b1 = w_tile[kk * (BN / 4u) + BN / 8u + tx];
-    (*acc).c00 = outer_fma((*acc).c00, a0, b0);
-    (*acc).c01 = outer_fma((*acc).c01, a0, b1);
-    (*acc).c10 = outer_fma((*acc).c10, a1, b0);
-    (*acc).c11 = outer_fma((*acc).c11, a1, b1);
+    return Acc(outer_fma(acc.c00, a0, b0), outer_fma(acc.c01, a0, b1), outer_fma(acc.c10, a1, b0), outer_fma(acc.c11, a1, b1));
 }
 
 fn store_sub_tile(tile: Tile, c: mat4x4<f32>, m: u32, n: u32) {
@@ -272,10 +270,10 @@ fn main(
             fetched = fetch(tile, m0, n0, k0 + BK, local);
         }
         for (var kk = 0u; kk < BK; kk += 4u) {
-            multiply_add(kk, tx, ty, &acc);
-            multiply_add(kk + 1u, tx, ty, &acc);
-            multiply_add(kk + 2u, tx, ty, &acc);
-            multiply_add(kk + 3u, tx, ty, &acc);
+            acc = multiply_add(kk, tx, ty, acc);
+            acc = multiply_add(kk + 1u, tx, ty, acc);
+            acc = multiply_add(kk + 2u, tx, ty, acc);
+            acc = multiply_add(kk + 3u, tx, ty, acc);
         }
         workgroupBarrier();
     }

@@ -37,7 +37,8 @@ fn main(
     for (var k = tile.k_begin; k < tile.k_end; k++) {
         let row = tile.w + k;
         let scale_bias = load_scale_bias(row * params.s_stride + n / GROUP_SIZE);
-        let w = fma(vec4<f32>(scale_bias.x), load_codes4(row * params.w_stride, n), vec4<f32>(scale_bias.y));
+        // The codes come scaled by 1 / CODE_SCALE (see `window_codes`).
+        let w = fma(scale_bias.x * CODE_SCALE, load_codes4(row * params.w_stride, n), vec4<f32>(scale_bias.y));
         acc[0] = fma(vec4<f32>(load_x(rows.x + k)), w, acc[0]);
         if VECS > 1u {
             acc[1] = fma(vec4<f32>(load_x(rows.y + k)), w, acc[1]);

@@ -413,7 +413,7 @@ impl<'a> Planner<'a> {
         } else {
             // The tree keeps every invocation's partial sums (a vec4 per row of x) in workgroup
             // memory.
-            let fits = u64::from(caps.limits.max_compute_workgroup_storage_size) / (u64::from(vecs) * 16);
+            let fits = u64::from(caps.limits.max_compute_workgroup_storage_size) / (u64::from(vecs) * 32);
             let largest = 1u32 << (63 - fits.max(1).leading_zeros()).min(31);
             (Reduction::Workgroup, self.options.qmv_wg_size.unwrap_or(QMV_WG_SIZE.min(largest)))
         };
@@ -462,7 +462,8 @@ impl<'a> Planner<'a> {
         let Output { window: y, slices, slot_stride: y_slot_stride, dtype: out_dtype } = output;
         let p = self.problem;
         let (m_tile, n_tile) = match kernel {
-            Kernel::Qmv { vecs, .. } => (vecs as usize, 4),
+            // Two groups of 4 outputs while up to 4 rows of x share the registers.
+            Kernel::Qmv { vecs, .. } => (vecs as usize, if vecs <= 4 { 8 } else { 4 }),
             Kernel::Qvm { vecs } => (vecs as usize, 4 * QVM_WG_SIZE as usize),
             Kernel::Qmm { bm } => (bm as usize, QMM_TILE_N),
         };

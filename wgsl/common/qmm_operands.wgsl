@@ -4,9 +4,9 @@
 // BITS words, always inside one group (groups are 32, 64 or 128 codes).
 // Hot paths avoid private arrays indexed by loop counters: wgpu bounds every loop, which keeps
 // drivers from unrolling, and such arrays then live in slow local memory.
-// Expects: const BITS, SCALE_DTYPE.
-// Bindings: 0 params | 1 batches (x offset, w row offset, y offset per entry) | 3 w_q (u32 words)
-//           | 4 scales | 5 biases
+// Expects: const BITS, SCALE_DTYPE; the w_q binding, `load_word` and `load_block`
+//          (qmm_words_*.wgsl).
+// Bindings: 0 params | 1 batches (x offset, w row offset, y offset per entry) | 4 scales | 5 biases
 
 // `MatmulParams` in Rust.
 struct Params {
@@ -30,7 +30,6 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> batches: array<u32>;
-@group(0) @binding(3) var<storage, read> w_q: array<u32>;
 @group(0) @binding(4) var<storage, read> scales: array<u32>;
 @group(0) @binding(5) var<storage, read> biases: array<u32>;
 
@@ -87,25 +86,48 @@ fn window64(lo: u32, hi: u32, b: u32) -> u32 {
     return (lo >> b) | (hi << (32u - b));
 }
 
-// The four codes in the low 4 BITS bits of `window`, as floats.
+// The four codes in the low 4 BITS bits of `window`, as floats scaled by 1 / CODE_SCALE: code j
+// is masked where it lies (q · 2^(j BITS)) rather than shifted down, which saves a shift per
+// code; for 6 and 8 bits, codes 2 and 3 come from the window shifted by 2 BITS, so that every
+// masked value stays below 2^23 (see `code_float`). Multiplying the other factor by CODE_SCALE
+// (exact: powers of two) restores the products.
 fn window_codes(window: u32) -> vec4<f32> {
+    if BITS <= 5u {
+        return vec4<f32>(
+            code_float(window & CODE_MASK),
+            code_float(window & (CODE_MASK << BITS)),
+            code_float(window & (CODE_MASK << (2u * BITS))),
+            code_float(window & (CODE_MASK << (3u * BITS))),
+        );
+    }
+    let high = window >> (2u * BITS);
     return vec4<f32>(
         code_float(window & CODE_MASK),
-        code_float((window >> BITS) & CODE_MASK),
-        code_float((window >> (2u * BITS)) & CODE_MASK),
-        code_float((window >> (3u * BITS)) & CODE_MASK),
+        code_float(window & (CODE_MASK << BITS)),
+        code_float(high & CODE_MASK),
+        code_float(high & (CODE_MASK << BITS)),
     );
 }
 
-// Codes i .. i + 3 of the row whose first word is `row_word`.
+// 2^-BITS.
+const CODE_STEP: f32 = 1.0 / f32(1u << BITS);
+
+// What `window_codes` multiplies each code by, inverted.
+const CODE_SCALE: vec4<f32> = select(
+    vec4<f32>(1.0, CODE_STEP, 1.0, CODE_STEP),
+    vec4<f32>(1.0, CODE_STEP, CODE_STEP * CODE_STEP, CODE_STEP * CODE_STEP * CODE_STEP),
+    BITS <= 5u,
+);
+
+// Codes i .. i + 3 of the row whose first word is `row_word` (scaled as `window_codes`).
 fn load_codes4(row_word: u32, i: u32) -> vec4<f32> {
     let bit = i * BITS;
     let word = row_word + bit / 32u;
     var hi = 0u;
     if bit % 32u + 4u * BITS > 32u {
-        hi = w_q[word + 1u];
+        hi = load_word(word + 1u);
     }
-    return window_codes(window64(w_q[word], hi, bit % 32u));
+    return window_codes(window64(load_word(word), hi, bit % 32u));
 }
 
 // A block's BITS words: words 0..3 in `a`, 4..7 in `b`.
@@ -114,35 +136,7 @@ struct Block {
     b: vec4<u32>,
 }
 
-// The block whose first word is `word`, read word by word (BITS words).
-fn load_block(word: u32) -> Block {
-    var block = Block(vec4<u32>(0u), vec4<u32>(0u));
-    block.a.x = w_q[word];
-    if BITS > 1u {
-        block.a.y = w_q[word + 1u];
-    }
-    if BITS > 2u {
-        block.a.z = w_q[word + 2u];
-    }
-    if BITS > 3u {
-        block.a.w = w_q[word + 3u];
-    }
-    if BITS > 4u {
-        block.b.x = w_q[word + 4u];
-    }
-    if BITS > 5u {
-        block.b.y = w_q[word + 5u];
-    }
-    if BITS > 6u {
-        block.b.z = w_q[word + 6u];
-    }
-    if BITS > 7u {
-        block.b.w = w_q[word + 7u];
-    }
-    return block;
-}
-
-// Word i of a block (i a constant where it matters: callers pass literals).
+// Word i of a block (i a literal at every call).
 fn block_word(block: Block, i: u32) -> u32 {
     if i < 4u {
         return block.a[i];
@@ -150,7 +144,7 @@ fn block_word(block: Block, i: u32) -> u32 {
     return block.b[i - 4u];
 }
 
-// Codes 4c .. 4c + 3 of a block, as floats.
+// Codes 4c .. 4c + 3 of a block (scaled as `window_codes`; c a literal at every call).
 fn block_codes4(block: Block, c: u32) -> vec4<f32> {
     let bit = 4u * c * BITS;
     let word = bit / 32u;
