@@ -385,13 +385,13 @@ fn test_qmm_large_dims() {
     check_all(&gpu, &cases);
 }
 
-/// A dispatch of more than 65535 workgroups is laid out as a 2-D grid: qmv (4 outputs per
-/// workgroup) over 264000 outputs.
+/// A dispatch of more than 65535 workgroups is laid out as a 2-D grid: qmv (8 outputs per
+/// workgroup for one row of x) over 530000 outputs, with workgroups smaller than their outputs.
 #[test]
 fn dispatch_beyond_65535_workgroups() {
     let gpu = gpu_or_skip!();
     let options = QmmOptions { qmv_wg_size: Some(8), ..QmmOptions::default() };
-    check_all(&gpu, &[Case::new(true, 32, 4, &[1, 32], &[], 264_000).options(options)]);
+    check_all(&gpu, &[Case::new(true, 32, 4, &[1, 32], &[], 530_000).options(options)]);
 }
 
 /// `test_throw`: each of MLX's invalid calls fails with MLX's error, and the valid one runs.

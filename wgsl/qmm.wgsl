@@ -5,8 +5,10 @@
 // registers: rows 4ty .. 4ty+3 and BM/2 + 4ty .., columns 4tx .. and 64 + 4tx .., so that a
 // subgroup's reads of a k-row are conflict-free or broadcasts. Accumulation is f32.
 // The next step's words are fetched into registers before the current step's arithmetic and
-// decoded only when staged, so that their loads are in flight meanwhile. Per-invocation work is
-// written out (literal indices, no loops over private arrays) so that it stays in registers.
+// decoded only when staged, so that their loads are in flight meanwhile. Per-invocation state
+// lives in the entry function's own variables, named, and helpers take and return small values:
+// wgpu bounds every loop, which keeps drivers from unrolling, and arrays indexed at run time, or
+// large values passed to functions a driver does not inline, end up in slow local memory.
 // Prelude: const BITS, GROUP_SIZE, X_DTYPE, SCALE_DTYPE, OUT_DTYPE, TRANSPOSE (1: w_q is (n, k),
 //          groups along k; 0: w_q is (k, n), groups along n), BM (32, 64 or 128: sizes arrays
 //          and sets the workgroup size BM · 2)
@@ -30,22 +32,6 @@ const W_PIECES_PER_INVOCATION: u32 = W_PIECES / WG_SIZE;
 
 var<workgroup> x_tile: array<vec4<f32>, BK * BM / 4u>;
 var<workgroup> w_tile: array<vec4<f32>, BK * BN / 4u>;
-
-// The words fetched for the next step: per x quad the word of each element; per w piece the
-// (up to two) words holding its codes and the words holding its scale and bias. Indexed by
-// literals only.
-struct Fetched {
-    x: array<vec4<u32>, 4>,
-    w: array<vec4<u32>, 8>,
-}
-
-// The 8 x 8 sub-tile: rows (lo, hi) x columns (lo, hi), column j of each matrix is a row.
-struct Acc {
-    c00: mat4x4<f32>,
-    c01: mat4x4<f32>,
-    c10: mat4x4<f32>,
-    c11: mat4x4<f32>,
-}
 
 fn load_x(e: u32) -> f32 {
     return unpack_element(X_DTYPE, x[element_word(X_DTYPE, e)], e);
@@ -178,46 +164,6 @@ fn stage_w_piece(tile: Tile, n0: u32, k0: u32, local: u32, i: u32, words: vec4<u
     }
 }
 
-fn fetch(tile: Tile, m0: u32, n0: u32, k0: u32, local: u32) -> Fetched {
-    var f: Fetched;
-    f.x[0] = fetch_x_quad(tile, m0, k0, local, 0u);
-    f.x[1] = fetch_x_quad(tile, m0, k0, local, 1u);
-    f.x[2] = fetch_x_quad(tile, m0, k0, local, 2u);
-    f.x[3] = fetch_x_quad(tile, m0, k0, local, 3u);
-    f.w[0] = fetch_w_piece(tile, n0, k0, local, 0u);
-    f.w[1] = fetch_w_piece(tile, n0, k0, local, 1u);
-    if W_PIECES_PER_INVOCATION > 2u {
-        f.w[2] = fetch_w_piece(tile, n0, k0, local, 2u);
-        f.w[3] = fetch_w_piece(tile, n0, k0, local, 3u);
-    }
-    if W_PIECES_PER_INVOCATION > 4u {
-        f.w[4] = fetch_w_piece(tile, n0, k0, local, 4u);
-        f.w[5] = fetch_w_piece(tile, n0, k0, local, 5u);
-        f.w[6] = fetch_w_piece(tile, n0, k0, local, 6u);
-        f.w[7] = fetch_w_piece(tile, n0, k0, local, 7u);
-    }
-    return f;
-}
-
-fn stage(tile: Tile, m0: u32, n0: u32, k0: u32, local: u32, f: Fetched) {
-    stage_x_quad(tile, m0, k0, local, 0u, f.x[0]);
-    stage_x_quad(tile, m0, k0, local, 1u, f.x[1]);
-    stage_x_quad(tile, m0, k0, local, 2u, f.x[2]);
-    stage_x_quad(tile, m0, k0, local, 3u, f.x[3]);
-    stage_w_piece(tile, n0, k0, local, 0u, f.w[0]);
-    stage_w_piece(tile, n0, k0, local, 1u, f.w[1]);
-    if W_PIECES_PER_INVOCATION > 2u {
-        stage_w_piece(tile, n0, k0, local, 2u, f.w[2]);
-        stage_w_piece(tile, n0, k0, local, 3u, f.w[3]);
-    }
-    if W_PIECES_PER_INVOCATION > 4u {
-        stage_w_piece(tile, n0, k0, local, 4u, f.w[4]);
-        stage_w_piece(tile, n0, k0, local, 5u, f.w[5]);
-        stage_w_piece(tile, n0, k0, local, 6u, f.w[6]);
-        stage_w_piece(tile, n0, k0, local, 7u, f.w[7]);
-    }
-}
-
 // c + a bᵀ: column i of the result is row i of the sub-tile.
 fn outer_fma(c: mat4x4<f32>, a: vec4<f32>, b: vec4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(
@@ -226,15 +172,6 @@ fn outer_fma(c: mat4x4<f32>, a: vec4<f32>, b: vec4<f32>) -> mat4x4<f32> {
         fma(vec4<f32>(a.z), b, c[2]),
         fma(vec4<f32>(a.w), b, c[3]),
     );
-}
-
-// The sub-tile plus the outer products of k-row kk of the staged tiles.
-fn multiply_add(kk: u32, tx: u32, ty: u32, acc: Acc) -> Acc {
-    let a0 = x_tile[kk * (BM / 4u) + ty];
-    let a1 = x_tile[kk * (BM / 4u) + BM / 8u + ty];
-    let b0 = w_tile[kk * (BN / 4u) + tx];
-    let b1 = w_tile[kk * (BN / 4u) + BN / 8u + tx];
-    return Acc(outer_fma(acc.c00, a0, b0), outer_fma(acc.c01, a0, b1), outer_fma(acc.c10, a1, b0), outer_fma(acc.c11, a1, b1));
 }
 
 fn store_sub_tile(tile: Tile, c: mat4x4<f32>, m: u32, n: u32) {
@@ -261,19 +198,80 @@ fn main(
     let m0 = tile.m * BM;
     let tx = local % THREADS_N;
     let ty = local / THREADS_N;
-    var acc = Acc(mat4x4<f32>(), mat4x4<f32>(), mat4x4<f32>(), mat4x4<f32>());
-    var fetched = fetch(tile, m0, n0, tile.k_begin, local);
+    // The 8 x 8 sub-tile: rows (lo, hi) x columns (lo, hi); column j of each matrix is a row.
+    var c00 = mat4x4<f32>();
+    var c01 = mat4x4<f32>();
+    var c10 = mat4x4<f32>();
+    var c11 = mat4x4<f32>();
+    // The words fetched for the next step (the pieces past W_PIECES_PER_INVOCATION stay unused).
+    var x0 = fetch_x_quad(tile, m0, tile.k_begin, local, 0u);
+    var x1 = fetch_x_quad(tile, m0, tile.k_begin, local, 1u);
+    var x2 = fetch_x_quad(tile, m0, tile.k_begin, local, 2u);
+    var x3 = fetch_x_quad(tile, m0, tile.k_begin, local, 3u);
+    var w0 = fetch_w_piece(tile, n0, tile.k_begin, local, 0u);
+    var w1 = fetch_w_piece(tile, n0, tile.k_begin, local, 1u);
+    var w2 = vec4<u32>();
+    var w3 = vec4<u32>();
+    var w4 = vec4<u32>();
+    var w5 = vec4<u32>();
+    var w6 = vec4<u32>();
+    var w7 = vec4<u32>();
+    if W_PIECES_PER_INVOCATION > 2u {
+        w2 = fetch_w_piece(tile, n0, tile.k_begin, local, 2u);
+        w3 = fetch_w_piece(tile, n0, tile.k_begin, local, 3u);
+    }
+    if W_PIECES_PER_INVOCATION > 4u {
+        w4 = fetch_w_piece(tile, n0, tile.k_begin, local, 4u);
+        w5 = fetch_w_piece(tile, n0, tile.k_begin, local, 5u);
+        w6 = fetch_w_piece(tile, n0, tile.k_begin, local, 6u);
+        w7 = fetch_w_piece(tile, n0, tile.k_begin, local, 7u);
+    }
     for (var k0 = tile.k_begin; k0 < tile.k_end; k0 += BK) {
-        stage(tile, m0, n0, k0, local, fetched);
-        workgroupBarrier();
-        if k0 + BK < tile.k_end {
-            fetched = fetch(tile, m0, n0, k0 + BK, local);
+        stage_x_quad(tile, m0, k0, local, 0u, x0);
+        stage_x_quad(tile, m0, k0, local, 1u, x1);
+        stage_x_quad(tile, m0, k0, local, 2u, x2);
+        stage_x_quad(tile, m0, k0, local, 3u, x3);
+        stage_w_piece(tile, n0, k0, local, 0u, w0);
+        stage_w_piece(tile, n0, k0, local, 1u, w1);
+        if W_PIECES_PER_INVOCATION > 2u {
+            stage_w_piece(tile, n0, k0, local, 2u, w2);
+            stage_w_piece(tile, n0, k0, local, 3u, w3);
         }
-        for (var kk = 0u; kk < BK; kk += 4u) {
-            acc = multiply_add(kk, tx, ty, acc);
-            acc = multiply_add(kk + 1u, tx, ty, acc);
-            acc = multiply_add(kk + 2u, tx, ty, acc);
-            acc = multiply_add(kk + 3u, tx, ty, acc);
+        if W_PIECES_PER_INVOCATION > 4u {
+            stage_w_piece(tile, n0, k0, local, 4u, w4);
+            stage_w_piece(tile, n0, k0, local, 5u, w5);
+            stage_w_piece(tile, n0, k0, local, 6u, w6);
+            stage_w_piece(tile, n0, k0, local, 7u, w7);
+        }
+        workgroupBarrier();
+        let next = k0 + BK;
+        if next < tile.k_end {
+            x0 = fetch_x_quad(tile, m0, next, local, 0u);
+            x1 = fetch_x_quad(tile, m0, next, local, 1u);
+            x2 = fetch_x_quad(tile, m0, next, local, 2u);
+            x3 = fetch_x_quad(tile, m0, next, local, 3u);
+            w0 = fetch_w_piece(tile, n0, next, local, 0u);
+            w1 = fetch_w_piece(tile, n0, next, local, 1u);
+            if W_PIECES_PER_INVOCATION > 2u {
+                w2 = fetch_w_piece(tile, n0, next, local, 2u);
+                w3 = fetch_w_piece(tile, n0, next, local, 3u);
+            }
+            if W_PIECES_PER_INVOCATION > 4u {
+                w4 = fetch_w_piece(tile, n0, next, local, 4u);
+                w5 = fetch_w_piece(tile, n0, next, local, 5u);
+                w6 = fetch_w_piece(tile, n0, next, local, 6u);
+                w7 = fetch_w_piece(tile, n0, next, local, 7u);
+            }
+        }
+        for (var kk = 0u; kk < BK; kk++) {
+            let a0 = x_tile[kk * (BM / 4u) + ty];
+            let a1 = x_tile[kk * (BM / 4u) + BM / 8u + ty];
+            let b0 = w_tile[kk * (BN / 4u) + tx];
+            let b1 = w_tile[kk * (BN / 4u) + BN / 8u + tx];
+            c00 = outer_fma(c00, a0, b0);
+            c01 = outer_fma(c01, a0, b1);
+            c10 = outer_fma(c10, a1, b0);
+            c11 = outer_fma(c11, a1, b1);
         }
         workgroupBarrier();
     }
@@ -281,8 +279,8 @@ fn main(
     let m_hi = m0 + BM / 2u + 4u * ty;
     let n_lo = n0 + 4u * tx;
     let n_hi = n0 + BN / 2u + 4u * tx;
-    store_sub_tile(tile, acc.c00, m_lo, n_lo);
-    store_sub_tile(tile, acc.c01, m_lo, n_hi);
-    store_sub_tile(tile, acc.c10, m_hi, n_lo);
-    store_sub_tile(tile, acc.c11, m_hi, n_hi);
+    store_sub_tile(tile, c00, m_lo, n_lo);
+    store_sub_tile(tile, c01, m_lo, n_hi);
+    store_sub_tile(tile, c10, m_hi, n_lo);
+    store_sub_tile(tile, c11, m_hi, n_hi);
 }

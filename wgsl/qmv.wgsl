@@ -3,9 +3,10 @@
 // row groups of 4) for VECS rows of x; its invocations split k in blocks of 32 codes. For each 4
 // codes of a block, an invocation puts the 4 rows' codes, times their scales, in the columns of
 // a mat4x4 Q and adds x[v, 4 codes] · Q for each row v of x; per block it adds bias · Σ x.
-// Every per-invocation value is a named vector or matrix indexed by literals, and helpers take
-// and return values: wgpu bounds every loop, which keeps drivers from unrolling, and arrays or
-// pointers indexed at run time would live in slow local memory.
+// The running sums live in the entry function's own matrices, indexed by literals, and helpers
+// take and return small values: wgpu bounds every loop, which keeps drivers from unrolling, and
+// arrays indexed at run time, or large values passed to functions a driver does not inline, end
+// up in slow local memory.
 // Prelude: const BITS, GROUP_SIZE, X_DTYPE, SCALE_DTYPE, OUT_DTYPE, VECS (1 ..= 8)
 // Overrides: WG_SIZE (invocations splitting k); MIN_SUBGROUP_SIZE (subgroup reduction only)
 // Bindings: 0 params | 1 batches | 2 x (vec4 words) | 3 w_q | 4 scales | 5 biases | 6 y
@@ -17,51 +18,12 @@ override WG_SIZE: u32 = 128u;
 
 // Row groups of 4 outputs: two while the registers allow (up to 4 rows of x).
 const GROUPS: u32 = select(1u, 2u, VECS <= 4u);
-// Partial sums per invocation: a vec4 per (row of x, row group), slot g · VECS + v (at most 8).
-const SLOTS: u32 = VECS * GROUPS;
+// Partial sums per invocation, a vec4 each: slot v (< 4) is row v of x with group 0; slot 4 + v
+// is row v with group 1 (two groups) or row 4 + v with group 0 (one group).
+const SLOTS: u32 = 8u;
 
 @group(0) @binding(2) var<storage, read> x: array<vec4<u32>>;
 @group(0) @binding(6) var<storage, read_write> y: array<atomic<u32>>;
-
-// Sums per slot s: column s of `lo` (s < 4) or column s - 4 of `hi`.
-struct Sums {
-    lo: mat4x4<f32>,
-    hi: mat4x4<f32>,
-}
-
-// Σ x per row v of x (component v of lo or v - 4 of hi) over the current block.
-struct XSums {
-    lo: vec4<f32>,
-    hi: vec4<f32>,
-}
-
-// The first element of each row of x this workgroup reads (rows past m repeat the last row).
-struct XRows {
-    lo: vec4<u32>,
-    hi: vec4<u32>,
-}
-
-// The blocks of the workgroup's rows of w, and their scales and biases (a vec4 per group).
-struct Blocks {
-    r0: Block,
-    r1: Block,
-    r2: Block,
-    r3: Block,
-    r4: Block,
-    r5: Block,
-    r6: Block,
-    r7: Block,
-    scale0: vec4<f32>,
-    bias0: vec4<f32>,
-    scale1: vec4<f32>,
-    bias1: vec4<f32>,
-}
-
-// The running sums of an invocation: over all blocks, and Σ x over the current block.
-struct State {
-    sums: Sums,
-    x_sums: XSums,
-}
 
 // Elements e .. e + 3 of x (e a multiple of 4).
 fn load_x4(e: u32) -> vec4<f32> {
@@ -73,140 +35,28 @@ fn load_x4(e: u32) -> vec4<f32> {
     return vec4<f32>(unpack_pair(X_DTYPE, pair.x), unpack_pair(X_DTYPE, pair.y));
 }
 
-// Adds `value` to slot s (s a literal at every call).
-fn add_to_slot(s: u32, value: vec4<f32>, state: State) -> State {
-    var next = state;
-    if s < 4u {
-        next.sums.lo[s] = next.sums.lo[s] + value;
-    } else {
-        next.sums.hi[s - 4u] = next.sums.hi[s - 4u] + value;
-    }
-    return next;
+// The scales (column 0) and biases (column 1) of group g of 4 rows of w_q.
+fn load_scales_biases(rows: vec4<u32>, g: u32) -> mat2x4<f32> {
+    let s0 = load_scale_bias(rows.x * params.s_stride + g);
+    let s1 = load_scale_bias(rows.y * params.s_stride + g);
+    let s2 = load_scale_bias(rows.z * params.s_stride + g);
+    let s3 = load_scale_bias(rows.w * params.s_stride + g);
+    return mat2x4<f32>(vec4<f32>(s0.x, s1.x, s2.x, s3.x), vec4<f32>(s0.y, s1.y, s2.y, s3.y));
 }
 
-// Row v of x against both row groups' codes q0 and q1, and its Σ x.
-fn add_row(v: u32, q0: mat4x4<f32>, q1: mat4x4<f32>, rows: XRows, e: u32, state: State) -> State {
-    var next = state;
-    var x4: vec4<f32>;
-    if v < 4u {
-        x4 = load_x4(rows.lo[v] + e);
-        next.x_sums.lo[v] = next.x_sums.lo[v] + dot(x4, vec4<f32>(1.0));
-    } else {
-        x4 = load_x4(rows.hi[v - 4u] + e);
-        next.x_sums.hi[v - 4u] = next.x_sums.hi[v - 4u] + dot(x4, vec4<f32>(1.0));
-    }
-    let scaled = x4 * CODE_SCALE;
-    next = add_to_slot(v, scaled * q0, next);
-    if GROUPS > 1u {
-        next = add_to_slot(VECS + v, scaled * q1, next);
-    }
-    return next;
-}
-
-// Codes 4c .. 4c + 3 of the blocks, times their scales, against every row of x.
-fn add_quad(c: u32, b: Blocks, rows: XRows, e: u32, state: State) -> State {
-    let q0 = mat4x4<f32>(
-        b.scale0.x * block_codes4(b.r0, c),
-        b.scale0.y * block_codes4(b.r1, c),
-        b.scale0.z * block_codes4(b.r2, c),
-        b.scale0.w * block_codes4(b.r3, c),
+// Codes 4c .. 4c + 3 of 4 blocks, times their rows' scales: the columns of Q.
+fn codes_matrix(b0: Block, b1: Block, b2: Block, b3: Block, scale: vec4<f32>, c: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(
+        scale.x * block_codes4(b0, c),
+        scale.y * block_codes4(b1, c),
+        scale.z * block_codes4(b2, c),
+        scale.w * block_codes4(b3, c),
     );
-    var q1 = mat4x4<f32>();
-    if GROUPS > 1u {
-        q1 = mat4x4<f32>(
-            b.scale1.x * block_codes4(b.r4, c),
-            b.scale1.y * block_codes4(b.r5, c),
-            b.scale1.z * block_codes4(b.r6, c),
-            b.scale1.w * block_codes4(b.r7, c),
-        );
-    }
-    let at = e + 4u * c;
-    var next = add_row(0u, q0, q1, rows, at, state);
-    if VECS > 1u {
-        next = add_row(1u, q0, q1, rows, at, next);
-    }
-    if VECS > 2u {
-        next = add_row(2u, q0, q1, rows, at, next);
-    }
-    if VECS > 3u {
-        next = add_row(3u, q0, q1, rows, at, next);
-    }
-    if VECS > 4u {
-        next = add_row(4u, q0, q1, rows, at, next);
-    }
-    if VECS > 5u {
-        next = add_row(5u, q0, q1, rows, at, next);
-    }
-    if VECS > 6u {
-        next = add_row(6u, q0, q1, rows, at, next);
-    }
-    if VECS > 7u {
-        next = add_row(7u, q0, q1, rows, at, next);
-    }
-    return next;
 }
 
-// Slot s (row v of x, group g) gains bias_g · Σ x[v] over the block.
-fn add_bias(s: u32, b: Blocks, state: State) -> State {
-    let v = s % VECS;
-    let x_sum = select(state.x_sums.hi[v % 4u], state.x_sums.lo[v % 4u], v < 4u);
-    let bias = select(b.bias1, b.bias0, s < VECS);
-    return add_to_slot(s, bias * x_sum, state);
-}
-
-fn add_biases(b: Blocks, state: State) -> State {
-    var next = add_bias(0u, b, state);
-    if SLOTS > 1u {
-        next = add_bias(1u, b, next);
-    }
-    if SLOTS > 2u {
-        next = add_bias(2u, b, next);
-    }
-    if SLOTS > 3u {
-        next = add_bias(3u, b, next);
-    }
-    if SLOTS > 4u {
-        next = add_bias(4u, b, next);
-    }
-    if SLOTS > 5u {
-        next = add_bias(5u, b, next);
-    }
-    if SLOTS > 6u {
-        next = add_bias(6u, b, next);
-    }
-    if SLOTS > 7u {
-        next = add_bias(7u, b, next);
-    }
-    next.x_sums = XSums(vec4<f32>(0.0), vec4<f32>(0.0));
-    return next;
-}
-
-// The blocks at word `word` of rows `lo` and `hi` of w_q, with the scales and biases of group g.
-fn load_blocks(lo: vec4<u32>, hi: vec4<u32>, word: u32, g: u32) -> Blocks {
-    var b: Blocks;
-    b.r0 = load_block(lo.x * params.w_stride + word);
-    b.r1 = load_block(lo.y * params.w_stride + word);
-    b.r2 = load_block(lo.z * params.w_stride + word);
-    b.r3 = load_block(lo.w * params.w_stride + word);
-    let s0 = load_scale_bias(lo.x * params.s_stride + g);
-    let s1 = load_scale_bias(lo.y * params.s_stride + g);
-    let s2 = load_scale_bias(lo.z * params.s_stride + g);
-    let s3 = load_scale_bias(lo.w * params.s_stride + g);
-    b.scale0 = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
-    b.bias0 = vec4<f32>(s0.y, s1.y, s2.y, s3.y);
-    if GROUPS > 1u {
-        b.r4 = load_block(hi.x * params.w_stride + word);
-        b.r5 = load_block(hi.y * params.w_stride + word);
-        b.r6 = load_block(hi.z * params.w_stride + word);
-        b.r7 = load_block(hi.w * params.w_stride + word);
-        let s4 = load_scale_bias(hi.x * params.s_stride + g);
-        let s5 = load_scale_bias(hi.y * params.s_stride + g);
-        let s6 = load_scale_bias(hi.z * params.s_stride + g);
-        let s7 = load_scale_bias(hi.w * params.s_stride + g);
-        b.scale1 = vec4<f32>(s4.x, s5.x, s6.x, s7.x);
-        b.bias1 = vec4<f32>(s4.y, s5.y, s6.y, s7.y);
-    }
-    return b;
+// Whether slot s holds sums (see SLOTS).
+fn slot_used(s: u32) -> bool {
+    return select(s < VECS, (s % 4u) < VECS, (GROUPS > 1u));
 }
 
 fn kernel(local: u32, group: u32) {
@@ -221,54 +71,166 @@ fn kernel(local: u32, group: u32) {
     let w_lo = tile.w + min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), last_n);
     let w_hi = tile.w + min(vec4<u32>(n0) + vec4<u32>(4u, 5u, 6u, 7u), last_n);
     let last_m = vec4<u32>(params.m - 1u);
-    let rows = XRows(
-        tile.x + min(vec4<u32>(m0) + vec4<u32>(0u, 1u, 2u, 3u), last_m) * params.x_stride,
-        tile.x + min(vec4<u32>(m0) + vec4<u32>(4u, 5u, 6u, 7u), last_m) * params.x_stride,
-    );
-    var state = State(Sums(mat4x4<f32>(), mat4x4<f32>()), XSums(vec4<f32>(0.0), vec4<f32>(0.0)));
+    let x_lo = tile.x + min(vec4<u32>(m0) + vec4<u32>(0u, 1u, 2u, 3u), last_m) * params.x_stride;
+    let x_hi = tile.x + min(vec4<u32>(m0) + vec4<u32>(4u, 5u, 6u, 7u), last_m) * params.x_stride;
+    // Slot s in column s of `lo` (s < 4) or s - 4 of `hi`; one component per output.
+    var lo = mat4x4<f32>();
+    var hi = mat4x4<f32>();
     for (var blk = local; blk < params.k / 32u; blk += WG_SIZE) {
-        let b = load_blocks(w_lo, w_hi, blk * BITS, blk * 32u / GROUP_SIZE);
-        let e = blk * 32u;
-        state = add_quad(0u, b, rows, e, state);
-        state = add_quad(1u, b, rows, e, state);
-        state = add_quad(2u, b, rows, e, state);
-        state = add_quad(3u, b, rows, e, state);
-        state = add_quad(4u, b, rows, e, state);
-        state = add_quad(5u, b, rows, e, state);
-        state = add_quad(6u, b, rows, e, state);
-        state = add_quad(7u, b, rows, e, state);
-        state = add_biases(b, state);
+        let word = blk * BITS;
+        let g = blk * 32u / GROUP_SIZE;
+        let b0 = load_block(w_lo.x * params.w_stride + word);
+        let b1 = load_block(w_lo.y * params.w_stride + word);
+        let b2 = load_block(w_lo.z * params.w_stride + word);
+        let b3 = load_block(w_lo.w * params.w_stride + word);
+        let sb_lo = load_scales_biases(w_lo, g);
+        var b4 = b0;
+        var b5 = b0;
+        var b6 = b0;
+        var b7 = b0;
+        var sb_hi = mat2x4<f32>();
+        if GROUPS > 1u {
+            b4 = load_block(w_hi.x * params.w_stride + word);
+            b5 = load_block(w_hi.y * params.w_stride + word);
+            b6 = load_block(w_hi.z * params.w_stride + word);
+            b7 = load_block(w_hi.w * params.w_stride + word);
+            sb_hi = load_scales_biases(w_hi, g);
+        }
+        // Σ x over the block, per row v of x: component v of x_sum_lo, v - 4 of x_sum_hi.
+        var x_sum_lo = vec4<f32>(0.0);
+        var x_sum_hi = vec4<f32>(0.0);
+        for (var c = 0u; c < 8u; c++) {
+            let q0 = codes_matrix(b0, b1, b2, b3, sb_lo[0], c);
+            var q1 = mat4x4<f32>();
+            if GROUPS > 1u {
+                q1 = codes_matrix(b4, b5, b6, b7, sb_hi[0], c);
+            }
+            let e = blk * 32u + 4u * c;
+            {
+                let x0 = load_x4(x_lo.x + e);
+                x_sum_lo.x += dot(x0, vec4<f32>(1.0));
+                lo[0] += (x0 * CODE_SCALE) * q0;
+                if GROUPS > 1u {
+                    hi[0] += (x0 * CODE_SCALE) * q1;
+                }
+            }
+            if VECS > 1u {
+                let x1 = load_x4(x_lo.y + e);
+                x_sum_lo.y += dot(x1, vec4<f32>(1.0));
+                lo[1] += (x1 * CODE_SCALE) * q0;
+                if GROUPS > 1u {
+                    hi[1] += (x1 * CODE_SCALE) * q1;
+                }
+            }
+            if VECS > 2u {
+                let x2 = load_x4(x_lo.z + e);
+                x_sum_lo.z += dot(x2, vec4<f32>(1.0));
+                lo[2] += (x2 * CODE_SCALE) * q0;
+                if GROUPS > 1u {
+                    hi[2] += (x2 * CODE_SCALE) * q1;
+                }
+            }
+            if VECS > 3u {
+                let x3 = load_x4(x_lo.w + e);
+                x_sum_lo.w += dot(x3, vec4<f32>(1.0));
+                lo[3] += (x3 * CODE_SCALE) * q0;
+                if GROUPS > 1u {
+                    hi[3] += (x3 * CODE_SCALE) * q1;
+                }
+            }
+            if VECS > 4u {
+                let x4 = load_x4(x_hi.x + e);
+                x_sum_hi.x += dot(x4, vec4<f32>(1.0));
+                hi[0] += (x4 * CODE_SCALE) * q0;
+            }
+            if VECS > 5u {
+                let x5 = load_x4(x_hi.y + e);
+                x_sum_hi.y += dot(x5, vec4<f32>(1.0));
+                hi[1] += (x5 * CODE_SCALE) * q0;
+            }
+            if VECS > 6u {
+                let x6 = load_x4(x_hi.z + e);
+                x_sum_hi.z += dot(x6, vec4<f32>(1.0));
+                hi[2] += (x6 * CODE_SCALE) * q0;
+            }
+            if VECS > 7u {
+                let x7 = load_x4(x_hi.w + e);
+                x_sum_hi.w += dot(x7, vec4<f32>(1.0));
+                hi[3] += (x7 * CODE_SCALE) * q0;
+            }
+        }
+        // The block's biases: the slot of row v of x and group g gains bias_g · Σ x[v].
+        let bias0 = sb_lo[1];
+        let bias1 = sb_hi[1];
+        {
+            lo[0] += bias0 * x_sum_lo.x;
+            if GROUPS > 1u {
+                hi[0] += bias1 * x_sum_lo.x;
+            }
+        }
+        if VECS > 1u {
+            lo[1] += bias0 * x_sum_lo.y;
+            if GROUPS > 1u {
+                hi[1] += bias1 * x_sum_lo.y;
+            }
+        }
+        if VECS > 2u {
+            lo[2] += bias0 * x_sum_lo.z;
+            if GROUPS > 1u {
+                hi[2] += bias1 * x_sum_lo.z;
+            }
+        }
+        if VECS > 3u {
+            lo[3] += bias0 * x_sum_lo.w;
+            if GROUPS > 1u {
+                hi[3] += bias1 * x_sum_lo.w;
+            }
+        }
+        if VECS > 4u {
+            hi[0] += bias0 * x_sum_hi.x;
+        }
+        if VECS > 5u {
+            hi[1] += bias0 * x_sum_hi.y;
+        }
+        if VECS > 6u {
+            hi[2] += bias0 * x_sum_hi.z;
+        }
+        if VECS > 7u {
+            hi[3] += bias0 * x_sum_hi.w;
+        }
     }
-    let sums = state.sums;
-    contribute(0u, sums.lo[0], local);
-    if SLOTS > 1u {
-        contribute(1u, sums.lo[1], local);
+    if slot_used(0u) {
+        contribute(0u, lo[0], local);
     }
-    if SLOTS > 2u {
-        contribute(2u, sums.lo[2], local);
+    if slot_used(1u) {
+        contribute(1u, lo[1], local);
     }
-    if SLOTS > 3u {
-        contribute(3u, sums.lo[3], local);
+    if slot_used(2u) {
+        contribute(2u, lo[2], local);
     }
-    if SLOTS > 4u {
-        contribute(4u, sums.hi[0], local);
+    if slot_used(3u) {
+        contribute(3u, lo[3], local);
     }
-    if SLOTS > 5u {
-        contribute(5u, sums.hi[1], local);
+    if slot_used(4u) {
+        contribute(4u, hi[0], local);
     }
-    if SLOTS > 6u {
-        contribute(6u, sums.hi[2], local);
+    if slot_used(5u) {
+        contribute(5u, hi[1], local);
     }
-    if SLOTS > 7u {
-        contribute(7u, sums.hi[3], local);
+    if slot_used(6u) {
+        contribute(6u, hi[2], local);
     }
-    workgroupBarrier();
-    let total = workgroup_total(local, local);
-    // Output `local`: slot s = local / 4 (row v of x, group g), output 4g + local % 4.
-    let s = local / 4u;
-    let v = s % VECS;
-    let n = n0 + 4u * (s / VECS) + local % 4u;
-    if local < 4u * SLOTS && n < params.n && m0 + v < params.m {
-        store_y(tile.y + (m0 + v) * params.y_stride + n, total);
+    if slot_used(7u) {
+        contribute(7u, hi[3], local);
+    }
+    reduce_slots(local);
+    // Output o: slot s = o / 4, output o % 4 of the slot's group.
+    for (var o = local; o < 4u * SLOTS; o += WG_SIZE) {
+        let s = o / 4u;
+        let v = select(s, s % 4u, (GROUPS > 1u));
+        let n = n0 + 4u * select(0u, s / 4u, (GROUPS > 1u)) + o % 4u;
+        if slot_used(s) && n < params.n && m0 + v < params.m {
+            store_y(tile.y + (m0 + v) * params.y_stride + n, slot_total(o));
+        }
     }
 }

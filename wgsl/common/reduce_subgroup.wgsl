@@ -1,7 +1,8 @@
 // reduce_subgroup.wgsl: the entry point of a kernel whose invocations each hold SLOTS vec4s of
 // partial sums, and the functions that total them over the workgroup: `contribute` adds a slot
-// within each subgroup (subgroupAdd) and parks the subgroup's total in workgroup memory; after
-// a barrier, `workgroup_total` adds up the subgroups' totals of one component.
+// within each subgroup (subgroupAdd) and parks the subgroup's total in workgroup memory;
+// `reduce_slots` waits for every subgroup; `slot_total` adds up the subgroups' totals of one
+// component.
 // Expects: const SLOTS; override WG_SIZE; fn kernel(local: u32, group: u32).
 // Overrides: MIN_SUBGROUP_SIZE (the adapter's smallest subgroup; sizes the scratch)
 
@@ -13,7 +14,7 @@ var<private> subgroup_index: u32;
 var<private> subgroup_count: u32;
 
 // Adds this invocation's `partial` to slot `slot`. Every invocation must call it, in uniform
-// control flow, before the barrier that precedes `workgroup_total`.
+// control flow, before `reduce_slots`.
 fn contribute(slot: u32, partial: vec4<f32>, local: u32) {
     let total = subgroupAdd(partial);
     if subgroup_lane == 0u {
@@ -21,14 +22,18 @@ fn contribute(slot: u32, partial: vec4<f32>, local: u32) {
     }
 }
 
-// The workgroup's total of component `output % 4` of slot `output / 4` (output < 4 SLOTS).
-// Every invocation must call it, in uniform control flow, after a workgroupBarrier.
-fn workgroup_total(output: u32, local: u32) -> f32 {
+// Completes the contributions. Every invocation must call it, in uniform control flow, after
+// its last `contribute`.
+fn reduce_slots(local: u32) {
+    workgroupBarrier();
+}
+
+// The workgroup's total of component `output % 4` of slot `output / 4` (output < 4 SLOTS),
+// after `reduce_slots`.
+fn slot_total(output: u32) -> f32 {
     var total = 0.0;
-    if output < 4u * SLOTS {
-        for (var s = 0u; s < subgroup_count; s++) {
-            total += subgroup_sums[s * SLOTS + output / 4u][output % 4u];
-        }
+    for (var s = 0u; s < subgroup_count; s++) {
+        total += subgroup_sums[s * SLOTS + output / 4u][output % 4u];
     }
     return total;
 }

@@ -6,14 +6,15 @@
 var<workgroup> invocation_sums: array<vec4<f32>, WG_SIZE * SLOTS>;
 
 // Parks this invocation's `partial` for slot `slot`. Every invocation must call it, in uniform
-// control flow, before the barrier that precedes `workgroup_total`.
+// control flow, before `reduce_slots`.
 fn contribute(slot: u32, partial: vec4<f32>, local: u32) {
     invocation_sums[slot * WG_SIZE + local] = partial;
 }
 
-// The workgroup's total of component `output % 4` of slot `output / 4` (output < 4 SLOTS).
-// Every invocation must call it, in uniform control flow, after a workgroupBarrier.
-fn workgroup_total(output: u32, local: u32) -> f32 {
+// Adds up the parked sums (a tree). Every invocation must call it, in uniform control flow,
+// after its last `contribute`.
+fn reduce_slots(local: u32) {
+    workgroupBarrier();
     for (var half = WG_SIZE / 2u; half > 0u; half /= 2u) {
         if local < half {
             for (var s = 0u; s < SLOTS; s++) {
@@ -22,11 +23,12 @@ fn workgroup_total(output: u32, local: u32) -> f32 {
         }
         workgroupBarrier();
     }
-    var total = 0.0;
-    if output < 4u * SLOTS {
-        total = invocation_sums[(output / 4u) * WG_SIZE][output % 4u];
-    }
-    return total;
+}
+
+// The workgroup's total of component `output % 4` of slot `output / 4` (output < 4 SLOTS),
+// after `reduce_slots`.
+fn slot_total(output: u32) -> f32 {
+    return invocation_sums[(output / 4u) * WG_SIZE][output % 4u];
 }
 
 @compute @workgroup_size(WG_SIZE)
