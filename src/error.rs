@@ -49,6 +49,9 @@ pub enum Error {
     /// Mapping a buffer for reading failed.
     #[error("{what}: reading back from the GPU failed: {message}")]
     Readback { what: String, message: String },
+    /// The device lacks a wgpu feature the call needs.
+    #[error("{op}: the device lacks the wgpu feature {feature}")]
+    MissingFeature { op: &'static str, feature: &'static str },
     /// Tensors from two different [`Gpu`](crate::Gpu)s were combined.
     #[error("{op}: the tensors live on different GPU devices")]
     DeviceMismatch { op: &'static str },
@@ -160,6 +163,12 @@ pub enum Error {
         bits: u32,
         transpose: bool,
     },
+    /// `quantized_matmul` with a rank-0 input (MLX needs `x.shape(-1)`).
+    #[error("[quantized_matmul] The first input must have at least 1 dimension but it has 0.")]
+    ScalarInput,
+    /// Batch dimensions of x and w that do not broadcast (`[broadcast_shapes]` in MLX).
+    #[error("[broadcast_shapes] Shapes {} and {} cannot be broadcast.", mlx_shape(.a), mlx_shape(.b))]
+    BroadcastShapes { a: Vec<usize>, b: Vec<usize> },
     /// `quantized_matmul` with an input that is not floating point.
     #[error("[quantized_matmul] Only real floating types are supported but x.dtype() == {dtype}.")]
     NotFloatingX { dtype: DType },

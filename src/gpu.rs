@@ -5,9 +5,11 @@
 //! Every call that can fail inside wgpu runs in error scopes and comes back as an
 //! [`Error`]; every wait on the GPU has a deadline.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +40,9 @@ pub struct GpuOptions {
     pub max_compute_workgroups_per_dimension: Option<u32>,
     /// Deadline for each wait on the GPU.
     pub timeout: Duration,
+    /// Features not to use even where the adapter has them (to exercise fallback kernels, e.g.
+    /// the workgroup-memory reductions that replace subgroup operations).
+    pub without_features: wgpu::Features,
 }
 
 impl Default for GpuOptions {
@@ -48,6 +53,7 @@ impl Default for GpuOptions {
             max_storage_buffer_binding_size: None,
             max_compute_workgroups_per_dimension: None,
             timeout: DEFAULT_TIMEOUT,
+            without_features: wgpu::Features::empty(),
         }
     }
 }
@@ -120,6 +126,7 @@ struct GpuInner {
     pipelines: Mutex<HashMap<KernelKey, Arc<wgpu::ComputePipeline>>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
+    submissions: AtomicU64,
 }
 
 /// A GPU device and queue with wgquant's pipeline cache. Clones share everything.
@@ -177,7 +184,7 @@ impl Gpu {
         if let Some(max) = options.max_compute_workgroups_per_dimension {
             limits.max_compute_workgroups_per_dimension = limits.max_compute_workgroups_per_dimension.min(max);
         }
-        let features = adapter.features() & WANTED_FEATURES;
+        let features = adapter.features() & WANTED_FEATURES & !options.without_features;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgquant"),
             required_features: features,
@@ -223,6 +230,7 @@ impl Gpu {
                 pipelines: Mutex::new(HashMap::new()),
                 uncaptured: Arc::new(Mutex::new(Vec::new())),
                 lost,
+                submissions: AtomicU64::new(0),
             }),
         }
     }
@@ -360,8 +368,10 @@ impl Gpu {
 
     /// Copies the first `size` bytes of `buffer` to the host and waits for them.
     pub(crate) fn read_buffer(&self, what: &str, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        // Work recorded by an enclosing batch must run before its results are read.
+        self.flush()?;
         let padded = size.max(4).next_multiple_of(4);
-        let (staging, submission) = self.scoped(what, || {
+        let staging = self.scoped(what, || {
             let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgquant readback"),
                 size: padded,
@@ -373,29 +383,11 @@ impl Gpu {
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgquant readback") });
             encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, padded);
-            let submission = self.inner.queue.submit([encoder.finish()]);
-            (staging, submission)
+            self.inner.queue.submit([encoder.finish()]);
+            self.inner.submissions.fetch_add(1, Ordering::Relaxed);
+            staging
         })?;
-        let (sender, receiver) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |result| {
-            let _ = sender.send(result);
-        });
-        self.wait(what, Some(submission))?;
-        // The callback runs inside whichever thread's `poll` completes the map; when another
-        // thread sharing the device got there first it may still be on its way.
-        let deadline = std::time::Instant::now() + self.inner.timeout;
-        let mapped = loop {
-            match receiver.recv_timeout(Duration::from_millis(1)) {
-                Ok(result) => break result,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    let _ = catch_unwind(AssertUnwindSafe(|| self.inner.device.poll(wgpu::PollType::Poll)));
-                }
-                Err(_) => {
-                    return Err(Error::Timeout { what: what.to_string(), seconds: self.inner.timeout.as_secs_f64() })
-                }
-            }
-        };
-        mapped.map_err(|e| Error::Readback { what: what.to_string(), message: e.to_string() })?;
+        self.map_for_reading(what, &staging, None)?;
         let bytes = {
             let view = staging
                 .get_mapped_range(..)
@@ -404,6 +396,34 @@ impl Gpu {
         };
         staging.unmap();
         Ok(bytes)
+    }
+
+    /// Maps `buffer` for reading once `submission` (or all work) is done, with the deadline.
+    fn map_for_reading(&self, what: &str, buffer: &wgpu::Buffer, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        buffer.map_async(wgpu::MapMode::Read, .., move |result| {
+            let _ = sender.send(result);
+        });
+        self.wait(what, submission)?;
+        // The callback runs inside some thread's poll: when another thread polls the same device
+        // at the same time, it may still be on its way after our poll returned.
+        let deadline = std::time::Instant::now() + self.inner.timeout;
+        loop {
+            match receiver.recv_timeout(Duration::from_millis(1)) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => return Err(Error::Readback { what: what.to_string(), message: e.to_string() }),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Readback { what: what.to_string(), message: "the buffer was never mapped".into() })
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() > deadline => {
+                    return Err(Error::Timeout { what: what.to_string(), seconds: self.inner.timeout.as_secs_f64() })
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    // wgpu panics inside `poll` when the device is lost; the next wait reports it.
+                    let _ = catch_unwind(AssertUnwindSafe(|| self.inner.device.poll(wgpu::PollType::Poll)));
+                }
+            }
+        }
     }
 
     /// The compute pipeline for `key`, built on first use. Before wgpu sees the shader, its
@@ -460,10 +480,10 @@ impl Gpu {
         Ok(pipeline)
     }
 
-    /// Records `dispatches` into one compute pass and submits it, without waiting. Each
-    /// dispatch binds its uniform parameters at binding 0 and its buffer windows at 1, 2, ...
-    pub(crate) fn submit(&self, what: &str, dispatches: &[Dispatch<'_>]) -> Result<wgpu::SubmissionIndex> {
-        let device = &self.inner.device;
+    /// Records `dispatches` (in order) and submits them in one compute pass without waiting,
+    /// or, inside [`Gpu::batch`] or [`Gpu::time`], adds them to the batch's pass. Each dispatch
+    /// binds its uniform parameters at binding 0 and its buffer windows at 1, 2, ...
+    pub(crate) fn submit(&self, what: &str, dispatches: &[Dispatch<'_>]) -> Result<()> {
         let max_groups = self.inner.caps.limits.max_compute_workgroups_per_dimension.max(1);
         let grids = dispatches
             .iter()
@@ -476,20 +496,197 @@ impl Gpu {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        self.scoped(what, || {
+        let commands = self.scoped(what, || {
+            dispatches
+                .iter()
+                .zip(&grids)
+                .map(|(d, &(x, y))| Command {
+                    pipeline: d.pipeline.clone(),
+                    bind_group: self.bind_group(d),
+                    workgroups: (x, y, 1),
+                })
+                .collect::<Vec<_>>()
+        })?;
+        self.enqueue(what, commands)
+    }
+
+    /// Records a dispatch of the caller's own pipeline, like wgquant's ops: into the current
+    /// [`Gpu::batch`] or [`Gpu::time`], or submitted at once. `workgroups` is checked against the
+    /// device's per-dimension limit by wgpu (use several dispatches or a 2-D grid beyond it).
+    ///
+    /// # Errors
+    /// [`Error::Validation`] when wgpu rejects the dispatch (reported at submission).
+    pub fn dispatch(
+        &self,
+        what: &str,
+        pipeline: &wgpu::ComputePipeline,
+        bind_group: &wgpu::BindGroup,
+        workgroups: (u32, u32, u32),
+    ) -> Result<()> {
+        let command = Command { pipeline: pipeline.clone(), bind_group: bind_group.clone(), workgroups };
+        self.enqueue(what, vec![command])
+    }
+
+    /// Runs `f` and submits all the GPU work that wgquant ops (and [`Gpu::dispatch`]) record
+    /// inside it as one command buffer with one compute pass, instead of one submission per op:
+    /// many matmuls, one submit. Returns `f`'s result without waiting for the GPU. Inside `f`,
+    /// reading a tensor back (or [`Gpu::time`]) first submits what was recorded so far, since
+    /// the read needs it; a batch inside a batch joins the outer one. Batches are per thread:
+    /// work another thread issues meanwhile is not captured. If `f` fails, nothing it recorded
+    /// is submitted.
+    ///
+    /// # Errors
+    /// `f`'s error, or device errors from submitting the batch.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # fn main() -> wgquant::Result<()> {
+    /// # let gpu = wgquant::Gpu::new()?;
+    /// # let x = wgquant::Tensor::from_slice(&gpu, &[0.5f32; 64], &[1, 64])?;
+    /// # let layers: Vec<wgquant::Quantized> = Vec::new();
+    /// let outputs = gpu.batch(|| layers.iter().map(|q| wgquant::quantized_matmul(&x, q, true)).collect::<Result<Vec<_>, _>>())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn batch<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.recording() {
+            return f();
+        }
+        let frame = Frame::open(self);
+        let out = f();
+        let commands = frame.close();
+        let out = out?;
+        if !commands.is_empty() {
+            self.encode_and_submit("batch", &commands, None)?;
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` as a [`Gpu::batch`] whose compute pass is timed with timestamp queries, waits
+    /// for it, and returns `f`'s result with the GPU time between the start and the end of the
+    /// pass. Work recorded before (by an enclosing batch) is submitted first and not counted.
+    ///
+    /// # Errors
+    /// [`Error::MissingFeature`] without `TIMESTAMP_QUERY`; `f`'s error; device errors.
+    pub fn time<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
+        if !self.inner.caps.has_timestamps() {
+            return Err(Error::MissingFeature { op: "Gpu::time", feature: "TIMESTAMP_QUERY" });
+        }
+        self.flush()?;
+        let frame = Frame::open(self);
+        let out = f();
+        let commands = frame.close();
+        let out = out?;
+        let device = &self.inner.device;
+        let (query_set, resolved, readback) = self.scoped("Gpu::time", || {
+            let query_set = device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("wgquant timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
+            let buffer = |usage| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgquant timestamps"),
+                    size: 16,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            let resolved = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+            let readback = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+            (query_set, resolved, readback)
+        })?;
+        let submission = self.encode_and_submit("Gpu::time", &commands, Some((&query_set, &resolved, &readback)))?;
+        self.map_for_reading("Gpu::time", &readback, Some(submission))?;
+        let ticks = {
+            let view = readback
+                .get_mapped_range(..)
+                .map_err(|e| Error::Readback { what: "Gpu::time".into(), message: e.to_string() })?;
+            let t: Vec<u64> = bytemuck::pod_collect_to_vec(&view[..16]);
+            t[1].saturating_sub(t[0])
+        };
+        readback.unmap();
+        let nanos = ticks as f64 * f64::from(self.inner.queue.get_timestamp_period());
+        Ok((out, Duration::from_secs_f64(nanos * 1e-9)))
+    }
+
+    /// Queue submissions wgquant has made on this device (a diagnostic: a [`Gpu::batch`] of
+    /// many ops counts one).
+    pub fn submission_count(&self) -> u64 {
+        self.inner.submissions.load(Ordering::Relaxed)
+    }
+
+    /// Whether this thread is recording a batch for this device.
+    fn recording(&self) -> bool {
+        let id = self.id();
+        FRAMES.with(|frames| frames.borrow().iter().any(|f| f.gpu == id))
+    }
+
+    /// Submits what the current batch on this thread has recorded so far (nothing otherwise).
+    fn flush(&self) -> Result<()> {
+        let id = self.id();
+        let commands = FRAMES.with(|frames| {
+            frames.borrow_mut().iter_mut().rev().find(|f| f.gpu == id).map(|f| std::mem::take(&mut f.commands))
+        });
+        match commands {
+            Some(commands) if !commands.is_empty() => self.encode_and_submit("batch", &commands, None).map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds `commands` to this thread's batch for this device, or submits them now.
+    fn enqueue(&self, what: &str, commands: Vec<Command>) -> Result<()> {
+        let id = self.id();
+        let leftover = FRAMES.with(|frames| match frames.borrow_mut().iter_mut().rev().find(|f| f.gpu == id) {
+            Some(frame) => {
+                frame.commands.extend(commands);
+                None
+            }
+            None => Some(commands),
+        });
+        match leftover {
+            Some(commands) => self.encode_and_submit(what, &commands, None).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Encodes `commands` into one compute pass (timed when `timestamps` holds a query set, a
+    /// resolve buffer and a readback buffer) and submits it.
+    fn encode_and_submit(
+        &self,
+        what: &str,
+        commands: &[Command],
+        timestamps: Option<(&wgpu::QuerySet, &wgpu::Buffer, &wgpu::Buffer)>,
+    ) -> Result<wgpu::SubmissionIndex> {
+        let device = &self.inner.device;
+        let submission = self.scoped(what, || {
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
             {
-                let mut pass = encoder
-                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(what), timestamp_writes: None });
-                for (d, &(x, y)) in dispatches.iter().zip(&grids) {
-                    let bind_group = self.bind_group(d);
-                    pass.set_pipeline(d.pipeline);
-                    pass.set_bind_group(0, &bind_group, &[]);
-                    pass.dispatch_workgroups(x, y, 1);
+                let timestamp_writes = timestamps.map(|(query_set, _, _)| wgpu::ComputePassTimestampWrites {
+                    query_set,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                });
+                let mut pass =
+                    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(what), timestamp_writes });
+                for c in commands {
+                    pass.set_pipeline(&c.pipeline);
+                    pass.set_bind_group(0, &c.bind_group, &[]);
+                    pass.dispatch_workgroups(c.workgroups.0, c.workgroups.1, c.workgroups.2);
                 }
             }
+            if let Some((query_set, resolved, readback)) = timestamps {
+                encoder.resolve_query_set(query_set, 0..2, resolved, 0);
+                encoder.copy_buffer_to_buffer(resolved, 0, readback, 0, 16);
+            }
             self.inner.queue.submit([encoder.finish()])
-        })
+        })?;
+        self.inner.submissions.fetch_add(1, Ordering::Relaxed);
+        Ok(submission)
+    }
+
+    /// Identifies the device for this thread's batch frames.
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
     }
 
     pub(crate) fn bind_group(&self, d: &Dispatch<'_>) -> wgpu::BindGroup {
@@ -532,6 +729,62 @@ impl Gpu {
     }
 }
 
+/// A recorded dispatch, waiting for its batch's compute pass.
+struct Command {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: (u32, u32, u32),
+}
+
+/// The dispatches a batch on this thread has recorded for one device.
+struct Frame {
+    gpu: usize,
+    commands: Vec<Command>,
+}
+
+thread_local! {
+    /// Open batches of this thread, innermost last.
+    static FRAMES: RefCell<Vec<Frame>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Closes its frame when dropped, so that a panic inside a batch does not leave it open.
+struct FrameGuard {
+    gpu: usize,
+}
+
+impl Frame {
+    fn open(gpu: &Gpu) -> FrameGuard {
+        let id = gpu.id();
+        FRAMES.with(|frames| frames.borrow_mut().push(Frame { gpu: id, commands: Vec::new() }));
+        FrameGuard { gpu: id }
+    }
+}
+
+impl FrameGuard {
+    /// Closes the frame and returns what it recorded.
+    fn close(self) -> Vec<Command> {
+        let commands = self.take();
+        std::mem::forget(self);
+        commands
+    }
+
+    fn take(&self) -> Vec<Command> {
+        FRAMES.with(|frames| {
+            let mut frames = frames.borrow_mut();
+            match frames.iter().rposition(|f| f.gpu == self.gpu) {
+                Some(i) => frames.remove(i).commands,
+                None => Vec::new(),
+            }
+        })
+    }
+}
+
+impl Drop for FrameGuard {
+    fn drop(&mut self) {
+        self.take();
+    }
+}
+
 /// A window of a buffer bound to one kernel binding.
 pub(crate) struct BufferWindow<'a> {
     pub buffer: &'a wgpu::Buffer,
@@ -545,6 +798,29 @@ impl<'a> BufferWindow<'a> {
         let offset = rows.start as u64 * row_bytes;
         let size = ((rows.end - rows.start) as u64 * row_bytes).max(4).next_multiple_of(4);
         BufferWindow { buffer, offset, size }
+    }
+
+    /// Rows `rows` of a buffer of `row_bytes`-byte rows, widened at the start to the nearest
+    /// row whose offset is a multiple of `alignment` (bindings must start there). Returns the
+    /// window and how many rows it starts early.
+    pub fn aligned_rows(
+        buffer: &'a wgpu::Buffer,
+        row_bytes: u64,
+        rows: &Range<usize>,
+        alignment: u64,
+    ) -> (Self, usize) {
+        let step = aligned_row_step(row_bytes, alignment);
+        let early = rows.start % step;
+        (BufferWindow::rows(buffer, row_bytes, &(rows.start - early..rows.end)), early)
+    }
+}
+
+/// Rows between consecutive row offsets that are multiples of `alignment`.
+pub(crate) fn aligned_row_step(row_bytes: u64, alignment: u64) -> usize {
+    if row_bytes == 0 {
+        1
+    } else {
+        (alignment / gcd(row_bytes, alignment)) as usize
     }
 }
 

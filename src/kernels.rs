@@ -29,6 +29,21 @@ const UNARY: &str = include_str!("../wgsl/unary.wgsl");
 const BINARY: &str = include_str!("../wgsl/binary.wgsl");
 /// Shared by the row kernels only (it declares their workgroup size and memory).
 const ROW_REDUCE: (&str, &str) = ("common/row_reduce.wgsl", include_str!("../wgsl/common/row_reduce.wgsl"));
+const QMV: &str = include_str!("../wgsl/qmv.wgsl");
+const QVM: &str = include_str!("../wgsl/qvm.wgsl");
+const QMM: &str = include_str!("../wgsl/qmm.wgsl");
+const QMM_SUM_PARTIALS: &str = include_str!("../wgsl/qmm_sum_partials.wgsl");
+
+/// Snippets of the quantized-matmul kernels (each kernel names the ones it includes).
+const QMM_IO: (&str, &str) = ("common/qmm_io.wgsl", include_str!("../wgsl/common/qmm_io.wgsl"));
+const QMM_OPERANDS: (&str, &str) = ("common/qmm_operands.wgsl", include_str!("../wgsl/common/qmm_operands.wgsl"));
+const QMM_WORDS_VEC4: (&str, &str) =
+    ("common/qmm_words_vec4.wgsl", include_str!("../wgsl/common/qmm_words_vec4.wgsl"));
+const QMM_WORDS_U32: (&str, &str) = ("common/qmm_words_u32.wgsl", include_str!("../wgsl/common/qmm_words_u32.wgsl"));
+const REDUCE_SUBGROUP: (&str, &str) =
+    ("common/reduce_subgroup.wgsl", include_str!("../wgsl/common/reduce_subgroup.wgsl"));
+const REDUCE_WORKGROUP: (&str, &str) =
+    ("common/reduce_workgroup.wgsl", include_str!("../wgsl/common/reduce_workgroup.wgsl"));
 
 /// Invocations per workgroup of the element-wise kernels.
 pub(crate) const ELEMENTWISE_WG_SIZE: u32 = 64;
@@ -91,6 +106,77 @@ impl BinaryOp {
             BinaryOp::Multiply => 1,
         }
     }
+}
+
+/// Invocations per workgroup of [`KernelKey::QmmSumPartials`].
+pub(crate) const SUM_PARTIALS_WG_SIZE: u32 = 64;
+/// Default invocations per [`KernelKey::Qmv`] workgroup (they split k).
+pub(crate) const QMV_WG_SIZE: u32 = 128;
+/// Quads of outputs per [`KernelKey::Qvm`] workgroup.
+pub(crate) const QVM_WG_SIZE: u32 = 64;
+/// The rows of y per [`KernelKey::Qmm`] tile (128 columns) the kernel supports.
+pub const QMM_TILE_ROWS: [u32; 3] = [32, 64, 128];
+
+/// The element types and quantization format a quantized-matmul kernel is specialised for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulFormat {
+    /// dtype of x.
+    pub x_dtype: DType,
+    /// dtype of the scales and biases.
+    pub scale_dtype: DType,
+    /// dtype of y.
+    pub out_dtype: DType,
+    /// Bits per code.
+    pub bits: u32,
+    /// Codes per group.
+    pub group_size: u32,
+}
+
+impl fmt::Display for MatmulFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}_{}_to_{}_gs{}_b{}",
+            self.x_dtype.short_name(),
+            self.scale_dtype.short_name(),
+            self.out_dtype.short_name(),
+            self.group_size,
+            self.bits
+        )
+    }
+}
+
+impl MatmulFormat {
+    /// Prelude constants every matmul kernel gets.
+    fn prelude(&self) -> Vec<(&'static str, u32)> {
+        vec![
+            ("BITS", self.bits),
+            ("GROUP_SIZE", self.group_size),
+            ("X_DTYPE", self.x_dtype.wgsl_id()),
+            ("SCALE_DTYPE", self.scale_dtype.wgsl_id()),
+            ("OUT_DTYPE", self.out_dtype.wgsl_id()),
+        ]
+    }
+
+    /// The snippets of the kernels that read quantized weights: w_q is read 16 bytes at a time
+    /// where a block is whole vec4s (4 and 8 bits).
+    fn operand_snippets(&self) -> Vec<(&'static str, &'static str)> {
+        let words = if self.bits % 4 == 0 { QMM_WORDS_VEC4 } else { QMM_WORDS_U32 };
+        vec![QMM_IO, QMM_OPERANDS, words]
+    }
+}
+
+/// How [`KernelKey::Qmv`] totals its invocations' partial sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// `subgroupAdd`, then the subgroups' totals through workgroup memory; `min_size` is the
+    /// adapter's smallest subgroup.
+    Subgroup {
+        /// Smallest subgroup size the adapter may use.
+        min_size: u32,
+    },
+    /// A tree in workgroup memory (devices without subgroup operations).
+    Workgroup,
 }
 
 /// One kernel specialisation.
@@ -170,6 +256,42 @@ pub enum KernelKey {
         /// Output dtype.
         out_dtype: DType,
     },
+    /// Quantized matrix-vector product, transposed weights, 4 outputs and `vecs` rows of x per
+    /// workgroup.
+    Qmv {
+        /// dtypes and format.
+        format: MatmulFormat,
+        /// Rows of x per workgroup (1 ..= 8).
+        vecs: u32,
+        /// Invocations per workgroup (they split k).
+        wg_size: u32,
+        /// How partial sums are totalled.
+        reduction: Reduction,
+    },
+    /// Quantized vector-matrix product, untransposed weights, 4 outputs and `vecs` rows of x per
+    /// invocation.
+    Qvm {
+        /// dtypes and format.
+        format: MatmulFormat,
+        /// Rows of x per invocation (1 ..= 4).
+        vecs: u32,
+        /// Invocations per workgroup.
+        wg_size: u32,
+    },
+    /// Tiled quantized matrix product, either layout, `bm` x 128 tiles of y.
+    Qmm {
+        /// dtypes and format.
+        format: MatmulFormat,
+        /// Whether w_q is `(n, k)` (groups along k) rather than `(k, n)`.
+        transpose: bool,
+        /// Rows of y per tile: one of [`QMM_TILE_ROWS`].
+        bm: u32,
+    },
+    /// Sums k-slices of f32 partial sums into y.
+    QmmSumPartials {
+        /// dtype of y.
+        out_dtype: DType,
+    },
 }
 
 impl fmt::Display for KernelKey {
@@ -209,6 +331,18 @@ impl fmt::Display for KernelKey {
                 b_dtype.short_name(),
                 out_dtype.short_name()
             ),
+            KernelKey::Qmv { format, vecs, wg_size, reduction } => {
+                let reduction = match reduction {
+                    Reduction::Subgroup { min_size } => format!("sg{min_size}"),
+                    Reduction::Workgroup => "wgsum".to_string(),
+                };
+                write!(f, "qmv_{format}_v{vecs}_wg{wg_size}_{reduction}")
+            }
+            KernelKey::Qvm { format, vecs, wg_size } => write!(f, "qvm_{format}_v{vecs}_wg{wg_size}"),
+            KernelKey::Qmm { format, transpose, bm } => {
+                write!(f, "qmm_{}_{format}_{bm}x128", if *transpose { "t" } else { "n" })
+            }
+            KernelKey::QmmSumPartials { out_dtype } => write!(f, "qmm_sum_partials_{}", out_dtype.short_name()),
         }
     }
 }
@@ -225,11 +359,16 @@ impl KernelKey {
             KernelKey::Softmax { .. } => "softmax",
             KernelKey::Unary { op, .. } => op.name(),
             KernelKey::Binary { op, .. } => op.name(),
+            KernelKey::Qmv { .. }
+            | KernelKey::Qvm { .. }
+            | KernelKey::Qmm { .. }
+            | KernelKey::QmmSumPartials { .. } => "quantized_matmul",
         }
     }
 
-    /// The kernel's own WGSL file and the prelude constants it needs.
-    fn body_and_prelude(&self) -> (&'static str, Vec<(&'static str, u32)>) {
+    /// The kernel's own WGSL file, the prelude constants it needs and the snippets (beyond
+    /// [`COMMON`]) it includes.
+    fn body_and_prelude(&self) -> (&'static str, Vec<(&'static str, u32)>, Vec<(&'static str, &'static str)>) {
         match *self {
             KernelKey::Quantize { dtype, bits, group_size } => (
                 QUANTIZE,
@@ -239,6 +378,7 @@ impl KernelKey {
                     ("W_DTYPE", dtype.wgsl_id()),
                     ("GROUPS_PER_INVOCATION", 4 / dtype.size_in_bytes() as u32),
                 ],
+                vec![],
             ),
             KernelKey::Dequantize { scale_dtype, out_dtype, bits, group_size } => (
                 DEQUANTIZE,
@@ -248,6 +388,7 @@ impl KernelKey {
                     ("SCALE_DTYPE", scale_dtype.wgsl_id()),
                     ("OUT_DTYPE", out_dtype.wgsl_id()),
                 ],
+                vec![],
             ),
             KernelKey::Matmul { x_dtype, w_dtype, bias_dtype, out_dtype, transpose } => (
                 MATMUL,
@@ -260,8 +401,9 @@ impl KernelKey {
                     ("OUT_DTYPE", out_dtype.wgsl_id()),
                     ("TRANSPOSE", u32::from(transpose)),
                 ],
+                vec![],
             ),
-            KernelKey::Gather { element_bytes } => (GATHER, vec![("ELEMENT_BYTES", element_bytes)]),
+            KernelKey::Gather { element_bytes } => (GATHER, vec![("ELEMENT_BYTES", element_bytes)], vec![]),
             KernelKey::RmsNorm { x_dtype, w_dtype, out_dtype } => (
                 RMS_NORM,
                 vec![
@@ -269,13 +411,15 @@ impl KernelKey {
                     ("W_DTYPE", w_dtype.wgsl_id()),
                     ("OUT_DTYPE", out_dtype.wgsl_id()),
                 ],
+                vec![ROW_REDUCE],
             ),
             KernelKey::Softmax { in_dtype, out_dtype } => {
-                (SOFTMAX, vec![("IN_DTYPE", in_dtype.wgsl_id()), ("OUT_DTYPE", out_dtype.wgsl_id())])
+                (SOFTMAX, vec![("IN_DTYPE", in_dtype.wgsl_id()), ("OUT_DTYPE", out_dtype.wgsl_id())], vec![ROW_REDUCE])
             }
             KernelKey::Unary { op, in_dtype, out_dtype } => (
                 UNARY,
                 vec![("OP", op.wgsl_id()), ("IN_DTYPE", in_dtype.wgsl_id()), ("OUT_DTYPE", out_dtype.wgsl_id())],
+                vec![],
             ),
             KernelKey::Binary { op, a_dtype, b_dtype, out_dtype } => (
                 BINARY,
@@ -285,15 +429,31 @@ impl KernelKey {
                     ("B_DTYPE", b_dtype.wgsl_id()),
                     ("OUT_DTYPE", out_dtype.wgsl_id()),
                 ],
+                vec![],
             ),
-        }
-    }
-
-    /// Shared snippets this kernel needs beyond those every kernel sees.
-    fn snippets(&self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            KernelKey::RmsNorm { .. } | KernelKey::Softmax { .. } => &[ROW_REDUCE],
-            _ => &[],
+            KernelKey::Qmv { format, vecs, reduction, .. } => {
+                let mut snippets = format.operand_snippets();
+                snippets.push(match reduction {
+                    Reduction::Subgroup { .. } => REDUCE_SUBGROUP,
+                    Reduction::Workgroup => REDUCE_WORKGROUP,
+                });
+                let mut prelude = format.prelude();
+                prelude.push(("VECS", vecs));
+                (QMV, prelude, snippets)
+            }
+            KernelKey::Qvm { format, vecs, .. } => {
+                let mut prelude = format.prelude();
+                prelude.push(("VECS", vecs));
+                (QVM, prelude, format.operand_snippets())
+            }
+            KernelKey::Qmm { format, transpose, bm } => {
+                let mut prelude = format.prelude();
+                prelude.extend([("TRANSPOSE", u32::from(transpose)), ("BM", bm)]);
+                (QMM, prelude, format.operand_snippets())
+            }
+            KernelKey::QmmSumPartials { out_dtype } => {
+                (QMM_SUM_PARTIALS, vec![("OUT_DTYPE", out_dtype.wgsl_id())], vec![QMM_IO])
+            }
         }
     }
 
@@ -309,11 +469,25 @@ impl KernelKey {
             KernelKey::RmsNorm { .. } | KernelKey::Softmax { .. } => {
                 vec![("WG_SIZE".to_string(), f64::from(ROW_WG_SIZE))]
             }
+            KernelKey::Qmv { wg_size, reduction, .. } => {
+                let mut constants = vec![("WG_SIZE".to_string(), f64::from(*wg_size))];
+                if let Reduction::Subgroup { min_size } = reduction {
+                    constants.push(("MIN_SUBGROUP_SIZE".to_string(), f64::from(*min_size)));
+                }
+                constants
+            }
+            KernelKey::Qvm { wg_size, .. } => vec![("WG_SIZE".to_string(), f64::from(*wg_size))],
+            KernelKey::Qmm { .. } => Vec::new(),
+            KernelKey::QmmSumPartials { .. } => {
+                vec![("WG_SIZE".to_string(), f64::from(SUM_PARTIALS_WG_SIZE))]
+            }
         }
     }
 
-    /// Every specialisation wgquant can build for the ops in this file: used by the shader
-    /// portability test.
+    /// The specialisations wgquant builds, for the shader portability test: quantize and
+    /// dequantize for every format; every quantized-matmul kernel and knob value the dispatcher
+    /// picks by default, for every bits and group size with one dtype throughout, and each mixed
+    /// x and scales dtype once per kernel (dtypes only change the load and store functions).
     pub fn all() -> Vec<KernelKey> {
         let floats = [DType::F32, DType::F16, DType::BF16];
         let mut keys = Vec::new();
@@ -324,6 +498,9 @@ impl KernelKey {
                     for out_dtype in floats {
                         keys.push(KernelKey::Dequantize { scale_dtype: dtype, out_dtype, bits, group_size });
                     }
+                    let format =
+                        MatmulFormat { x_dtype: dtype, scale_dtype: dtype, out_dtype: dtype, bits, group_size };
+                    keys.extend(Self::matmul_kernels(format));
                 }
             }
         }
@@ -349,18 +526,50 @@ impl KernelKey {
                 }
             }
         }
+        for x_dtype in floats {
+            for scale_dtype in floats.into_iter().filter(|&s| s != x_dtype) {
+                let out_dtype = x_dtype.promote(scale_dtype);
+                keys.extend(Self::matmul_kernels(MatmulFormat {
+                    x_dtype,
+                    scale_dtype,
+                    out_dtype,
+                    bits: 4,
+                    group_size: 64,
+                }));
+            }
+        }
+        keys.extend(floats.map(|out_dtype| KernelKey::QmmSumPartials { out_dtype }));
+        keys
+    }
+
+    /// The quantized-matmul kernels `quantized_matmul` may build for `format` with default knobs.
+    fn matmul_kernels(format: MatmulFormat) -> Vec<KernelKey> {
+        let mut keys = Vec::new();
+        for vecs in 1..=8 {
+            for reduction in [Reduction::Subgroup { min_size: 8 }, Reduction::Workgroup] {
+                keys.push(KernelKey::Qmv { format, vecs, wg_size: QMV_WG_SIZE, reduction });
+            }
+        }
+        for vecs in 1..=4 {
+            keys.push(KernelKey::Qvm { format, vecs, wg_size: QVM_WG_SIZE });
+        }
+        for transpose in [true, false] {
+            for bm in QMM_TILE_ROWS {
+                keys.push(KernelKey::Qmm { format, transpose, bm });
+            }
+        }
         keys
     }
 }
 
 /// The complete WGSL source for `key`.
 pub fn source(key: &KernelKey) -> String {
-    let (body, prelude) = key.body_and_prelude();
+    let (body, prelude, snippets) = key.body_and_prelude();
     let mut src = format!("// {key}: generated prelude\n");
     for (name, value) in prelude {
         src.push_str(&format!("const {name}: u32 = {value}u;\n"));
     }
-    for (file, text) in COMMON.iter().chain(key.snippets()) {
+    for (file, text) in COMMON.into_iter().chain(snippets) {
         src.push_str(&format!("\n// ---- {file}\n{text}"));
     }
     src.push_str(&format!("\n// ---- {}\n{body}", key.op()));

@@ -39,7 +39,7 @@ pub mod tensor;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Error, Result};
 pub use gpu::{Caps, Gpu, GpuOptions};
-pub use ops::{dequantize, quantize, quantized_matmul};
+pub use ops::{dequantize, quantize, quantized_matmul, quantized_matmul_with, QmmKernel, QmmOptions};
 pub use params::{Mode, QuantParams};
 pub use tensor::{Quantized, Tensor};
 

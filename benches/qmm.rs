@@ -1,0 +1,331 @@
+//! Benchmark of `quantized_matmul` on Llama-8B layer shapes, with the device's copy bandwidth
+//! and f32 FMA rate measured in the same run as ceilings.
+//!
+//! Kernels are timed with timestamp queries around their compute pass (`Gpu::time`): warm-up,
+//! then the median of many runs, each on the next of enough weight copies that the GPU's cache
+//! cannot hold them. GB/s counts packed weights + scales + biases; TFLOP/s counts 2·M·N·K.
+//!
+//! ```text
+//! cargo bench --bench qmm -- [--quick] [--sweep] [--runs N] [--json PATH]
+//! ```
+//! `--quick` uses small shapes (lavapipe runs it in seconds); `--sweep` also times the kernel
+//! knobs on the largest shape; `--json` writes the table (default `qmm_bench.json`).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use half::f16;
+use wgquant::{Gpu, QmmKernel, QmmOptions, QuantParams, Quantized, Result, Tensor};
+
+/// Weight bytes the rotation spans, so that no cache holds the weights between runs (the H100's
+/// L2 is 50 MB).
+const ROTATION_BYTES: u64 = 256 << 20;
+const GROUP_SIZE: u32 = 64;
+
+struct Config {
+    quick: bool,
+    sweep: bool,
+    runs: usize,
+    json: String,
+}
+
+impl Config {
+    fn from_args() -> Config {
+        let mut config = Config { quick: false, sweep: false, runs: 50, json: "qmm_bench.json".into() };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => config.quick = true,
+                "--sweep" => config.sweep = true,
+                "--runs" => config.runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+                "--json" => config.json = args.next().expect("--json PATH"),
+                // cargo bench passes --bench; other harness flags are ignored.
+                _ => {}
+            }
+        }
+        if config.quick {
+            config.runs = config.runs.min(5);
+        }
+        config
+    }
+}
+
+/// A deterministic stream of pseudo-random words (SplitMix64).
+struct Words(u64);
+
+impl Words {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Small f16 values in (-0.05, 0.05).
+    fn halves(&mut self, n: usize) -> Vec<f16> {
+        (0..n).map(|_| f16::from_f32(((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1)).collect()
+    }
+}
+
+/// A quantized weight of random codes, f16 scales and biases (timing does not depend on the
+/// values).
+fn random_weight(gpu: &Gpu, n: usize, k: usize, bits: u32, words: &mut Words) -> Result<Quantized> {
+    let params = QuantParams::affine(GROUP_SIZE, bits);
+    let packed: Vec<u32> = (0..n * params.packed_width(k)).map(|_| words.next() as u32).collect();
+    let groups = k / GROUP_SIZE as usize;
+    let weight = Tensor::from_slice(gpu, &packed, &[n, params.packed_width(k)])?;
+    let scales = Tensor::from_slice(gpu, &words.halves(n * groups), &[n, groups])?;
+    let biases = Tensor::from_slice(gpu, &words.halves(n * groups), &[n, groups])?;
+    Quantized::from_parts(weight, scales, Some(biases), params)
+}
+
+/// Median GPU time of `runs` calls of `f(i)` after a warm-up.
+fn median_time(gpu: &Gpu, runs: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<Duration> {
+    for i in 0..3 {
+        gpu.time(|| f(i))?;
+    }
+    let mut times = (0..runs).map(|i| gpu.time(|| f(i)).map(|(_, t)| t)).collect::<Result<Vec<_>>>()?;
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+/// One timed configuration.
+struct Row {
+    n: usize,
+    k: usize,
+    m: usize,
+    bits: u32,
+    variant: String,
+    time: Duration,
+    bytes: u64,
+}
+
+impl Row {
+    fn gbs(&self) -> f64 {
+        self.bytes as f64 / self.time.as_secs_f64() / 1e9
+    }
+
+    fn tflops(&self) -> f64 {
+        2.0 * (self.m * self.n * self.k) as f64 / self.time.as_secs_f64() / 1e12
+    }
+}
+
+fn time_matmul(gpu: &Gpu, config: &Config, shape: (usize, usize, usize), bits: u32, options: &[(String, QmmOptions)]) -> Result<Vec<Row>> {
+    let (m, n, k) = shape;
+    let mut words = Words(n as u64 * 31 + k as u64 * 7 + u64::from(bits));
+    let one = random_weight(gpu, n, k, bits, &mut words)?;
+    let bytes = one.size_in_bytes();
+    let copies = if config.quick { 2 } else { ROTATION_BYTES.div_ceil(bytes).max(2) as usize };
+    let weights: Vec<Quantized> =
+        std::iter::once(Ok(one)).chain((1..copies).map(|_| random_weight(gpu, n, k, bits, &mut words))).collect::<Result<_>>()?;
+    let x = Tensor::from_slice(gpu, &words.halves(m * k), &[m, k])?;
+    let mut rows = Vec::new();
+    for (variant, option) in options {
+        let time = median_time(gpu, config.runs, |i| {
+            wgquant::quantized_matmul_with(&x, &weights[i % copies], true, option).map(drop)
+        })?;
+        rows.push(Row { n, k, m, bits, variant: variant.clone(), time, bytes });
+    }
+    Ok(rows)
+}
+
+/// The copy kernel and the f32 FMA kernel of the ceilings.
+const CEILINGS_WGSL: &str = r#"
+// Ceilings. `copy`: dst = src, 16 bytes per invocation and step (grid-stride loop).
+// `fma`: 8 independent chains of vec4 FMAs per invocation, ITERATIONS long.
+// Bindings: 0 src | 1 dst (copy); 1 dst (fma). Overrides: ITERATIONS.
+@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;
+
+override ITERATIONS: u32 = 1024u;
+
+@compute @workgroup_size(256)
+fn copy(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let stride = groups.x * 256u;
+    for (var i = id.x; i < arrayLength(&src); i += stride) {
+        dst[i] = src[i];
+    }
+}
+
+@compute @workgroup_size(256)
+fn fma_chains(@builtin(global_invocation_id) id: vec3<u32>) {
+    let seed = vec4<f32>(f32(id.x) * 1e-9);
+    var a0 = seed; var a1 = seed + 1.0; var a2 = seed + 2.0; var a3 = seed + 3.0;
+    var a4 = seed + 4.0; var a5 = seed + 5.0; var a6 = seed + 6.0; var a7 = seed + 7.0;
+    let mul = vec4<f32>(0.9999);
+    let add = vec4<f32>(1e-4);
+    for (var i = 0u; i < ITERATIONS; i++) {
+        a0 = fma(a0, mul, add); a1 = fma(a1, mul, add); a2 = fma(a2, mul, add); a3 = fma(a3, mul, add);
+        a4 = fma(a4, mul, add); a5 = fma(a5, mul, add); a6 = fma(a6, mul, add); a7 = fma(a7, mul, add);
+    }
+    dst[id.x] = bitcast<vec4<u32>>(a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7);
+}
+"#;
+
+/// (copy GB/s counting bytes read and written, f32 FMA TFLOP/s).
+fn ceilings(gpu: &Gpu, config: &Config) -> Result<(f64, f64)> {
+    let device = gpu.device();
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("ceilings"),
+        source: wgpu::ShaderSource::Wgsl(CEILINGS_WGSL.into()),
+    });
+    let iterations = if config.quick { 64.0 } else { 4096.0 };
+    let pipeline = |entry: &str| {
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[("ITERATIONS", iterations)],
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        })
+    };
+    let copy_bytes: u64 = if config.quick { 16 << 20 } else { 512 << 20 };
+    let copy_bytes = copy_bytes.min(gpu.caps().max_binding() & !15);
+    let buffer = |size: u64| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ceilings"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let (src, dst) = (buffer(copy_bytes), buffer(copy_bytes));
+    let copy = pipeline("copy");
+    let bind = |pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]| {
+        let entries: Vec<wgpu::BindGroupEntry<'_>> =
+            entries.iter().map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() }).collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    };
+    let copy_group = bind(&copy, &[(0, &src), (1, &dst)]);
+    let copy_time = median_time(gpu, config.runs, |_| gpu.dispatch("copy", &copy, &copy_group, (4096, 1, 1)))?;
+
+    let fma = pipeline("fma_chains");
+    let groups: u32 = if config.quick { 64 } else { 8192 };
+    let out = buffer(u64::from(groups) * 256 * 16);
+    let fma_group = bind(&fma, &[(1, &out)]);
+    let fma_time = median_time(gpu, config.runs, |_| gpu.dispatch("fma", &fma, &fma_group, (groups, 1, 1)))?;
+    // Keep the GPU busy a little longer so that its clocks have settled before the table.
+    let settle = if config.quick { 1 } else { 100 };
+    median_time(gpu, settle, |_| gpu.dispatch("fma", &fma, &fma_group, (groups, 1, 1)))?;
+    let flops = f64::from(groups) * 256.0 * iterations * 8.0 * 4.0 * 2.0;
+    Ok((2.0 * copy_bytes as f64 / copy_time.as_secs_f64() / 1e9, flops / fma_time.as_secs_f64() / 1e12))
+}
+
+/// The knob variants `--sweep` times for `m` rows.
+fn sweep_variants(m: usize) -> Vec<(String, QmmOptions)> {
+    let mut variants = Vec::new();
+    if m <= 32 {
+        for wg in [32, 64, 128, 256] {
+            let options = QmmOptions { kernel: QmmKernel::Vector, qmv_wg_size: Some(wg), ..QmmOptions::default() };
+            variants.push((format!("qmv wg {wg}"), options));
+        }
+    }
+    if m > 1 {
+        for rows in wgquant::kernels::QMM_TILE_ROWS {
+            for split in [1, 2, 4, 8] {
+                if rows as usize <= m.next_power_of_two().max(32) {
+                    let options = QmmOptions {
+                        kernel: QmmKernel::Tiled,
+                        qmm_tile_rows: Some(rows),
+                        split_k: Some(split),
+                        ..QmmOptions::default()
+                    };
+                    variants.push((format!("qmm {rows}x128 split {split}"), options));
+                }
+            }
+        }
+    }
+    variants
+}
+
+fn main() -> Result<()> {
+    let config = Config::from_args();
+    let gpu = Gpu::new()?;
+    println!("adapter: {}", gpu.describe());
+    if !gpu.caps().has_timestamps() {
+        eprintln!("this adapter has no timestamp queries; nothing to time");
+        return Ok(());
+    }
+    let (copy_gbs, fma_tflops) = ceilings(&gpu, &config)?;
+    println!("ceilings: copy {copy_gbs:.0} GB/s (read + written), f32 FMA {fma_tflops:.1} TFLOP/s");
+
+    let (shapes, ms): (Vec<(usize, usize)>, Vec<usize>) = if config.quick {
+        (vec![(256, 256), (512, 256), (256, 512)], vec![1, 8, 32, 64])
+    } else {
+        (vec![(4096, 4096), (14336, 4096), (4096, 14336)], vec![1, 8, 32, 512])
+    };
+    let default = vec![("default".to_string(), QmmOptions::default())];
+    let mut rows = Vec::new();
+    for &(n, k) in &shapes {
+        for bits in [4, 8] {
+            for &m in &ms {
+                rows.extend(time_matmul(&gpu, &config, (m, n, k), bits, &default)?);
+            }
+        }
+    }
+    if config.sweep {
+        let (n, k) = shapes[1];
+        for &m in &ms {
+            rows.extend(time_matmul(&gpu, &config, (m, n, k), 4, &sweep_variants(m))?);
+        }
+    }
+
+    println!("\nquantized_matmul, x f16, scales/biases f16, group {GROUP_SIZE}, median of {} runs", config.runs);
+    println!("{:>6} {:>6} {:>4} {:>4} {:<22} {:>10} {:>8} {:>8}", "N", "K", "M", "bits", "variant", "us", "GB/s", "TFLOP/s");
+    for r in &rows {
+        println!(
+            "{:>6} {:>6} {:>4} {:>4} {:<22} {:>10.1} {:>8.1} {:>8.3}",
+            r.n,
+            r.k,
+            r.m,
+            r.bits,
+            r.variant,
+            r.time.as_secs_f64() * 1e6,
+            r.gbs(),
+            r.tflops()
+        );
+    }
+    std::fs::write(&config.json, to_json(&gpu, copy_gbs, fma_tflops, &config, &rows)).expect("write the JSON table");
+    println!("\nwrote {}", config.json);
+    Ok(())
+}
+
+fn to_json(gpu: &Gpu, copy_gbs: f64, fma_tflops: f64, config: &Config, rows: &[Row]) -> String {
+    let info = &gpu.caps().info;
+    let text = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut json = format!(
+        "{{\n  \"adapter\": \"{}\",\n  \"driver\": \"{} {}\",\n  \"runs\": {},\n  \"group_size\": {GROUP_SIZE},\n  \
+         \"x_dtype\": \"float16\",\n  \"scale_dtype\": \"float16\",\n  \"copy_gbs\": {copy_gbs:.1},\n  \
+         \"fma_f32_tflops\": {fma_tflops:.2},\n  \"rows\": [\n",
+        text(&info.name),
+        text(&info.driver),
+        text(&info.driver_info),
+        config.runs
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let _ = write!(
+            json,
+            "    {{\"n\": {}, \"k\": {}, \"m\": {}, \"bits\": {}, \"variant\": \"{}\", \"median_us\": {:.2}, \"gbs\": {:.1}, \"tflops\": {:.3}}}{}\n",
+            r.n,
+            r.k,
+            r.m,
+            r.bits,
+            text(&r.variant),
+            r.time.as_secs_f64() * 1e6,
+            r.gbs(),
+            r.tflops(),
+            if i + 1 < rows.len() { "," } else { "" }
+        );
+    }
+    json.push_str("  ]\n}\n");
+    json
+}

@@ -1,0 +1,162 @@
+// qmm_operands.wgsl: the parameters, batch table and quantized weights of the qmv, qvm and qmm
+// kernels. Codes are read four at a time from a 32-bit window of a row's LSB-first bitstream
+// (4 codes of at most 8 bits fit one window). A block is 32 consecutive codes of a row: exactly
+// BITS words, always inside one group (groups are 32, 64 or 128 codes).
+// Hot paths avoid private arrays indexed by loop counters: wgpu bounds every loop, which keeps
+// drivers from unrolling, and such arrays then live in slow local memory.
+// Expects: const BITS, SCALE_DTYPE; the w_q binding, `load_word` and `load_block`
+//          (qmm_words_*.wgsl).
+// Bindings: 0 params | 1 batches (x offset, w row offset, y offset per entry) | 4 scales | 5 biases
+
+// `MatmulParams` in Rust.
+struct Params {
+    m: u32,           // x rows per batch entry
+    n: u32,           // output columns of this dispatch
+    k: u32,           // inner length of this dispatch
+    x_stride: u32,    // elements between rows of x
+    y_stride: u32,    // elements between rows of y
+    w_stride: u32,    // words between rows of w_q
+    s_stride: u32,    // scales (and biases) between rows of scales
+    batches: u32,     // entries in the batch table
+    m_tiles: u32,     // workgroups along m
+    n_tiles: u32,     // workgroups along n
+    k_splits: u32,    // slices of k, each written to its own slot of y
+    k_per_split: u32, // inner length of one slice (whole blocks)
+    slot_stride: u32, // elements between the slots of y
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> batches: array<u32>;
+@group(0) @binding(4) var<storage, read> scales: array<u32>;
+@group(0) @binding(5) var<storage, read> biases: array<u32>;
+
+// What one workgroup computes: tile indices along n and m, a slice of k, and a batch entry's
+// offsets into x (elements), w_q (rows) and y (elements, including the slice's slot).
+struct Tile {
+    n: u32,
+    m: u32,
+    k_begin: u32,
+    k_end: u32,
+    x: u32,
+    w: u32,
+    y: u32,
+    valid: bool,
+}
+
+// The tile of workgroup `group`. n varies fastest, so neighbouring workgroups share rows of x.
+fn tile_of(group: u32) -> Tile {
+    var t: Tile;
+    t.n = group % params.n_tiles;
+    var rest = group / params.n_tiles;
+    t.m = rest % params.m_tiles;
+    rest /= params.m_tiles;
+    let split = rest % params.k_splits;
+    let entry = rest / params.k_splits;
+    // The grid may overshoot (see `gpu::grid`).
+    t.valid = entry < params.batches;
+    let e = min(entry, params.batches - 1u);
+    t.k_begin = split * params.k_per_split;
+    t.k_end = min(t.k_begin + params.k_per_split, params.k);
+    t.x = batches[3u * e];
+    t.w = batches[3u * e + 1u];
+    t.y = batches[3u * e + 2u] + split * params.slot_stride;
+    return t;
+}
+
+const CODE_MASK: u32 = (1u << BITS) - 1u;
+
+// The f32 value of an integer code (< 2^23) without an int-to-float conversion: OR-ing the code
+// into the mantissa of 2^23 gives exactly 2^23 + c, and subtracting 2^23 is exact. Conversions
+// run at an eighth of the FMA rate on NVIDIA GPUs; this is two full-rate operations.
+fn code_float(c: u32) -> f32 {
+    return bitcast<f32>(c | 0x4b000000u) - 8388608.0;
+}
+
+// The 32 bits from bit `b` (< 64) of the 64-bit stream hi:lo.
+fn window64(lo: u32, hi: u32, b: u32) -> u32 {
+    if b >= 32u {
+        return hi >> (b - 32u);
+    }
+    if b == 0u {
+        return lo;
+    }
+    return (lo >> b) | (hi << (32u - b));
+}
+
+// The four codes in the low 4 BITS bits of `window`, as floats scaled by 1 / CODE_SCALE: code j
+// is masked where it lies (q · 2^(j BITS)) rather than shifted down, which saves a shift per
+// code; for 6 and 8 bits, codes 2 and 3 come from the window shifted by 2 BITS, so that every
+// masked value stays below 2^23 (see `code_float`). Multiplying the other factor by CODE_SCALE
+// (exact: powers of two) restores the products.
+fn window_codes(window: u32) -> vec4<f32> {
+    if BITS <= 5u {
+        return vec4<f32>(
+            code_float(window & CODE_MASK),
+            code_float(window & (CODE_MASK << BITS)),
+            code_float(window & (CODE_MASK << (2u * BITS))),
+            code_float(window & (CODE_MASK << (3u * BITS))),
+        );
+    }
+    let high = window >> (2u * BITS);
+    return vec4<f32>(
+        code_float(window & CODE_MASK),
+        code_float(window & (CODE_MASK << BITS)),
+        code_float(high & CODE_MASK),
+        code_float(high & (CODE_MASK << BITS)),
+    );
+}
+
+// 2^-BITS.
+const CODE_STEP: f32 = 1.0 / f32(1u << BITS);
+
+// What `window_codes` multiplies each code by, inverted.
+const CODE_SCALE: vec4<f32> = select(
+    vec4<f32>(1.0, CODE_STEP, 1.0, CODE_STEP),
+    vec4<f32>(1.0, CODE_STEP, CODE_STEP * CODE_STEP, CODE_STEP * CODE_STEP * CODE_STEP),
+    BITS <= 5u,
+);
+
+// Codes i .. i + 3 of the row whose first word is `row_word` (scaled as `window_codes`).
+fn load_codes4(row_word: u32, i: u32) -> vec4<f32> {
+    let bit = i * BITS;
+    let word = row_word + bit / 32u;
+    var hi = 0u;
+    if bit % 32u + 4u * BITS > 32u {
+        hi = load_word(word + 1u);
+    }
+    return window_codes(window64(load_word(word), hi, bit % 32u));
+}
+
+// A block's BITS words: words 0..3 in `a`, 4..7 in `b`.
+struct Block {
+    a: vec4<u32>,
+    b: vec4<u32>,
+}
+
+// Word i of a block (i a literal at every call).
+fn block_word(block: Block, i: u32) -> u32 {
+    if i < 4u {
+        return block.a[i];
+    }
+    return block.b[i - 4u];
+}
+
+// Codes 4c .. 4c + 3 of a block (scaled as `window_codes`; c a literal at every call).
+fn block_codes4(block: Block, c: u32) -> vec4<f32> {
+    let bit = 4u * c * BITS;
+    let word = bit / 32u;
+    var hi = 0u;
+    if bit % 32u + 4u * BITS > 32u {
+        hi = block_word(block, word + 1u);
+    }
+    return window_codes(window64(block_word(block, word), hi, bit % 32u));
+}
+
+// (scale, bias) of group g.
+fn load_scale_bias(g: u32) -> vec2<f32> {
+    let word = element_word(SCALE_DTYPE, g);
+    return vec2<f32>(unpack_element(SCALE_DTYPE, scales[word], g), unpack_element(SCALE_DTYPE, biases[word], g));
+}
