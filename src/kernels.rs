@@ -11,7 +11,7 @@ use std::fmt;
 use crate::dtype::DType;
 
 /// The shared snippets every kernel sees, in this order.
-const COMMON: [(&str, &str); 3] = [
+const COMMON: [Snippet; 3] = [
     ("common/softfloat.wgsl", include_str!("../wgsl/common/softfloat.wgsl")),
     ("common/dtype.wgsl", include_str!("../wgsl/common/dtype.wgsl")),
     ("common/grid.wgsl", include_str!("../wgsl/common/grid.wgsl")),
@@ -25,18 +25,19 @@ const QMM: &str = include_str!("../wgsl/qmm.wgsl");
 const QMM_SUM_PARTIALS: &str = include_str!("../wgsl/qmm_sum_partials.wgsl");
 
 /// Snippets of the quantized-matmul kernels (each kernel names the ones it includes).
-const QMM_IO: (&str, &str) = ("common/qmm_io.wgsl", include_str!("../wgsl/common/qmm_io.wgsl"));
-const QMM_OPERANDS: (&str, &str) = ("common/qmm_operands.wgsl", include_str!("../wgsl/common/qmm_operands.wgsl"));
-const QMM_WORDS_VEC4: (&str, &str) =
-    ("common/qmm_words_vec4.wgsl", include_str!("../wgsl/common/qmm_words_vec4.wgsl"));
-const QMM_WORDS_U32: (&str, &str) = ("common/qmm_words_u32.wgsl", include_str!("../wgsl/common/qmm_words_u32.wgsl"));
-const REDUCE_SUBGROUP: (&str, &str) =
-    ("common/reduce_subgroup.wgsl", include_str!("../wgsl/common/reduce_subgroup.wgsl"));
-const REDUCE_WORKGROUP: (&str, &str) =
+const QMM_IO: Snippet = ("common/qmm_io.wgsl", include_str!("../wgsl/common/qmm_io.wgsl"));
+const QMM_OPERANDS: Snippet = ("common/qmm_operands.wgsl", include_str!("../wgsl/common/qmm_operands.wgsl"));
+const QMM_WORDS_VEC4: Snippet = ("common/qmm_words_vec4.wgsl", include_str!("../wgsl/common/qmm_words_vec4.wgsl"));
+const QMM_WORDS_U32: Snippet = ("common/qmm_words_u32.wgsl", include_str!("../wgsl/common/qmm_words_u32.wgsl"));
+const REDUCE_SUBGROUP: Snippet = ("common/reduce_subgroup.wgsl", include_str!("../wgsl/common/reduce_subgroup.wgsl"));
+const REDUCE_WORKGROUP: Snippet =
     ("common/reduce_workgroup.wgsl", include_str!("../wgsl/common/reduce_workgroup.wgsl"));
 
 /// Invocations per workgroup of the element-wise kernels.
 pub(crate) const ELEMENTWISE_WG_SIZE: u32 = 64;
+
+/// A WGSL snippet: its path under `wgsl/` (for the source's section headers) and its text.
+type Snippet = (&'static str, &'static str);
 
 /// Invocations per workgroup of [`KernelKey::QmmSumPartials`].
 pub(crate) const SUM_PARTIALS_WG_SIZE: u32 = 64;
@@ -90,7 +91,7 @@ impl MatmulFormat {
 
     /// The snippets of the kernels that read quantized weights: w_q is read 16 bytes at a time
     /// where a block is whole vec4s (4 and 8 bits).
-    fn operand_snippets(&self) -> Vec<(&'static str, &'static str)> {
+    fn operand_snippets(&self) -> Vec<Snippet> {
         let words = if self.bits % 4 == 0 { QMM_WORDS_VEC4 } else { QMM_WORDS_U32 };
         vec![QMM_IO, QMM_OPERANDS, words]
     }
@@ -213,7 +214,7 @@ impl KernelKey {
 
     /// The kernel's own WGSL file, the prelude constants it needs and the snippets (beyond
     /// [`COMMON`]) it includes.
-    fn body_and_prelude(&self) -> (&'static str, Vec<(&'static str, u32)>, Vec<(&'static str, &'static str)>) {
+    fn body_and_prelude(&self) -> (&'static str, Vec<(&'static str, u32)>, Vec<Snippet>) {
         match *self {
             KernelKey::Quantize { dtype, bits, group_size } => (
                 QUANTIZE,

@@ -119,12 +119,18 @@ const CODE_SCALE: vec4<f32> = select(
     BITS <= 5u,
 );
 
+// Whether 4 codes starting at bit `bit` of a word run into the next word (never for 1, 2, 4
+// and 8 bits, whose quads start on multiples of 4 BITS).
+fn straddles(bit: u32) -> bool {
+    return 32u % (4u * BITS) != 0u && bit % 32u + 4u * BITS > 32u;
+}
+
 // Codes i .. i + 3 of the row whose first word is `row_word` (scaled as `window_codes`).
 fn load_codes4(row_word: u32, i: u32) -> vec4<f32> {
     let bit = i * BITS;
     let word = row_word + bit / 32u;
     var hi = 0u;
-    if bit % 32u + 4u * BITS > 32u {
+    if straddles(bit) {
         hi = load_word(word + 1u);
     }
     return window_codes(window64(load_word(word), hi, bit % 32u));
@@ -136,20 +142,20 @@ struct Block {
     b: vec4<u32>,
 }
 
-// Word i of a block (i a literal at every call).
+// Word i of a block.
 fn block_word(block: Block, i: u32) -> u32 {
-    if i < 4u {
+    if BITS <= 4u || i < 4u {
         return block.a[i];
     }
     return block.b[i - 4u];
 }
 
-// Codes 4c .. 4c + 3 of a block (scaled as `window_codes`; c a literal at every call).
+// Codes 4c .. 4c + 3 of a block (scaled as `window_codes`).
 fn block_codes4(block: Block, c: u32) -> vec4<f32> {
     let bit = 4u * c * BITS;
     let word = bit / 32u;
     var hi = 0u;
-    if bit % 32u + 4u * BITS > 32u {
+    if straddles(bit) {
         hi = block_word(block, word + 1u);
     }
     return window_codes(window64(block_word(block, word), hi, bit % 32u));
