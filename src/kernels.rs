@@ -27,8 +27,6 @@ const QMM_SUM_PARTIALS: &str = include_str!("../wgsl/qmm_sum_partials.wgsl");
 /// Snippets of the quantized-matmul kernels (each kernel names the ones it includes).
 const QMM_IO: Snippet = ("common/qmm_io.wgsl", include_str!("../wgsl/common/qmm_io.wgsl"));
 const QMM_OPERANDS: Snippet = ("common/qmm_operands.wgsl", include_str!("../wgsl/common/qmm_operands.wgsl"));
-const QMM_WORDS_VEC4: Snippet = ("common/qmm_words_vec4.wgsl", include_str!("../wgsl/common/qmm_words_vec4.wgsl"));
-const QMM_WORDS_U32: Snippet = ("common/qmm_words_u32.wgsl", include_str!("../wgsl/common/qmm_words_u32.wgsl"));
 const REDUCE_SUBGROUP: Snippet = ("common/reduce_subgroup.wgsl", include_str!("../wgsl/common/reduce_subgroup.wgsl"));
 const REDUCE_WORKGROUP: Snippet =
     ("common/reduce_workgroup.wgsl", include_str!("../wgsl/common/reduce_workgroup.wgsl"));
@@ -89,11 +87,9 @@ impl MatmulFormat {
         ]
     }
 
-    /// The snippets of the kernels that read quantized weights: w_q is read 16 bytes at a time
-    /// where a block is whole vec4s (4 and 8 bits).
+    /// The snippets of the kernels that read quantized weights.
     fn operand_snippets(&self) -> Vec<Snippet> {
-        let words = if self.bits % 4 == 0 { QMM_WORDS_VEC4 } else { QMM_WORDS_U32 };
-        vec![QMM_IO, QMM_OPERANDS, words]
+        vec![QMM_IO, QMM_OPERANDS]
     }
 }
 
