@@ -129,8 +129,8 @@ pub enum KernelKey {
         /// Elements per group.
         group_size: u32,
     },
-    /// Quantized matrix-vector product, transposed weights, 4 outputs and `vecs` rows of x per
-    /// workgroup.
+    /// Quantized matrix-vector product, transposed weights: 8 outputs (4 when `vecs` > 4) and
+    /// `vecs` rows of x per workgroup.
     Qmv {
         /// dtypes and format.
         format: MatmulFormat,
