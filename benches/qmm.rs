@@ -82,7 +82,7 @@ fn random_weight(gpu: &Gpu, n: usize, k: usize, bits: u32, words: &mut Words) ->
 
 /// Median GPU time of `runs` calls of `f(i)` after a warm-up.
 fn median_time(gpu: &Gpu, runs: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<Duration> {
-    for i in 0..3 {
+    for i in 0..10 {
         gpu.time(|| f(i))?;
     }
     let mut times = (0..runs).map(|i| gpu.time(|| f(i)).map(|(_, t)| t)).collect::<Result<Vec<_>>>()?;
@@ -111,17 +111,27 @@ impl Row {
     }
 }
 
-fn time_matmul(gpu: &Gpu, config: &Config, shape: (usize, usize, usize), bits: u32, options: &[(String, QmmOptions)]) -> Result<Vec<Row>> {
+fn time_matmul(
+    gpu: &Gpu,
+    config: &Config,
+    heater: &Heater,
+    shape: (usize, usize, usize),
+    bits: u32,
+    options: &[(String, QmmOptions)],
+) -> Result<Vec<Row>> {
     let (m, n, k) = shape;
     let mut words = Words(n as u64 * 31 + k as u64 * 7 + u64::from(bits));
     let one = random_weight(gpu, n, k, bits, &mut words)?;
     let bytes = one.size_in_bytes();
     let copies = if config.quick { 2 } else { ROTATION_BYTES.div_ceil(bytes).max(2) as usize };
-    let weights: Vec<Quantized> =
-        std::iter::once(Ok(one)).chain((1..copies).map(|_| random_weight(gpu, n, k, bits, &mut words))).collect::<Result<_>>()?;
+    let weights: Vec<Quantized> = std::iter::once(Ok(one))
+        .chain((1..copies).map(|_| random_weight(gpu, n, k, bits, &mut words)))
+        .collect::<Result<_>>()?;
     let x = Tensor::from_slice(gpu, &words.halves(m * k), &[m, k])?;
     let mut rows = Vec::new();
     for (variant, option) in options {
+        // Creating the weights left the GPU idle: bring its clocks back up first.
+        heater.heat(gpu)?;
         let time = median_time(gpu, config.runs, |i| {
             wgquant::quantized_matmul_with(&x, &weights[i % copies], true, option).map(drop)
         })?;
@@ -163,8 +173,26 @@ fn fma_chains(@builtin(global_invocation_id) id: vec3<u32>) {
 }
 "#;
 
-/// (copy GB/s counting bytes read and written, f32 FMA TFLOP/s).
-fn ceilings(gpu: &Gpu, config: &Config) -> Result<(f64, f64)> {
+/// Runs the FMA kernel for a while: GPUs lower their clocks when idle.
+struct Heater {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    groups: u32,
+    dispatches: usize,
+}
+
+impl Heater {
+    fn heat(&self, gpu: &Gpu) -> Result<()> {
+        gpu.batch(|| {
+            (0..self.dispatches)
+                .try_for_each(|_| gpu.dispatch("heat", &self.pipeline, &self.bind_group, (self.groups, 1, 1)))
+        })?;
+        gpu.synchronize()
+    }
+}
+
+/// Copy GB/s (counting bytes read and written), f32 FMA TFLOP/s, and the FMA kernel as a heater.
+fn ceilings(gpu: &Gpu, config: &Config) -> Result<(f64, f64, Heater)> {
     let device = gpu.device();
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("ceilings"),
@@ -197,8 +225,10 @@ fn ceilings(gpu: &Gpu, config: &Config) -> Result<(f64, f64)> {
     let (src, dst) = (buffer(copy_bytes), buffer(copy_bytes));
     let copy = pipeline("copy");
     let bind = |pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]| {
-        let entries: Vec<wgpu::BindGroupEntry<'_>> =
-            entries.iter().map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() }).collect();
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
+            .iter()
+            .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
+            .collect();
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),
@@ -213,11 +243,10 @@ fn ceilings(gpu: &Gpu, config: &Config) -> Result<(f64, f64)> {
     let out = buffer(u64::from(groups) * 256 * 16);
     let fma_group = bind(&fma, &[(1, &out)]);
     let fma_time = median_time(gpu, config.runs, |_| gpu.dispatch("fma", &fma, &fma_group, (groups, 1, 1)))?;
-    // Keep the GPU busy a little longer so that its clocks have settled before the table.
-    let settle = if config.quick { 1 } else { 100 };
-    median_time(gpu, settle, |_| gpu.dispatch("fma", &fma, &fma_group, (groups, 1, 1)))?;
     let flops = f64::from(groups) * 256.0 * iterations * 8.0 * 4.0 * 2.0;
-    Ok((2.0 * copy_bytes as f64 / copy_time.as_secs_f64() / 1e9, flops / fma_time.as_secs_f64() / 1e12))
+    // About 20 ms of FMAs on a large GPU.
+    let heater = Heater { pipeline: fma, bind_group: fma_group, groups, dispatches: if config.quick { 1 } else { 3 } };
+    Ok((2.0 * copy_bytes as f64 / copy_time.as_secs_f64() / 1e9, flops / fma_time.as_secs_f64() / 1e12, heater))
 }
 
 /// The knob variants `--sweep` times for `m` rows.
@@ -255,7 +284,7 @@ fn main() -> Result<()> {
         eprintln!("this adapter has no timestamp queries; nothing to time");
         return Ok(());
     }
-    let (copy_gbs, fma_tflops) = ceilings(&gpu, &config)?;
+    let (copy_gbs, fma_tflops, heater) = ceilings(&gpu, &config)?;
     println!("ceilings: copy {copy_gbs:.0} GB/s (read + written), f32 FMA {fma_tflops:.1} TFLOP/s");
 
     let (shapes, ms): (Vec<(usize, usize)>, Vec<usize>) = if config.quick {
@@ -268,19 +297,22 @@ fn main() -> Result<()> {
     for &(n, k) in &shapes {
         for bits in [4, 8] {
             for &m in &ms {
-                rows.extend(time_matmul(&gpu, &config, (m, n, k), bits, &default)?);
+                rows.extend(time_matmul(&gpu, &config, &heater, (m, n, k), bits, &default)?);
             }
         }
     }
     if config.sweep {
         let (n, k) = shapes[1];
         for &m in &ms {
-            rows.extend(time_matmul(&gpu, &config, (m, n, k), 4, &sweep_variants(m))?);
+            rows.extend(time_matmul(&gpu, &config, &heater, (m, n, k), 4, &sweep_variants(m))?);
         }
     }
 
     println!("\nquantized_matmul, x f16, scales/biases f16, group {GROUP_SIZE}, median of {} runs", config.runs);
-    println!("{:>6} {:>6} {:>4} {:>4} {:<22} {:>10} {:>8} {:>8}", "N", "K", "M", "bits", "variant", "us", "GB/s", "TFLOP/s");
+    println!(
+        "{:>6} {:>6} {:>4} {:>4} {:<22} {:>10} {:>8} {:>8}",
+        "N", "K", "M", "bits", "variant", "us", "GB/s", "TFLOP/s"
+    );
     for r in &rows {
         println!(
             "{:>6} {:>6} {:>4} {:>4} {:<22} {:>10.1} {:>8.1} {:>8.3}",
@@ -312,9 +344,9 @@ fn to_json(gpu: &Gpu, copy_gbs: f64, fma_tflops: f64, config: &Config, rows: &[R
         config.runs
     );
     for (i, r) in rows.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             json,
-            "    {{\"n\": {}, \"k\": {}, \"m\": {}, \"bits\": {}, \"variant\": \"{}\", \"median_us\": {:.2}, \"gbs\": {:.1}, \"tflops\": {:.3}}}{}\n",
+            "    {{\"n\": {}, \"k\": {}, \"m\": {}, \"bits\": {}, \"variant\": \"{}\", \"median_us\": {:.2}, \"gbs\": {:.1}, \"tflops\": {:.3}}}{}",
             r.n,
             r.k,
             r.m,

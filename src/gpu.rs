@@ -399,7 +399,12 @@ impl Gpu {
     }
 
     /// Maps `buffer` for reading once `submission` (or all work) is done, with the deadline.
-    fn map_for_reading(&self, what: &str, buffer: &wgpu::Buffer, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
+    fn map_for_reading(
+        &self,
+        what: &str,
+        buffer: &wgpu::Buffer,
+        submission: Option<wgpu::SubmissionIndex>,
+    ) -> Result<()> {
         let (sender, receiver) = std::sync::mpsc::channel();
         buffer.map_async(wgpu::MapMode::Read, .., move |result| {
             let _ = sender.send(result);
@@ -413,7 +418,10 @@ impl Gpu {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => return Err(Error::Readback { what: what.to_string(), message: e.to_string() }),
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Readback { what: what.to_string(), message: "the buffer was never mapped".into() })
+                    return Err(Error::Readback {
+                        what: what.to_string(),
+                        message: "the buffer was never mapped".into(),
+                    })
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() > deadline => {
                     return Err(Error::Timeout { what: what.to_string(), seconds: self.inner.timeout.as_secs_f64() })

@@ -12,7 +12,7 @@ use std::fmt;
 use crate::dtype::DType;
 
 /// The shared snippets every kernel sees, in this order.
-const COMMON: [(&str, &str); 4] = [
+const COMMON: [Snippet; 4] = [
     ("common/softfloat.wgsl", include_str!("../wgsl/common/softfloat.wgsl")),
     ("common/dtype.wgsl", include_str!("../wgsl/common/dtype.wgsl")),
     ("common/element.wgsl", include_str!("../wgsl/common/element.wgsl")),
@@ -35,14 +35,10 @@ const QMM: &str = include_str!("../wgsl/qmm.wgsl");
 const QMM_SUM_PARTIALS: &str = include_str!("../wgsl/qmm_sum_partials.wgsl");
 
 /// Snippets of the quantized-matmul kernels (each kernel names the ones it includes).
-const QMM_IO: (&str, &str) = ("common/qmm_io.wgsl", include_str!("../wgsl/common/qmm_io.wgsl"));
-const QMM_OPERANDS: (&str, &str) = ("common/qmm_operands.wgsl", include_str!("../wgsl/common/qmm_operands.wgsl"));
-const QMM_WORDS_VEC4: (&str, &str) =
-    ("common/qmm_words_vec4.wgsl", include_str!("../wgsl/common/qmm_words_vec4.wgsl"));
-const QMM_WORDS_U32: (&str, &str) = ("common/qmm_words_u32.wgsl", include_str!("../wgsl/common/qmm_words_u32.wgsl"));
-const REDUCE_SUBGROUP: (&str, &str) =
-    ("common/reduce_subgroup.wgsl", include_str!("../wgsl/common/reduce_subgroup.wgsl"));
-const REDUCE_WORKGROUP: (&str, &str) =
+const QMM_IO: Snippet = ("common/qmm_io.wgsl", include_str!("../wgsl/common/qmm_io.wgsl"));
+const QMM_OPERANDS: Snippet = ("common/qmm_operands.wgsl", include_str!("../wgsl/common/qmm_operands.wgsl"));
+const REDUCE_SUBGROUP: Snippet = ("common/reduce_subgroup.wgsl", include_str!("../wgsl/common/reduce_subgroup.wgsl"));
+const REDUCE_WORKGROUP: Snippet =
     ("common/reduce_workgroup.wgsl", include_str!("../wgsl/common/reduce_workgroup.wgsl"));
 
 /// Invocations per workgroup of the element-wise kernels.
@@ -108,6 +104,9 @@ impl BinaryOp {
     }
 }
 
+/// A WGSL snippet: its path under `wgsl/` (for the source's section headers) and its text.
+type Snippet = (&'static str, &'static str);
+
 /// Invocations per workgroup of [`KernelKey::QmmSumPartials`].
 pub(crate) const SUM_PARTIALS_WG_SIZE: u32 = 64;
 /// Default invocations per [`KernelKey::Qmv`] workgroup (they split k).
@@ -158,11 +157,9 @@ impl MatmulFormat {
         ]
     }
 
-    /// The snippets of the kernels that read quantized weights: w_q is read 16 bytes at a time
-    /// where a block is whole vec4s (4 and 8 bits).
-    fn operand_snippets(&self) -> Vec<(&'static str, &'static str)> {
-        let words = if self.bits % 4 == 0 { QMM_WORDS_VEC4 } else { QMM_WORDS_U32 };
-        vec![QMM_IO, QMM_OPERANDS, words]
+    /// The snippets of the kernels that read quantized weights.
+    fn operand_snippets(&self) -> Vec<Snippet> {
+        vec![QMM_IO, QMM_OPERANDS]
     }
 }
 
@@ -256,8 +253,8 @@ pub enum KernelKey {
         /// Output dtype.
         out_dtype: DType,
     },
-    /// Quantized matrix-vector product, transposed weights, 4 outputs and `vecs` rows of x per
-    /// workgroup.
+    /// Quantized matrix-vector product, transposed weights: 8 outputs (4 when `vecs` > 4) and
+    /// `vecs` rows of x per workgroup.
     Qmv {
         /// dtypes and format.
         format: MatmulFormat,
@@ -368,7 +365,7 @@ impl KernelKey {
 
     /// The kernel's own WGSL file, the prelude constants it needs and the snippets (beyond
     /// [`COMMON`]) it includes.
-    fn body_and_prelude(&self) -> (&'static str, Vec<(&'static str, u32)>, Vec<(&'static str, &'static str)>) {
+    fn body_and_prelude(&self) -> (&'static str, Vec<(&'static str, u32)>, Vec<Snippet>) {
         match *self {
             KernelKey::Quantize { dtype, bits, group_size } => (
                 QUANTIZE,

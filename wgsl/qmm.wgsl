@@ -122,10 +122,10 @@ fn fetch_w_piece(tile: Tile, n0: u32, k0: u32, local: u32, i: u32) -> vec4<u32> 
     let piece = piece_of(tile, n0, k0, local, i);
     let bit = piece.code * BITS;
     let word = piece.row * params.w_stride + bit / 32u;
-    var words = vec4<u32>(load_word(word), 0u, 0u, 0u);
+    var words = vec4<u32>(w_q[word], 0u, 0u, 0u);
     // 8 codes span at most two words (bits 1..8 start a piece at bit 0, 8, 16 or 24).
     if bit % 32u + 8u * BITS > 32u {
-        words.y = load_word(word + 1u);
+        words.y = w_q[word + 1u];
     }
     let scale_word = element_word(SCALE_DTYPE, piece.group);
     words.z = scales[scale_word];

@@ -12,7 +12,7 @@
 // Bindings: 0 params | 1 batches | 2 x (vec4 words) | 3 w_q | 4 scales | 5 biases | 6 y
 // Dispatch: n_tiles = ceil(n / (4 GROUPS)), m_tiles = ceil(m / VECS), k_splits = 1, per batch
 //           entry. k is a multiple of 32 (of the group size), so rows of x start on 32 elements
-//           and x is read 16 bytes at a time.
+//           and x is read 16 bytes at a time; w_q is read word by word (qmm_operands.wgsl).
 
 override WG_SIZE: u32 = 128u;
 
@@ -44,13 +44,14 @@ fn load_scales_biases(rows: vec4<u32>, g: u32) -> mat2x4<f32> {
     return mat2x4<f32>(vec4<f32>(s0.x, s1.x, s2.x, s3.x), vec4<f32>(s0.y, s1.y, s2.y, s3.y));
 }
 
-// Codes 4c .. 4c + 3 of 4 blocks, times their rows' scales: the columns of Q.
-fn codes_matrix(b0: Block, b1: Block, b2: Block, b3: Block, scale: vec4<f32>, c: u32) -> mat4x4<f32> {
+// Codes i .. i + 3 of 4 rows of w_q (whose first words are `words`), times the rows' scales:
+// the columns of Q.
+fn codes_matrix(words: vec4<u32>, scale: vec4<f32>, i: u32) -> mat4x4<f32> {
     return mat4x4<f32>(
-        scale.x * block_codes4(b0, c),
-        scale.y * block_codes4(b1, c),
-        scale.z * block_codes4(b2, c),
-        scale.w * block_codes4(b3, c),
+        scale.x * load_codes4(words.x, i),
+        scale.y * load_codes4(words.y, i),
+        scale.z * load_codes4(words.z, i),
+        scale.w * load_codes4(words.w, i),
     );
 }
 
@@ -70,6 +71,9 @@ fn kernel(local: u32, group: u32) {
     let last_n = vec4<u32>(params.n - 1u);
     let w_lo = tile.w + min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), last_n);
     let w_hi = tile.w + min(vec4<u32>(n0) + vec4<u32>(4u, 5u, 6u, 7u), last_n);
+    // The first word of each row.
+    let words_lo = w_lo * params.w_stride;
+    let words_hi = w_hi * params.w_stride;
     let last_m = vec4<u32>(params.m - 1u);
     let x_lo = tile.x + min(vec4<u32>(m0) + vec4<u32>(0u, 1u, 2u, 3u), last_m) * params.x_stride;
     let x_hi = tile.x + min(vec4<u32>(m0) + vec4<u32>(4u, 5u, 6u, 7u), last_m) * params.x_stride;
@@ -77,35 +81,22 @@ fn kernel(local: u32, group: u32) {
     var lo = mat4x4<f32>();
     var hi = mat4x4<f32>();
     for (var blk = local; blk < params.k / 32u; blk += WG_SIZE) {
-        let word = blk * BITS;
         let g = blk * 32u / GROUP_SIZE;
-        let b0 = load_block(w_lo.x * params.w_stride + word);
-        let b1 = load_block(w_lo.y * params.w_stride + word);
-        let b2 = load_block(w_lo.z * params.w_stride + word);
-        let b3 = load_block(w_lo.w * params.w_stride + word);
         let sb_lo = load_scales_biases(w_lo, g);
-        var b4 = b0;
-        var b5 = b0;
-        var b6 = b0;
-        var b7 = b0;
         var sb_hi = mat2x4<f32>();
         if GROUPS > 1u {
-            b4 = load_block(w_hi.x * params.w_stride + word);
-            b5 = load_block(w_hi.y * params.w_stride + word);
-            b6 = load_block(w_hi.z * params.w_stride + word);
-            b7 = load_block(w_hi.w * params.w_stride + word);
             sb_hi = load_scales_biases(w_hi, g);
         }
         // Σ x over the block, per row v of x: component v of x_sum_lo, v - 4 of x_sum_hi.
         var x_sum_lo = vec4<f32>(0.0);
         var x_sum_hi = vec4<f32>(0.0);
         for (var c = 0u; c < 8u; c++) {
-            let q0 = codes_matrix(b0, b1, b2, b3, sb_lo[0], c);
+            let e = blk * 32u + 4u * c;
+            let q0 = codes_matrix(words_lo, sb_lo[0], e);
             var q1 = mat4x4<f32>();
             if GROUPS > 1u {
-                q1 = codes_matrix(b4, b5, b6, b7, sb_hi[0], c);
+                q1 = codes_matrix(words_hi, sb_hi[0], e);
             }
-            let e = blk * 32u + 4u * c;
             {
                 let x0 = load_x4(x_lo.x + e);
                 x_sum_lo.x += dot(x0, vec4<f32>(1.0));

@@ -3,26 +3,31 @@
 //! binding.
 //!
 //! Kernels (one WGSL file each), chosen as MLX chooses (`mlx/backend/metal/quantized.cpp`):
-//! - `qmv` (transpose, M <= 8): a GEMV over a few rows of x at once (MLX's qmv / qmv_wide).
+//! - `qmv` (transpose, M <= 32): a GEMV over up to 8 rows of x at once (MLX's qmv / qmv_wide).
 //! - `qvm` (no transpose, M <= 4): a GEMV along the rows of w, with k split over workgroups
 //!   and summed by `qmm_sum_partials` (MLX's qvm / qvm_split_k).
 //! - `qmm` (larger M, both layouts): a tiled GEMM that dequantizes tiles of w into workgroup
-//!   memory (MLX's qmm_t / qmm_n).
+//!   memory (MLX's qmm_t / qmm_n), with k split over workgroups when the tiles are too few to
+//!   fill the GPU (MLX's qmm_t_splitk).
 
 use std::ops::Range;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::{aligned_row_step, BufferWindow, Dispatch, Gpu};
-use crate::kernels::{KernelKey, MatmulFormat, Reduction, QMM_TILE_ROWS, QMV_WG_SIZE, QVM_WG_SIZE, SUM_PARTIALS_WG_SIZE};
+use crate::kernels::{
+    KernelKey, MatmulFormat, Reduction, QMM_TILE_ROWS, QMV_WG_SIZE, QVM_WG_SIZE, SUM_PARTIALS_WG_SIZE,
+};
 use crate::params::Mode;
 use crate::tensor::{element_count, Quantized, Tensor};
 
 const OP: &str = "quantized_matmul";
 
-/// Rows of x up to which transposed products use the `qmv` kernel (MLX's qmv_wide keeps small
-/// batches on the vector path).
+/// Rows of x per `qmv` workgroup at most (MLX's qmv_wide keeps small batches on the vector path).
 const QMV_MAX_ROWS: usize = 8;
+/// Rows of x up to which transposed products use `qmv` (in tiles of 8 rows): measured on an
+/// H100, it stays ahead of the tiled kernel to about 32 rows (benches/RESULTS.md).
+const QMV_AUTO_ROWS: usize = 32;
 /// Rows of x up to which untransposed products use the `qvm` kernel (MLX: M < 4 goes to qvm).
 const QVM_MAX_ROWS: usize = 4;
 /// `qvm` splits k until about this many invocations run (enough to fill a large GPU).
@@ -384,14 +389,17 @@ impl<'a> Planner<'a> {
     fn kernel(&self, m: usize) -> Result<Kernel> {
         let p = self.problem;
         let vector = match self.options.kernel {
-            QmmKernel::Auto => m <= if p.transpose { QMV_MAX_ROWS } else { QVM_MAX_ROWS },
+            QmmKernel::Auto => m <= if p.transpose { QMV_AUTO_ROWS } else { QVM_MAX_ROWS },
             QmmKernel::Vector => true,
             QmmKernel::Tiled => false,
         };
         if !vector {
             // The smallest tile that covers m, else the largest.
             let largest = QMM_TILE_ROWS[QMM_TILE_ROWS.len() - 1];
-            let bm = self.options.qmm_tile_rows.unwrap_or(QMM_TILE_ROWS.into_iter().find(|&r| m <= r as usize).unwrap_or(largest));
+            let bm = self
+                .options
+                .qmm_tile_rows
+                .unwrap_or(QMM_TILE_ROWS.into_iter().find(|&r| m <= r as usize).unwrap_or(largest));
             if !QMM_TILE_ROWS.contains(&bm) {
                 return Err(Error::ExceedsDeviceLimit {
                     op: OP,

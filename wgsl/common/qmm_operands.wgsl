@@ -1,12 +1,14 @@
 // qmm_operands.wgsl: the parameters, batch table and quantized weights of the qmv, qvm and qmm
 // kernels. Codes are read four at a time from a 32-bit window of a row's LSB-first bitstream
-// (4 codes of at most 8 bits fit one window). A block is 32 consecutive codes of a row: exactly
-// BITS words, always inside one group (groups are 32, 64 or 128 codes).
+// (4 codes of at most 8 bits fit one window), word by word: rereading a word is an L1 hit, while
+// picking words out of a vector by a run-time index can cost a trip to local memory. A block is
+// 32 consecutive codes of a row: exactly BITS words, always inside one group (groups are 32, 64
+// or 128 codes).
 // Hot paths avoid private arrays indexed by loop counters: wgpu bounds every loop, which keeps
 // drivers from unrolling, and such arrays then live in slow local memory.
-// Expects: const BITS, SCALE_DTYPE; the w_q binding, `load_word` and `load_block`
-//          (qmm_words_*.wgsl).
-// Bindings: 0 params | 1 batches (x offset, w row offset, y offset per entry) | 4 scales | 5 biases
+// Expects: const BITS, SCALE_DTYPE.
+// Bindings: 0 params | 1 batches (x offset, w row offset, y offset per entry) | 3 w_q | 4 scales
+//           | 5 biases
 
 // `MatmulParams` in Rust.
 struct Params {
@@ -30,6 +32,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> batches: array<u32>;
+@group(0) @binding(3) var<storage, read> w_q: array<u32>;
 @group(0) @binding(4) var<storage, read> scales: array<u32>;
 @group(0) @binding(5) var<storage, read> biases: array<u32>;
 
@@ -119,40 +122,21 @@ const CODE_SCALE: vec4<f32> = select(
     BITS <= 5u,
 );
 
+// Whether 4 codes starting at bit `bit` of a word run into the next word (never for 1, 2, 4
+// and 8 bits, whose quads start on multiples of 4 BITS).
+fn straddles(bit: u32) -> bool {
+    return 32u % (4u * BITS) != 0u && bit % 32u + 4u * BITS > 32u;
+}
+
 // Codes i .. i + 3 of the row whose first word is `row_word` (scaled as `window_codes`).
 fn load_codes4(row_word: u32, i: u32) -> vec4<f32> {
     let bit = i * BITS;
     let word = row_word + bit / 32u;
     var hi = 0u;
-    if bit % 32u + 4u * BITS > 32u {
-        hi = load_word(word + 1u);
+    if straddles(bit) {
+        hi = w_q[word + 1u];
     }
-    return window_codes(window64(load_word(word), hi, bit % 32u));
-}
-
-// A block's BITS words: words 0..3 in `a`, 4..7 in `b`.
-struct Block {
-    a: vec4<u32>,
-    b: vec4<u32>,
-}
-
-// Word i of a block (i a literal at every call).
-fn block_word(block: Block, i: u32) -> u32 {
-    if i < 4u {
-        return block.a[i];
-    }
-    return block.b[i - 4u];
-}
-
-// Codes 4c .. 4c + 3 of a block (scaled as `window_codes`; c a literal at every call).
-fn block_codes4(block: Block, c: u32) -> vec4<f32> {
-    let bit = 4u * c * BITS;
-    let word = bit / 32u;
-    var hi = 0u;
-    if bit % 32u + 4u * BITS > 32u {
-        hi = block_word(block, word + 1u);
-    }
-    return window_codes(window64(block_word(block, word), hi, bit % 32u));
+    return window_codes(window64(w_q[word], hi, bit % 32u));
 }
 
 // (scale, bias) of group g.
