@@ -28,7 +28,7 @@ const SOFTMAX: &str = include_str!("../wgsl/softmax.wgsl");
 const UNARY: &str = include_str!("../wgsl/unary.wgsl");
 const BINARY: &str = include_str!("../wgsl/binary.wgsl");
 /// Shared by the row kernels only (it declares their workgroup size and memory).
-const ROW_REDUCE: (&str, &str) = ("common/row_reduce.wgsl", include_str!("../wgsl/common/row_reduce.wgsl"));
+const ROW_REDUCE: Snippet = ("common/row_reduce.wgsl", include_str!("../wgsl/common/row_reduce.wgsl"));
 const QMV: &str = include_str!("../wgsl/qmv.wgsl");
 const QVM: &str = include_str!("../wgsl/qvm.wgsl");
 const QMM: &str = include_str!("../wgsl/qmm.wgsl");

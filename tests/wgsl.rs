@@ -7,7 +7,6 @@
 use naga::back::{hlsl, msl, spv};
 use naga::valid::Capabilities;
 use wgquant::kernels::{self, KernelKey};
-use wgquant::DType;
 
 /// What the kernels may use: f16 and subgroups (the optional features wgquant requests).
 const CAPABILITIES: Capabilities = Capabilities::SHADER_FLOAT16.union(Capabilities::SUBGROUP);
@@ -50,23 +49,43 @@ fn every_specialisation_translates_to_msl_spirv_and_hlsl() {
 }
 
 #[test]
-fn kernels_fit_the_webgpu_default_workgroup_limits() {
-    // 16 KiB of workgroup memory and 256 invocations are what every WebGPU device offers.
+fn kernels_fit_every_target_adapter() {
+    // 32 KiB of workgroup memory and 1024 invocations: what lavapipe and Apple GPUs offer, the
+    // smallest of the adapters wgquant targets (the H100 has 48 KiB). A device with less (the
+    // WebGPU default is 16 KiB) gets `Error::ExceedsDeviceLimit` from `Gpu::pipeline`.
     for key in KernelKey::all() {
         let usage = kernels::resource_usage(&kernels::source(&key), &key.constants(), &wgpu::Features::all())
             .unwrap_or_else(|e| panic!("{key}: {e}"));
-        assert!(usage.workgroup_memory <= 16 * 1024, "{key}: {usage:?}");
-        assert!(usage.invocations <= 256, "{key}: {usage:?}");
+        assert!(usage.workgroup_memory <= 32 * 1024, "{key}: {usage:?}");
+        assert!(usage.invocations <= 1024, "{key}: {usage:?}");
     }
 }
 
 #[test]
 fn msl_snapshots() {
-    let canonical = [
-        KernelKey::Quantize { dtype: DType::F16, bits: 4, group_size: 64 },
-        KernelKey::Dequantize { scale_dtype: DType::F16, out_dtype: DType::F16, bits: 4, group_size: 64 },
-    ];
+    // One canonical specialisation per kernel: f16 group 64 at 4 bits where the kernel has a
+    // format, else the first key `all()` lists for that kernel.
+    let keys = KernelKey::all();
+    let mut seen = Vec::new();
+    let canonical = keys
+        .iter()
+        .filter(|k| {
+            !k.to_string().contains("f32") || !keys.iter().any(|o| same_kernel(o, k) && o.to_string().contains("f16"))
+        })
+        .filter(|k| {
+            let label = k.to_string();
+            !(label.contains("_gs") && !label.contains("gs64_b4"))
+        });
     for key in canonical {
-        insta::assert_snapshot!(key.to_string(), to_msl(&key));
+        if seen.iter().any(|s: &KernelKey| same_kernel(s, key)) {
+            continue;
+        }
+        seen.push(key.clone());
+        insta::assert_snapshot!(key.to_string(), to_msl(key));
     }
+    assert!(seen.len() >= 10, "{} kernels snapshotted", seen.len());
+}
+
+fn same_kernel(a: &KernelKey, b: &KernelKey) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
 }

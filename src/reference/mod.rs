@@ -11,8 +11,8 @@ mod quantize;
 mod quantized_matmul;
 
 pub use matmul::matmul;
-pub use quantized_matmul::{quantized_matmul, HostMatrix};
 pub use nn::{add, multiply, relu, rms_norm, scaled_dot_product_attention, silu, softmax, take};
 pub use quantize::{
     dequantize, dequantize_value, group_scale_bias, pack, quantize, quantize_value, unpack, HostQuantized,
 };
+pub use quantized_matmul::{quantized_matmul, HostMatrix};

@@ -24,10 +24,7 @@ fn unpack_pair(dtype: u32, word: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(word << 16u), bitcast<f32>(word & 0xffff0000u));
 }
 
-// The word holding element i of an array of `dtype` values.
-fn element_word(dtype: u32, i: u32) -> u32 {
-    return select(i / 2u, i, dtype == DTYPE_F32);
-}
+// (element_word, the word holding element i, comes from common/element.wgsl.)
 
 // Element i of an array of `dtype` values, given the word that holds it.
 fn unpack_element(dtype: u32, word: u32, i: u32) -> f32 {
