@@ -74,7 +74,7 @@ fn msl_snapshots() {
         })
         .filter(|k| {
             let label = k.to_string();
-            !(label.contains("_gs") && !label.contains("gs64_b4"))
+            !label.contains("_gs") || label.contains("gs64_b4")
         });
     for key in canonical {
         if seen.iter().any(|s: &KernelKey| same_kernel(s, key)) {
