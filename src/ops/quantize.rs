@@ -1,8 +1,9 @@
 //! `quantize` and `dequantize` (MLX's `mx.quantize` / `mx.dequantize`, affine mode).
 
+use super::launch::{launch_chunks, Launch};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::{BufferWindow, Dispatch};
+use crate::gpu::BufferWindow;
 use crate::kernels::{KernelKey, ELEMENTWISE_WG_SIZE};
 use crate::params::QuantParams;
 use crate::tensor::{Quantized, Tensor};
@@ -61,30 +62,23 @@ pub fn quantize(w: &Tensor, params: QuantParams) -> Result<Quantized> {
         (packed_width * 4) as u64,
         (groups_per_row * dtype.size_in_bytes()) as u64,
     ];
-    let chunks = gpu.row_chunks(op, rows, &row_bytes)?;
-    if !chunks.is_empty() && k > 0 {
-        let pipeline =
-            gpu.pipeline(&KernelKey::Quantize { dtype, bits: params.bits, group_size: params.group_size })?;
+    if k > 0 {
+        let key = KernelKey::Quantize { dtype, bits: params.bits, group_size: params.group_size };
         let groups_per_invocation = 4 / dtype.size_in_bytes();
-        let dispatches: Vec<Dispatch<'_>> = chunks
-            .iter()
-            .map(|rows| {
-                let n_groups = (rows.end - rows.start) * groups_per_row;
-                let invocations = n_groups.div_ceil(groups_per_invocation);
-                Dispatch {
-                    pipeline: &pipeline,
-                    params: bytemuck::bytes_of(&(n_groups as u32)).to_vec(),
-                    buffers: vec![
-                        BufferWindow::rows(w.buffer(), row_bytes[0], rows),
-                        BufferWindow::rows(weight.buffer(), row_bytes[1], rows),
-                        BufferWindow::rows(scales.buffer(), row_bytes[2], rows),
-                        BufferWindow::rows(biases.buffer(), row_bytes[2], rows),
-                    ],
-                    workgroups: invocations.div_ceil(ELEMENTWISE_WG_SIZE as usize) as u32,
-                }
+        launch_chunks(op, gpu, rows, &row_bytes, &key, |rows| {
+            let n_groups = (rows.end - rows.start) * groups_per_row;
+            let invocations = n_groups.div_ceil(groups_per_invocation);
+            Ok(Launch {
+                params: bytemuck::bytes_of(&(n_groups as u32)).to_vec(),
+                buffers: vec![
+                    BufferWindow::rows(w.buffer(), row_bytes[0], rows),
+                    BufferWindow::rows(weight.buffer(), row_bytes[1], rows),
+                    BufferWindow::rows(scales.buffer(), row_bytes[2], rows),
+                    BufferWindow::rows(biases.buffer(), row_bytes[2], rows),
+                ],
+                workgroups: invocations.div_ceil(ELEMENTWISE_WG_SIZE as usize) as u32,
             })
-            .collect();
-        gpu.submit(op, &dispatches)?;
+        })?;
     }
     Ok(Quantized { weight, scales, biases: Some(biases), params })
 }
@@ -116,29 +110,22 @@ pub fn dequantize(q: &Quantized, dtype: Option<DType>) -> Result<Tensor> {
         (groups_per_row * scale_dtype.size_in_bytes()) as u64,
         (k * out_dtype.size_in_bytes()) as u64,
     ];
-    let chunks = gpu.row_chunks(op, rows, &row_bytes)?;
-    if !chunks.is_empty() && k > 0 {
+    if k > 0 {
         let key = KernelKey::Dequantize { scale_dtype, out_dtype, bits: params.bits, group_size: params.group_size };
-        let pipeline = gpu.pipeline(&key)?;
         let per_word = 4 / out_dtype.size_in_bytes();
-        let dispatches: Vec<Dispatch<'_>> = chunks
-            .iter()
-            .map(|rows| {
-                let n_elements = (rows.end - rows.start) * k;
-                Dispatch {
-                    pipeline: &pipeline,
-                    params: bytemuck::bytes_of(&(n_elements as u32)).to_vec(),
-                    buffers: vec![
-                        BufferWindow::rows(q.weight.buffer(), row_bytes[0], rows),
-                        BufferWindow::rows(q.scales.buffer(), row_bytes[1], rows),
-                        BufferWindow::rows(biases.buffer(), row_bytes[1], rows),
-                        BufferWindow::rows(out.buffer(), row_bytes[2], rows),
-                    ],
-                    workgroups: n_elements.div_ceil(per_word).div_ceil(ELEMENTWISE_WG_SIZE as usize) as u32,
-                }
+        launch_chunks(op, gpu, rows, &row_bytes, &key, |rows| {
+            let n_elements = (rows.end - rows.start) * k;
+            Ok(Launch {
+                params: bytemuck::bytes_of(&(n_elements as u32)).to_vec(),
+                buffers: vec![
+                    BufferWindow::rows(q.weight.buffer(), row_bytes[0], rows),
+                    BufferWindow::rows(q.scales.buffer(), row_bytes[1], rows),
+                    BufferWindow::rows(biases.buffer(), row_bytes[1], rows),
+                    BufferWindow::rows(out.buffer(), row_bytes[2], rows),
+                ],
+                workgroups: n_elements.div_ceil(per_word).div_ceil(ELEMENTWISE_WG_SIZE as usize) as u32,
             })
-            .collect();
-        gpu.submit(op, &dispatches)?;
+        })?;
     }
     Ok(out)
 }
