@@ -18,10 +18,10 @@ struct Params {
 
 override WG_SIZE: u32 = 64u;
 
-fn load_scale_dtype(words_index: u32, is_bias: bool) -> f32 {
-    let per_word = dtype_per_word(SCALE_DTYPE);
-    let word = select(scales[words_index / per_word], biases[words_index / per_word], is_bias);
-    return dtype_decode(SCALE_DTYPE, word, words_index % per_word);
+fn load_scale_dtype(group: u32, is_bias: bool) -> f32 {
+    let word_index = element_word(SCALE_DTYPE, group);
+    let word = select(scales[word_index], biases[word_index], is_bias);
+    return dtype_decode(SCALE_DTYPE, word, element_lane(SCALE_DTYPE, group));
 }
 
 // Code i of the chunk's bitstream. Rows are whole words, so the chunk is one stream; 32 codes
@@ -60,7 +60,7 @@ fn main(
         let bias = load_scale_dtype(g, true);
         let product = dtype_round(SCALE_DTYPE, f32_mul_uint(scale, load_code(i)));
         let value = dtype_round(SCALE_DTYPE, f32_add(product, bias));
-        word |= dtype_encode(OUT_DTYPE, value) << (lane * (32u / per_word));
+        word |= element_bits(OUT_DTYPE, i, value);
     }
     out[slot] = word;
 }

@@ -25,8 +25,7 @@ const EPS: f32 = 1e-7;
 const WORDS_PER_GROUP: u32 = GROUP_SIZE * BITS / 32u;
 
 fn load_w(i: u32) -> f32 {
-    let per_word = dtype_per_word(W_DTYPE);
-    return dtype_decode(W_DTYPE, w[i / per_word], i % per_word);
+    return dtype_decode(W_DTYPE, w[element_word(W_DTYPE, i)], element_lane(W_DTYPE, i));
 }
 
 // Quantizes group g, writes its packed words and returns (scale, bias) in f32.
@@ -104,7 +103,6 @@ fn main(
     if first >= params.n_groups {
         return;
     }
-    let shift = 32u / dtype_per_word(W_DTYPE);
     var scale_word = 0u;
     var bias_word = 0u;
     for (var j = 0u; j < GROUPS_PER_INVOCATION; j++) {
@@ -112,8 +110,8 @@ fn main(
             break;
         }
         let sb = quantize_group(first + j);
-        scale_word |= dtype_encode(W_DTYPE, sb.x) << (j * shift);
-        bias_word |= dtype_encode(W_DTYPE, sb.y) << (j * shift);
+        scale_word |= element_bits(W_DTYPE, first + j, sb.x);
+        bias_word |= element_bits(W_DTYPE, first + j, sb.y);
     }
     scales[slot] = scale_word;
     biases[slot] = bias_word;
