@@ -6,16 +6,19 @@
 //! cannot hold them. GB/s counts packed weights + scales + biases; TFLOP/s counts 2·M·N·K.
 //!
 //! ```text
-//! cargo bench --bench qmm -- [--quick] [--sweep] [--runs N] [--json PATH]
+//! cargo bench --bench qmm -- [--quick] [--sweep] [--runs N] [--repeat N] [--dtype f16|bf16]
+//!                              [--json PATH]
 //! ```
 //! `--quick` uses small shapes (lavapipe runs it in seconds); `--sweep` also times the kernel
-//! knobs on the largest shape; `--json` writes the table (default `qmm_bench.json`).
+//! knobs on the largest shape; `--repeat N` times N products back to back per pass (default 1:
+//! one product per pass, like torch's event timing of one call); `--dtype` is the dtype of x, scales and biases (default f16);
+//! `--json` writes the table (default `qmm_bench.json`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use half::f16;
-use wgquant::{Gpu, QmmKernel, QmmOptions, QuantParams, Quantized, Result, Tensor};
+use half::{bf16, f16};
+use wgquant::{DType, Gpu, QmmKernel, QmmOptions, QuantParams, Quantized, Result, Tensor};
 
 /// Weight bytes the rotation spans, so that no cache holds the weights between runs (the H100's
 /// L2 is 50 MB).
@@ -26,18 +29,39 @@ struct Config {
     quick: bool,
     sweep: bool,
     runs: usize,
+    /// Products per timed pass.
+    repeat: usize,
+    /// dtype of x, scales and biases.
+    dtype: DType,
     json: String,
 }
 
 impl Config {
     fn from_args() -> Config {
-        let mut config = Config { quick: false, sweep: false, runs: 50, json: "qmm_bench.json".into() };
+        let mut config = Config {
+            quick: false,
+            sweep: false,
+            runs: 50,
+            repeat: 1,
+            dtype: DType::F16,
+            json: "qmm_bench.json".into(),
+        };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => config.quick = true,
                 "--sweep" => config.sweep = true,
                 "--runs" => config.runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+                "--repeat" => {
+                    config.repeat = args.next().and_then(|v| v.parse().ok()).filter(|&r| r > 0).expect("--repeat N")
+                }
+                "--dtype" => {
+                    config.dtype = match args.next().as_deref() {
+                        Some("f16") => DType::F16,
+                        Some("bf16") => DType::BF16,
+                        _ => panic!("--dtype f16|bf16"),
+                    }
+                }
                 "--json" => config.json = args.next().expect("--json PATH"),
                 // cargo bench passes --bench; other harness flags are ignored.
                 _ => {}
@@ -62,30 +86,52 @@ impl Words {
         z ^ (z >> 31)
     }
 
-    /// Small f16 values in (-0.05, 0.05).
-    fn halves(&mut self, n: usize) -> Vec<f16> {
-        (0..n).map(|_| f16::from_f32(((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1)).collect()
+    /// Small values in (-0.05, 0.05).
+    fn smalls(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| ((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1).collect()
+    }
+
+    /// A tensor of small values of `dtype` (f16 or bf16).
+    fn tensor(&mut self, gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let values = self.smalls(shape.iter().product());
+        if dtype == DType::BF16 {
+            Tensor::from_slice(gpu, &values.into_iter().map(bf16::from_f32).collect::<Vec<_>>(), shape)
+        } else {
+            Tensor::from_slice(gpu, &values.into_iter().map(f16::from_f32).collect::<Vec<_>>(), shape)
+        }
     }
 }
 
-/// A quantized weight of random codes, f16 scales and biases (timing does not depend on the
-/// values).
-fn random_weight(gpu: &Gpu, n: usize, k: usize, bits: u32, words: &mut Words) -> Result<Quantized> {
+/// A quantized weight of random codes, `dtype` scales and biases (timing does not depend on
+/// the values).
+fn random_weight(gpu: &Gpu, n: usize, k: usize, bits: u32, dtype: DType, words: &mut Words) -> Result<Quantized> {
     let params = QuantParams::affine(GROUP_SIZE, bits);
     let packed: Vec<u32> = (0..n * params.packed_width(k)).map(|_| words.next() as u32).collect();
     let groups = k / GROUP_SIZE as usize;
     let weight = Tensor::from_slice(gpu, &packed, &[n, params.packed_width(k)])?;
-    let scales = Tensor::from_slice(gpu, &words.halves(n * groups), &[n, groups])?;
-    let biases = Tensor::from_slice(gpu, &words.halves(n * groups), &[n, groups])?;
+    let scales = words.tensor(gpu, &[n, groups], dtype)?;
+    let biases = words.tensor(gpu, &[n, groups], dtype)?;
     Quantized::from_parts(weight, scales, Some(biases), params)
 }
 
-/// Median GPU time of `runs` calls of `f(i)` after a warm-up.
-fn median_time(gpu: &Gpu, runs: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<Duration> {
-    for i in 0..10 {
-        gpu.time(|| f(i))?;
+/// Median GPU time of one call of `f`, over `runs` samples after a warm-up; each sample times
+/// `repeat` calls `f(0), f(1), ..` recorded back to back into one pass (call numbers run on
+/// across samples) and divides by `repeat`.
+fn median_time(gpu: &Gpu, runs: usize, repeat: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<Duration> {
+    let mut call = 0;
+    let mut sample = |f: &mut dyn FnMut(usize) -> Result<()>| {
+        let (_, t) = gpu.time(|| {
+            (0..repeat).try_for_each(|_| {
+                call += 1;
+                f(call)
+            })
+        })?;
+        Ok(t / repeat as u32)
+    };
+    for _ in 0..10 {
+        sample(&mut f)?;
     }
-    let mut times = (0..runs).map(|i| gpu.time(|| f(i)).map(|(_, t)| t)).collect::<Result<Vec<_>>>()?;
+    let mut times = (0..runs).map(|_| sample(&mut f)).collect::<Result<Vec<_>>>()?;
     times.sort();
     Ok(times[times.len() / 2])
 }
@@ -121,18 +167,18 @@ fn time_matmul(
 ) -> Result<Vec<Row>> {
     let (m, n, k) = shape;
     let mut words = Words(n as u64 * 31 + k as u64 * 7 + u64::from(bits));
-    let one = random_weight(gpu, n, k, bits, &mut words)?;
+    let one = random_weight(gpu, n, k, bits, config.dtype, &mut words)?;
     let bytes = one.size_in_bytes();
     let copies = if config.quick { 2 } else { ROTATION_BYTES.div_ceil(bytes).max(2) as usize };
     let weights: Vec<Quantized> = std::iter::once(Ok(one))
-        .chain((1..copies).map(|_| random_weight(gpu, n, k, bits, &mut words)))
+        .chain((1..copies).map(|_| random_weight(gpu, n, k, bits, config.dtype, &mut words)))
         .collect::<Result<_>>()?;
-    let x = Tensor::from_slice(gpu, &words.halves(m * k), &[m, k])?;
+    let x = words.tensor(gpu, &[m, k], config.dtype)?;
     let mut rows = Vec::new();
     for (variant, option) in options {
         // Creating the weights left the GPU idle: bring its clocks back up first.
         heater.heat(gpu)?;
-        let time = median_time(gpu, config.runs, |i| {
+        let time = median_time(gpu, config.runs, config.repeat, |i| {
             wgquant::quantized_matmul_with(&x, &weights[i % copies], true, option).map(drop)
         })?;
         rows.push(Row { n, k, m, bits, variant: variant.clone(), time, bytes });
@@ -236,13 +282,13 @@ fn ceilings(gpu: &Gpu, config: &Config) -> Result<(f64, f64, Heater)> {
         })
     };
     let copy_group = bind(&copy, &[(0, &src), (1, &dst)]);
-    let copy_time = median_time(gpu, config.runs, |_| gpu.dispatch("copy", &copy, &copy_group, (4096, 1, 1)))?;
+    let copy_time = median_time(gpu, config.runs, 1, |_| gpu.dispatch("copy", &copy, &copy_group, (4096, 1, 1)))?;
 
     let fma = pipeline("fma_chains");
     let groups: u32 = if config.quick { 64 } else { 8192 };
     let out = buffer(u64::from(groups) * 256 * 16);
     let fma_group = bind(&fma, &[(1, &out)]);
-    let fma_time = median_time(gpu, config.runs, |_| gpu.dispatch("fma", &fma, &fma_group, (groups, 1, 1)))?;
+    let fma_time = median_time(gpu, config.runs, 1, |_| gpu.dispatch("fma", &fma, &fma_group, (groups, 1, 1)))?;
     let flops = f64::from(groups) * 256.0 * iterations * 8.0 * 4.0 * 2.0;
     // About 20 ms of FMAs on a large GPU.
     let heater = Heater { pipeline: fma, bind_group: fma_group, groups, dispatches: if config.quick { 1 } else { 3 } };
@@ -308,7 +354,11 @@ fn main() -> Result<()> {
         }
     }
 
-    println!("\nquantized_matmul, x f16, scales/biases f16, group {GROUP_SIZE}, median of {} runs", config.runs);
+    let dtype = config.dtype;
+    println!(
+        "\nquantized_matmul, x {dtype}, scales/biases {dtype}, group {GROUP_SIZE}, median of {} runs",
+        config.runs
+    );
     println!(
         "{:>6} {:>6} {:>4} {:>4} {:<22} {:>10} {:>8} {:>8}",
         "N", "K", "M", "bits", "variant", "us", "GB/s", "TFLOP/s"
@@ -336,12 +386,13 @@ fn to_json(gpu: &Gpu, copy_gbs: f64, fma_tflops: f64, config: &Config, rows: &[R
     let text = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let mut json = format!(
         "{{\n  \"adapter\": \"{}\",\n  \"driver\": \"{} {}\",\n  \"runs\": {},\n  \"group_size\": {GROUP_SIZE},\n  \
-         \"x_dtype\": \"float16\",\n  \"scale_dtype\": \"float16\",\n  \"copy_gbs\": {copy_gbs:.1},\n  \
+         \"x_dtype\": \"{dtype}\",\n  \"scale_dtype\": \"{dtype}\",\n  \"copy_gbs\": {copy_gbs:.1},\n  \
          \"fma_f32_tflops\": {fma_tflops:.2},\n  \"rows\": [\n",
         text(&info.name),
         text(&info.driver),
         text(&info.driver_info),
-        config.runs
+        config.runs,
+        dtype = config.dtype,
     );
     for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(

@@ -112,9 +112,10 @@ impl Caps {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
-    /// The largest storage binding, rounded down to a multiple of 4.
+    /// The largest storage binding, rounded down to whole [`VECTOR_BYTES`] (so that a window
+    /// that fits still fits once widened to whole vectors).
     pub fn max_binding(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size & !3
+        self.limits.max_storage_buffer_binding_size & !(VECTOR_BYTES - 1)
     }
 }
 
@@ -323,9 +324,9 @@ impl Gpu {
         self.wait("synchronize", None)
     }
 
-    /// A storage buffer of `size` bytes (at least 4, rounded up to 4), zeroed by wgpu.
+    /// A storage buffer of `size` bytes (rounded up to whole [`VECTOR_BYTES`]), zeroed by wgpu.
     pub(crate) fn create_buffer(&self, what: &'static str, size: u64) -> Result<wgpu::Buffer> {
-        let size = size.max(4).next_multiple_of(4);
+        let size = size.max(1).next_multiple_of(VECTOR_BYTES);
         self.check_buffer_size(what, size)?;
         self.scoped(what, || {
             self.inner.device.create_buffer(&wgpu::BufferDescriptor {
@@ -337,9 +338,9 @@ impl Gpu {
         })
     }
 
-    /// A storage buffer holding `bytes` (padded with zeros to a multiple of 4, at least 4).
+    /// A storage buffer holding `bytes`, padded with zeros to whole [`VECTOR_BYTES`].
     pub(crate) fn create_buffer_init(&self, what: &'static str, bytes: &[u8]) -> Result<wgpu::Buffer> {
-        let padded_len = bytes.len().max(4).next_multiple_of(4);
+        let padded_len = bytes.len().max(1).next_multiple_of(VECTOR_BYTES as usize);
         self.check_buffer_size(what, padded_len as u64)?;
         let mut padded;
         let contents = if padded_len == bytes.len() {
@@ -793,6 +794,11 @@ impl Drop for FrameGuard {
     }
 }
 
+/// Buffers and their bound windows come in whole 16-byte vectors, so that kernels may read any
+/// operand as `vec4<u32>`s (qmv reads weights and x that way) without the last words falling
+/// outside the binding.
+pub(crate) const VECTOR_BYTES: u64 = 16;
+
 /// A window of a buffer bound to one kernel binding.
 pub(crate) struct BufferWindow<'a> {
     pub buffer: &'a wgpu::Buffer,
@@ -801,10 +807,17 @@ pub(crate) struct BufferWindow<'a> {
 }
 
 impl<'a> BufferWindow<'a> {
-    /// Rows `rows` of a buffer holding `row_bytes` bytes per row (size rounded up to 4).
+    /// Rows `rows` of a buffer holding `row_bytes` bytes per row.
     pub fn rows(buffer: &'a wgpu::Buffer, row_bytes: u64, rows: &Range<usize>) -> Self {
         let offset = rows.start as u64 * row_bytes;
-        let size = ((rows.end - rows.start) as u64 * row_bytes).max(4).next_multiple_of(4);
+        BufferWindow::bytes(buffer, offset, (rows.end - rows.start) as u64 * row_bytes)
+    }
+
+    /// `size` bytes of a buffer from `offset`, widened to whole [`VECTOR_BYTES`] where the
+    /// buffer allows (ours always do when `offset` is a multiple of 16).
+    pub fn bytes(buffer: &'a wgpu::Buffer, offset: u64, size: u64) -> Self {
+        let room = buffer.size().saturating_sub(offset);
+        let size = size.max(1).next_multiple_of(VECTOR_BYTES).min(room).max(4);
         BufferWindow { buffer, offset, size }
     }
 

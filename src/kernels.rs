@@ -30,6 +30,7 @@ const BINARY: &str = include_str!("../wgsl/binary.wgsl");
 /// Shared by the row kernels only (it declares their workgroup size and memory).
 const ROW_REDUCE: Snippet = ("common/row_reduce.wgsl", include_str!("../wgsl/common/row_reduce.wgsl"));
 const QMV: &str = include_str!("../wgsl/qmv.wgsl");
+const QMV_PREPARE: &str = include_str!("../wgsl/qmv_prepare.wgsl");
 const QVM: &str = include_str!("../wgsl/qvm.wgsl");
 const QMM: &str = include_str!("../wgsl/qmm.wgsl");
 const QMM_SUM_PARTIALS: &str = include_str!("../wgsl/qmm_sum_partials.wgsl");
@@ -37,6 +38,7 @@ const QMM_SUM_PARTIALS: &str = include_str!("../wgsl/qmm_sum_partials.wgsl");
 /// Snippets of the quantized-matmul kernels (each kernel names the ones it includes).
 const QMM_IO: Snippet = ("common/qmm_io.wgsl", include_str!("../wgsl/common/qmm_io.wgsl"));
 const QMM_OPERANDS: Snippet = ("common/qmm_operands.wgsl", include_str!("../wgsl/common/qmm_operands.wgsl"));
+const QMM_WORDS: Snippet = ("common/qmm_words.wgsl", include_str!("../wgsl/common/qmm_words.wgsl"));
 const REDUCE_SUBGROUP: Snippet = ("common/reduce_subgroup.wgsl", include_str!("../wgsl/common/reduce_subgroup.wgsl"));
 const REDUCE_WORKGROUP: Snippet =
     ("common/reduce_workgroup.wgsl", include_str!("../wgsl/common/reduce_workgroup.wgsl"));
@@ -109,8 +111,9 @@ type Snippet = (&'static str, &'static str);
 
 /// Invocations per workgroup of [`KernelKey::QmmSumPartials`].
 pub(crate) const SUM_PARTIALS_WG_SIZE: u32 = 64;
-/// Default invocations per [`KernelKey::Qmv`] workgroup (they split k).
-pub(crate) const QMV_WG_SIZE: u32 = 128;
+/// Default invocations per [`KernelKey::Qmv`] workgroup (they split k): on an H100, 32 and 64
+/// run level and ahead of 128 from one to 32 rows of x (benches/RESULTS.md).
+pub(crate) const QMV_WG_SIZE: u32 = 64;
 /// Quads of outputs per [`KernelKey::Qvm`] workgroup.
 pub(crate) const QVM_WG_SIZE: u32 = 64;
 /// The rows of y per [`KernelKey::Qmm`] tile (128 columns) the kernel supports.
@@ -157,9 +160,10 @@ impl MatmulFormat {
         ]
     }
 
-    /// The snippets of the kernels that read quantized weights.
+    /// The snippets of the kernels that read quantized weights word by word (qvm, qmm; qmv
+    /// reads whole blocks its own way).
     fn operand_snippets(&self) -> Vec<Snippet> {
-        vec![QMM_IO, QMM_OPERANDS]
+        vec![QMM_IO, QMM_OPERANDS, QMM_WORDS]
     }
 }
 
@@ -265,6 +269,11 @@ pub enum KernelKey {
         /// How partial sums are totalled.
         reduction: Reduction,
     },
+    /// Lays rows of x out for [`KernelKey::Qmv`] with several rows of x (f32, quad-major).
+    QmvPrepare {
+        /// dtype of x.
+        x_dtype: DType,
+    },
     /// Quantized vector-matrix product, untransposed weights, 4 outputs and `vecs` rows of x per
     /// invocation.
     Qvm {
@@ -340,6 +349,7 @@ impl fmt::Display for KernelKey {
                 write!(f, "qmm_{}_{format}_{bm}x128", if *transpose { "t" } else { "n" })
             }
             KernelKey::QmmSumPartials { out_dtype } => write!(f, "qmm_sum_partials_{}", out_dtype.short_name()),
+            KernelKey::QmvPrepare { x_dtype } => write!(f, "qmv_prepare_{}", x_dtype.short_name()),
         }
     }
 }
@@ -357,6 +367,7 @@ impl KernelKey {
             KernelKey::Unary { op, .. } => op.name(),
             KernelKey::Binary { op, .. } => op.name(),
             KernelKey::Qmv { .. }
+            | KernelKey::QmvPrepare { .. }
             | KernelKey::Qvm { .. }
             | KernelKey::Qmm { .. }
             | KernelKey::QmmSumPartials { .. } => "quantized_matmul",
@@ -429,7 +440,7 @@ impl KernelKey {
                 vec![],
             ),
             KernelKey::Qmv { format, vecs, reduction, .. } => {
-                let mut snippets = format.operand_snippets();
+                let mut snippets = vec![QMM_IO, QMM_OPERANDS];
                 snippets.push(match reduction {
                     Reduction::Subgroup { .. } => REDUCE_SUBGROUP,
                     Reduction::Workgroup => REDUCE_WORKGROUP,
@@ -438,6 +449,7 @@ impl KernelKey {
                 prelude.push(("VECS", vecs));
                 (QMV, prelude, snippets)
             }
+            KernelKey::QmvPrepare { x_dtype } => (QMV_PREPARE, vec![("X_DTYPE", x_dtype.wgsl_id())], vec![]),
             KernelKey::Qvm { format, vecs, .. } => {
                 let mut prelude = format.prelude();
                 prelude.push(("VECS", vecs));
@@ -461,7 +473,8 @@ impl KernelKey {
             | KernelKey::Dequantize { .. }
             | KernelKey::Gather { .. }
             | KernelKey::Unary { .. }
-            | KernelKey::Binary { .. } => vec![("WG_SIZE".to_string(), f64::from(ELEMENTWISE_WG_SIZE))],
+            | KernelKey::Binary { .. }
+            | KernelKey::QmvPrepare { .. } => vec![("WG_SIZE".to_string(), f64::from(ELEMENTWISE_WG_SIZE))],
             KernelKey::Matmul { .. } => vec![("TILE".to_string(), f64::from(MATMUL_TILE))],
             KernelKey::RmsNorm { .. } | KernelKey::Softmax { .. } => {
                 vec![("WG_SIZE".to_string(), f64::from(ROW_WG_SIZE))]
@@ -536,6 +549,7 @@ impl KernelKey {
             }
         }
         keys.extend(floats.map(|out_dtype| KernelKey::QmmSumPartials { out_dtype }));
+        keys.extend(floats.map(|x_dtype| KernelKey::QmvPrepare { x_dtype }));
         keys
     }
 

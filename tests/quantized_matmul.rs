@@ -779,3 +779,78 @@ fn kernels_translate_to_every_backend() {
     }
     eprintln!("{count} quantized-matmul kernels translated");
 }
+
+/// Every finite f16 pattern of x, and every bf16 one of moderate size, comes through the
+/// kernels' own decoding exactly, on
+/// the one-row path (which decodes x itself), the several-rows path (x prepared first) and the
+/// tiled kernel: a one-hot 1-bit weight (scale 1, bias 0) makes output n equal x[n]. Finite
+/// patterns fill whole rows; an infinity or NaN would turn every other output of its row into
+/// 0 · inf = NaN, so those go one per row.
+#[test]
+fn every_16_bit_x_decodes_exactly() {
+    let Some(gpu) = common::gpu() else { return };
+    let k = 4096;
+    let params = QuantParams::affine(64, 1);
+    // Row n has its only 1 at column n.
+    let words: Vec<u32> = (0..k * k / 32)
+        .map(|i| if (i % (k / 32)) == (i / (k / 32)) / 32 { 1 << ((i / (k / 32)) % 32) } else { 0 })
+        .collect();
+    let weight = Tensor::from_slice(&gpu, &words, &[k, k / 32]).unwrap();
+    let ones = common::upload(&gpu, &vec![1.0; k * k / 64], &[k, k / 64], DType::F16);
+    let zeros = common::upload(&gpu, &vec![0.0; k * k / 64], &[k, k / 64], DType::F16);
+    let q = Quantized::from_parts(weight, ones, Some(zeros), params).unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        let decode = |bits: u16| match dtype {
+            DType::F16 => half::f16::from_bits(bits).to_f32(),
+            _ => half::bf16::from_bits(bits).to_f32(),
+        };
+        // bf16 has f32's exponents: its subnormals are f32 subnormals, which drivers may flush in
+        // arithmetic (decoding is exact, the products need not be), and near its largest values
+        // a block's Σ x, which the biases multiply, overflows. So bf16 keeps to zero and
+        // magnitudes in [2^-120, 2^100]; f16 takes every finite value.
+        let in_range = |v: f32| match dtype {
+            DType::F16 => v.is_finite(),
+            _ => v == 0.0 || (2f32.powi(-120)..=2f32.powi(100)).contains(&v.abs()),
+        };
+        let finite: Vec<u16> = (0..=u16::MAX).filter(|&b| in_range(decode(b))).collect();
+        // Both infinities, quiet and signalling NaNs of either sign, the largest payload.
+        let special: Vec<u16> = match dtype {
+            DType::F16 => vec![0x7c00, 0xfc00, 0x7e00, 0x7c01, 0xfe00, 0x7fff],
+            _ => vec![0x7f80, 0xff80, 0x7fc0, 0x7f81, 0xffc0, 0x7fff],
+        };
+        let x_of = |patterns: &[u16], rows: usize| -> (Vec<f32>, Tensor) {
+            let mut values: Vec<f32> = patterns.iter().map(|&b| decode(b)).collect();
+            values.resize(rows * k, 0.0);
+            let t = common::upload(&gpu, &values, &[rows, k], dtype);
+            (values, t)
+        };
+        for (kernel, rows) in [(QmmKernel::Vector, 1), (QmmKernel::Vector, 8), (QmmKernel::Tiled, 8)] {
+            let options = QmmOptions { kernel, ..QmmOptions::default() };
+            for patterns in finite.chunks(rows * k) {
+                let (values, x) = x_of(patterns, rows);
+                let y = common::download(&wgquant::quantized_matmul_with(&x, &q, true, &options).unwrap());
+                let diff = y.iter().zip(&values).position(|(a, b)| a.to_bits() != b.to_bits() && a != b);
+                assert_eq!(diff, None, "{dtype} {kernel:?} rows {rows}: first difference at {diff:?}");
+            }
+            // One special per row, at column 0. A NaN makes every output NaN. An infinity makes
+            // output 0 infinite or NaN and the others NaN (0 · inf): the kernels add the biases
+            // as bias · Σ x, as MLX's GPU kernels do, so a zero bias times an infinite sum is NaN
+            // where dequantizing first gives ±inf · 1.
+            for chunk in special.chunks(rows) {
+                let mut values = vec![0.0f32; rows * k];
+                for (r, &b) in chunk.iter().enumerate() {
+                    values[r * k] = decode(b);
+                }
+                let x = common::upload(&gpu, &values, &[rows, k], dtype);
+                let y = common::download(&wgquant::quantized_matmul_with(&x, &q, true, &options).unwrap());
+                for (r, &b) in chunk.iter().enumerate() {
+                    let v = decode(b);
+                    let first = y[r * k];
+                    assert!(!first.is_finite() && (v.is_infinite() || first.is_nan()), "{dtype} {b:#06x}: {first}");
+                    assert!(first.is_nan() || first == v, "{dtype} {b:#06x}: {first}");
+                    assert!(y[r * k + 1..(r + 1) * k].iter().all(|o| o.is_nan()), "{dtype} {b:#06x}: 0 · {v}");
+                }
+            }
+        }
+    }
+}

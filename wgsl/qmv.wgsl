@@ -1,18 +1,28 @@
 // qmv.wgsl: y[m, n] = Σ_k x[m, k] · (scale · q + bias)[n, k] for up to 8 rows of x at a time:
 // MLX's qmv and qmv_wide (transpose=true, small M). A workgroup makes 4 · GROUPS outputs (GROUPS
-// row groups of 4) for VECS rows of x; its invocations split k in blocks of 32 codes. For each 4
-// codes of a block, an invocation puts the 4 rows' codes, times their scales, in the columns of
-// a mat4x4 Q and adds x[v, 4 codes] · Q for each row v of x; per block it adds bias · Σ x.
+// row groups of 4) for VECS rows of x; its invocations split k in blocks of 32 codes.
+// With one row of x (the decode step of a language model), an invocation loads each row's block
+// as whole vectors, keeps the block's x in registers, and spells each row's dot product out code
+// quad by code quad (the quads' bit positions are constants); the group's scale and bias come
+// after, Σ x · (s q + b) = s · Σ x q + b · Σ x, so no code is multiplied by its scale.
+// With more rows of x, a loop walks the block's quads, reads each quad of every row word by word,
+// decodes it and multiplies it by its scale once for all rows of x; biases come once per block.
+// There x comes as qmv_prepare.wgsl lays it out (f32, quad-major, with block sums), so that the
+// invocations of a subgroup read x 16 consecutive bytes each rather than 16 out of every 64 or
+// 128 (caches serve whole lines): read as it is, x cost the several-rows path 4 to 8 times the
+// cache traffic of the weights.
 // The running sums live in the entry function's own matrices, indexed by literals, and helpers
 // take and return small values: wgpu bounds every loop, which keeps drivers from unrolling, and
 // arrays indexed at run time, or large values passed to functions a driver does not inline, end
 // up in slow local memory.
 // Prelude: const BITS, GROUP_SIZE, X_DTYPE, SCALE_DTYPE, OUT_DTYPE, VECS (1 ..= 8)
 // Overrides: WG_SIZE (invocations splitting k); MIN_SUBGROUP_SIZE (subgroup reduction only)
-// Bindings: 0 params | 1 batches | 2 x (vec4 words) | 3 w_q | 4 scales | 5 biases | 6 y
+// Bindings: 0 params | 1 batches | 2 x (vec4 words; prepared when VECS > 1, and then x_stride and
+//           the batch offsets count vectors) | 3 w_q (vec4 words) | 4 scales | 5 biases | 6 y
 // Dispatch: n_tiles = ceil(n / (4 GROUPS)), m_tiles = ceil(m / VECS), k_splits = 1, per batch
 //           entry. k is a multiple of 32 (of the group size), so rows of x start on 32 elements
-//           and x is read 16 bytes at a time; w_q is read word by word (qmm_operands.wgsl).
+//           and x is read 16 bytes at a time; so are the blocks of 4- and 8-bit rows (a row is
+//           k · BITS / 32 words), which are read as one or two vectors.
 
 override WG_SIZE: u32 = 128u;
 
@@ -23,7 +33,91 @@ const GROUPS: u32 = select(1u, 2u, VECS <= 4u);
 const SLOTS: u32 = 8u;
 
 @group(0) @binding(2) var<storage, read> x: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> w_q: array<vec4<u32>>;
 @group(0) @binding(6) var<storage, read_write> y: array<atomic<u32>>;
+
+// The BITS words of one block: words 0-3 in `lo`, 4-7 in `hi`.
+struct Block {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
+}
+
+// Word i of w_q.
+fn w_word(i: u32) -> u32 {
+    return w_q[i / 4u][i % 4u];
+}
+
+// Block `blk` of the row whose first word is `row_word`.
+fn load_block(row_word: u32, blk: u32) -> Block {
+    let first = row_word + blk * BITS;
+    var b: Block;
+    if BITS == 4u {
+        b.lo = w_q[first / 4u];
+    } else if BITS == 8u {
+        b.lo = w_q[first / 4u];
+        b.hi = w_q[first / 4u + 1u];
+    } else {
+        // Other widths need not start a block on a vector.
+        b.lo.x = w_word(first);
+        if BITS > 1u {
+            b.lo.y = w_word(first + 1u);
+        }
+        if BITS > 2u {
+            b.lo.z = w_word(first + 2u);
+        }
+        if BITS > 3u {
+            b.lo.w = w_word(first + 3u);
+        }
+        if BITS > 4u {
+            b.hi.x = w_word(first + 4u);
+        }
+        if BITS > 5u {
+            b.hi.y = w_word(first + 5u);
+        }
+    }
+    return b;
+}
+
+// Word i (< BITS) of a block.
+fn block_word(b: Block, i: u32) -> u32 {
+    if i < 4u {
+        return b.lo[i];
+    }
+    return b.hi[i % 4u];
+}
+
+// Codes 4j .. 4j + 3 of a block (j < 8), scaled as `window_codes`.
+fn block_quad(b: Block, j: u32) -> vec4<f32> {
+    let bit = 4u * BITS * j;
+    var next = 0u;
+    if straddles(bit) {
+        next = block_word(b, bit / 32u + 1u);
+    }
+    return window_codes(window64(block_word(b, bit / 32u), next, bit % 32u));
+}
+
+// Codes i .. i + 3 (i a multiple of 4) of the row whose first word is `row_word`, scaled as
+// `window_codes`, read word by word: the loop over quads runs with a run-time index, and picking
+// words out of a loaded block by one would cost a trip to local memory.
+fn row_quad(row_word: u32, i: u32) -> vec4<f32> {
+    let bit = i * BITS;
+    let word = row_word + bit / 32u;
+    var next = 0u;
+    if straddles(bit) {
+        next = w_word(word + 1u);
+    }
+    return window_codes(window64(w_word(word), next, bit % 32u));
+}
+
+// Quad j of block `blk` of the prepared row of x starting at vector `row` (qmv_prepare.wgsl).
+fn prepared_quad(row: u32, j: u32, blk: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(x[row + j * (params.k / 32u) + blk]);
+}
+
+// Σ x over block `blk` of the prepared row of x starting at vector `row`.
+fn prepared_sum(row: u32, blk: u32) -> f32 {
+    return bitcast<f32>(x[row + 8u * (params.k / 32u) + blk].x);
+}
 
 // Elements e .. e + 3 of x (e a multiple of 4).
 fn load_x4(e: u32) -> vec4<f32> {
@@ -35,6 +129,51 @@ fn load_x4(e: u32) -> vec4<f32> {
     return vec4<f32>(unpack_pair(X_DTYPE, pair.x), unpack_pair(X_DTYPE, pair.y));
 }
 
+// A block of one row of x: its 8 quads, times CODE_SCALE, and the sum of its 32 elements.
+struct XBlock {
+    q0: vec4<f32>,
+    q1: vec4<f32>,
+    q2: vec4<f32>,
+    q3: vec4<f32>,
+    q4: vec4<f32>,
+    q5: vec4<f32>,
+    q6: vec4<f32>,
+    q7: vec4<f32>,
+    sum: f32,
+}
+
+fn load_x_block(e: u32) -> XBlock {
+    let q0 = load_x4(e);
+    let q1 = load_x4(e + 4u);
+    let q2 = load_x4(e + 8u);
+    let q3 = load_x4(e + 12u);
+    let q4 = load_x4(e + 16u);
+    let q5 = load_x4(e + 20u);
+    let q6 = load_x4(e + 24u);
+    let q7 = load_x4(e + 28u);
+    let sum = dot(((q0 + q1) + (q2 + q3)) + ((q4 + q5) + (q6 + q7)), vec4<f32>(1.0));
+    return XBlock(
+        q0 * CODE_SCALE,
+        q1 * CODE_SCALE,
+        q2 * CODE_SCALE,
+        q3 * CODE_SCALE,
+        q4 * CODE_SCALE,
+        q5 * CODE_SCALE,
+        q6 * CODE_SCALE,
+        q7 * CODE_SCALE,
+        sum,
+    );
+}
+
+// Σ code · x over a block of one row (x scaled as in XBlock), quad by quad.
+fn block_dot(b: Block, xb: XBlock) -> f32 {
+    let low = (dot(block_quad(b, 0u), xb.q0) + dot(block_quad(b, 1u), xb.q1))
+        + (dot(block_quad(b, 2u), xb.q2) + dot(block_quad(b, 3u), xb.q3));
+    let high = (dot(block_quad(b, 4u), xb.q4) + dot(block_quad(b, 5u), xb.q5))
+        + (dot(block_quad(b, 6u), xb.q6) + dot(block_quad(b, 7u), xb.q7));
+    return low + high;
+}
+
 // The scales (column 0) and biases (column 1) of group g of 4 rows of w_q.
 fn load_scales_biases(rows: vec4<u32>, g: u32) -> mat2x4<f32> {
     let s0 = load_scale_bias(rows.x * params.s_stride + g);
@@ -42,17 +181,6 @@ fn load_scales_biases(rows: vec4<u32>, g: u32) -> mat2x4<f32> {
     let s2 = load_scale_bias(rows.z * params.s_stride + g);
     let s3 = load_scale_bias(rows.w * params.s_stride + g);
     return mat2x4<f32>(vec4<f32>(s0.x, s1.x, s2.x, s3.x), vec4<f32>(s0.y, s1.y, s2.y, s3.y));
-}
-
-// Codes i .. i + 3 of 4 rows of w_q (whose first words are `words`), times the rows' scales:
-// the columns of Q.
-fn codes_matrix(words: vec4<u32>, scale: vec4<f32>, i: u32) -> mat4x4<f32> {
-    return mat4x4<f32>(
-        scale.x * load_codes4(words.x, i),
-        scale.y * load_codes4(words.y, i),
-        scale.z * load_codes4(words.z, i),
-        scale.w * load_codes4(words.w, i),
-    );
 }
 
 // Whether slot s holds sums (see SLOTS).
@@ -87,107 +215,121 @@ fn kernel(local: u32, group: u32) {
         if GROUPS > 1u {
             sb_hi = load_scales_biases(w_hi, g);
         }
-        // Σ x over the block, per row v of x: component v of x_sum_lo, v - 4 of x_sum_hi.
-        var x_sum_lo = vec4<f32>(0.0);
-        var x_sum_hi = vec4<f32>(0.0);
-        for (var c = 0u; c < 8u; c++) {
-            let e = blk * 32u + 4u * c;
-            let q0 = codes_matrix(words_lo, sb_lo[0], e);
+        if VECS == 1u {
+            // One row of x (two groups): slot 0 holds rows 0-3, slot 4 rows 4-7.
+            let xb = load_x_block(x_lo.x + blk * 32u);
+            let d_lo = vec4<f32>(
+                block_dot(load_block(words_lo.x, blk), xb),
+                block_dot(load_block(words_lo.y, blk), xb),
+                block_dot(load_block(words_lo.z, blk), xb),
+                block_dot(load_block(words_lo.w, blk), xb),
+            );
+            let d_hi = vec4<f32>(
+                block_dot(load_block(words_hi.x, blk), xb),
+                block_dot(load_block(words_hi.y, blk), xb),
+                block_dot(load_block(words_hi.z, blk), xb),
+                block_dot(load_block(words_hi.w, blk), xb),
+            );
+            lo[0] += sb_lo[0] * d_lo + sb_lo[1] * xb.sum;
+            hi[0] += sb_hi[0] * d_hi + sb_hi[1] * xb.sum;
+            continue;
+        }
+        // More rows of x: each quad of codes, times its row's scale, serves every row of x; the
+        // biases come once per block, as bias · Σ x. Σ x per row v of x: component v of
+        // x_sum_lo, v - 4 of x_sum_hi. The codes come scaled by 1 / CODE_SCALE.
+        let scale_lo = sb_lo[0];
+        let scale_hi = sb_hi[0];
+        let x_sum_lo = vec4<f32>(
+            prepared_sum(x_lo.x, blk),
+            prepared_sum(x_lo.y, blk),
+            prepared_sum(x_lo.z, blk),
+            prepared_sum(x_lo.w, blk),
+        );
+        let x_sum_hi = vec4<f32>(
+            prepared_sum(x_hi.x, blk),
+            prepared_sum(x_hi.y, blk),
+            prepared_sum(x_hi.z, blk),
+            prepared_sum(x_hi.w, blk),
+        );
+        for (var j = 0u; j < 8u; j++) {
+            let e = blk * 32u + 4u * j;
+            let q0 = mat4x4<f32>(
+                row_quad(words_lo.x, e) * (scale_lo.x * CODE_SCALE),
+                row_quad(words_lo.y, e) * (scale_lo.y * CODE_SCALE),
+                row_quad(words_lo.z, e) * (scale_lo.z * CODE_SCALE),
+                row_quad(words_lo.w, e) * (scale_lo.w * CODE_SCALE),
+            );
             var q1 = mat4x4<f32>();
             if GROUPS > 1u {
-                q1 = codes_matrix(words_hi, sb_hi[0], e);
+                q1 = mat4x4<f32>(
+                    row_quad(words_hi.x, e) * (scale_hi.x * CODE_SCALE),
+                    row_quad(words_hi.y, e) * (scale_hi.y * CODE_SCALE),
+                    row_quad(words_hi.z, e) * (scale_hi.z * CODE_SCALE),
+                    row_quad(words_hi.w, e) * (scale_hi.w * CODE_SCALE),
+                );
             }
             {
-                let x0 = load_x4(x_lo.x + e);
-                x_sum_lo.x += dot(x0, vec4<f32>(1.0));
-                lo[0] += (x0 * CODE_SCALE) * q0;
+                let x0 = prepared_quad(x_lo.x, j, blk);
+                lo[0] += x0 * q0;
                 if GROUPS > 1u {
-                    hi[0] += (x0 * CODE_SCALE) * q1;
+                    hi[0] += x0 * q1;
                 }
             }
-            if VECS > 1u {
-                let x1 = load_x4(x_lo.y + e);
-                x_sum_lo.y += dot(x1, vec4<f32>(1.0));
-                lo[1] += (x1 * CODE_SCALE) * q0;
+            {
+                let x1 = prepared_quad(x_lo.y, j, blk);
+                lo[1] += x1 * q0;
                 if GROUPS > 1u {
-                    hi[1] += (x1 * CODE_SCALE) * q1;
+                    hi[1] += x1 * q1;
                 }
             }
             if VECS > 2u {
-                let x2 = load_x4(x_lo.z + e);
-                x_sum_lo.z += dot(x2, vec4<f32>(1.0));
-                lo[2] += (x2 * CODE_SCALE) * q0;
+                let x2 = prepared_quad(x_lo.z, j, blk);
+                lo[2] += x2 * q0;
                 if GROUPS > 1u {
-                    hi[2] += (x2 * CODE_SCALE) * q1;
+                    hi[2] += x2 * q1;
                 }
             }
             if VECS > 3u {
-                let x3 = load_x4(x_lo.w + e);
-                x_sum_lo.w += dot(x3, vec4<f32>(1.0));
-                lo[3] += (x3 * CODE_SCALE) * q0;
+                let x3 = prepared_quad(x_lo.w, j, blk);
+                lo[3] += x3 * q0;
                 if GROUPS > 1u {
-                    hi[3] += (x3 * CODE_SCALE) * q1;
+                    hi[3] += x3 * q1;
                 }
             }
             if VECS > 4u {
-                let x4 = load_x4(x_hi.x + e);
-                x_sum_hi.x += dot(x4, vec4<f32>(1.0));
-                hi[0] += (x4 * CODE_SCALE) * q0;
+                let x4 = prepared_quad(x_hi.x, j, blk);
+                hi[0] += x4 * q0;
             }
             if VECS > 5u {
-                let x5 = load_x4(x_hi.y + e);
-                x_sum_hi.y += dot(x5, vec4<f32>(1.0));
-                hi[1] += (x5 * CODE_SCALE) * q0;
+                let x5 = prepared_quad(x_hi.y, j, blk);
+                hi[1] += x5 * q0;
             }
             if VECS > 6u {
-                let x6 = load_x4(x_hi.z + e);
-                x_sum_hi.z += dot(x6, vec4<f32>(1.0));
-                hi[2] += (x6 * CODE_SCALE) * q0;
+                let x6 = prepared_quad(x_hi.z, j, blk);
+                hi[2] += x6 * q0;
             }
             if VECS > 7u {
-                let x7 = load_x4(x_hi.w + e);
-                x_sum_hi.w += dot(x7, vec4<f32>(1.0));
-                hi[3] += (x7 * CODE_SCALE) * q0;
+                let x7 = prepared_quad(x_hi.w, j, blk);
+                hi[3] += x7 * q0;
             }
         }
         // The block's biases: the slot of row v of x and group g gains bias_g · Σ x[v].
-        let bias0 = sb_lo[1];
-        let bias1 = sb_hi[1];
-        {
-            lo[0] += bias0 * x_sum_lo.x;
-            if GROUPS > 1u {
-                hi[0] += bias1 * x_sum_lo.x;
-            }
-        }
-        if VECS > 1u {
-            lo[1] += bias0 * x_sum_lo.y;
-            if GROUPS > 1u {
-                hi[1] += bias1 * x_sum_lo.y;
-            }
-        }
-        if VECS > 2u {
-            lo[2] += bias0 * x_sum_lo.z;
-            if GROUPS > 1u {
-                hi[2] += bias1 * x_sum_lo.z;
-            }
-        }
-        if VECS > 3u {
-            lo[3] += bias0 * x_sum_lo.w;
-            if GROUPS > 1u {
-                hi[3] += bias1 * x_sum_lo.w;
-            }
-        }
-        if VECS > 4u {
-            hi[0] += bias0 * x_sum_hi.x;
-        }
-        if VECS > 5u {
-            hi[1] += bias0 * x_sum_hi.y;
-        }
-        if VECS > 6u {
-            hi[2] += bias0 * x_sum_hi.z;
-        }
-        if VECS > 7u {
-            hi[3] += bias0 * x_sum_hi.w;
+        let bias_lo = sb_lo[1];
+        let bias_hi = sb_hi[1];
+        lo[0] += bias_lo * x_sum_lo.x;
+        lo[1] += bias_lo * x_sum_lo.y;
+        lo[2] += bias_lo * x_sum_lo.z;
+        lo[3] += bias_lo * x_sum_lo.w;
+        if GROUPS > 1u {
+            hi[0] += bias_hi * x_sum_lo.x;
+            hi[1] += bias_hi * x_sum_lo.y;
+            hi[2] += bias_hi * x_sum_lo.z;
+            hi[3] += bias_hi * x_sum_lo.w;
+        } else {
+            hi[0] += bias_lo * x_sum_hi.x;
+            hi[1] += bias_lo * x_sum_hi.y;
+            hi[2] += bias_lo * x_sum_hi.z;
+            hi[3] += bias_lo * x_sum_hi.w;
         }
     }
     if slot_used(0u) {

@@ -50,5 +50,5 @@ pub(super) fn launch_chunks<'a>(
 
 /// A binding of all of `t`.
 pub(super) fn whole(t: &Tensor) -> BufferWindow<'_> {
-    BufferWindow { buffer: t.buffer(), offset: 0, size: t.size_in_bytes().max(4).next_multiple_of(4) }
+    BufferWindow::bytes(t.buffer(), 0, t.size_in_bytes())
 }

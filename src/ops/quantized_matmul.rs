@@ -16,8 +16,10 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::{aligned_row_step, BufferWindow, Dispatch, Gpu};
 use crate::kernels::{
-    KernelKey, MatmulFormat, Reduction, QMM_TILE_ROWS, QMV_WG_SIZE, QVM_WG_SIZE, SUM_PARTIALS_WG_SIZE,
+    KernelKey, MatmulFormat, Reduction, ELEMENTWISE_WG_SIZE, QMM_TILE_ROWS, QMV_WG_SIZE, QVM_WG_SIZE,
+    SUM_PARTIALS_WG_SIZE,
 };
+use crate::ops::launch::{launch_chunks, Launch};
 use crate::params::Mode;
 use crate::tensor::{element_count, Quantized, Tensor};
 
@@ -112,12 +114,22 @@ pub fn quantized_matmul(x: &Tensor, q: &Quantized, transpose: bool) -> Result<Te
 /// As [`quantized_matmul`]; a knob the device cannot run (e.g. a tile over its workgroup
 /// memory) gives [`Error::ExceedsDeviceLimit`] or [`Error::Validation`].
 pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options: &QmmOptions) -> Result<Tensor> {
-    let problem = Problem::new(x, q, transpose)?;
+    let mut problem = Problem::new(x, q, transpose)?;
     let gpu = x.gpu();
     let y = Tensor::zeros(gpu, &problem.out_shape, problem.format.out_dtype)?;
     if problem.m == 0 || problem.n == 0 || problem.k == 0 || problem.batches.is_empty() {
         return Ok(y);
     }
+    // With several rows of x, `qmv` reads x laid out by `qmv_prepare` (see there).
+    let prepared;
+    let x = if problem.m > 1 && Planner::new(gpu, &problem, options).uses_qmv() {
+        prepared = prepare_x(x, &problem)?;
+        problem.x_prepared = true;
+        problem.format.x_dtype = DType::F32;
+        &prepared
+    } else {
+        x
+    };
     let operands = Operands { x, q, y: &y };
     let planner = Planner::new(gpu, &problem, options);
     let plan = if operands.fit(gpu) { planner.whole(&operands)? } else { planner.chunked(&operands)? };
@@ -142,6 +154,8 @@ struct Problem {
     w_words: usize,
     /// Groups per row of w_q (scales per row).
     groups: usize,
+    /// Whether x comes laid out by `qmv_prepare` (rows of `9 k / 32` f32 vectors).
+    x_prepared: bool,
 }
 
 impl Problem {
@@ -231,7 +245,37 @@ impl Problem {
             bits: params.bits,
             group_size: params.group_size,
         };
-        Ok(Problem { m, n, k, batches, out_shape, format, transpose, w_words, groups: ss[batch_dims + 1] })
+        Ok(Problem {
+            m,
+            n,
+            k,
+            batches,
+            out_shape,
+            format,
+            transpose,
+            w_words,
+            groups: ss[batch_dims + 1],
+            x_prepared: false,
+        })
+    }
+
+    /// How far apart the rows of x are, in the units the kernels index x in: elements, or
+    /// 16-byte vectors when x is prepared.
+    fn x_stride(&self) -> usize {
+        if self.x_prepared {
+            PREPARED_VECTORS_PER_BLOCK * self.k / 32
+        } else {
+            self.k
+        }
+    }
+
+    /// Bytes per row of x.
+    fn x_row_bytes(&self) -> u64 {
+        if self.x_prepared {
+            (self.x_stride() * 16) as u64
+        } else {
+            (self.k * self.format.x_dtype.size_in_bytes()) as u64
+        }
     }
 
     /// Rows of w_q per matrix.
@@ -385,14 +429,25 @@ impl<'a> Planner<'a> {
         Planner { gpu, problem, options }
     }
 
-    /// The kernel for pieces of `m` rows.
-    fn kernel(&self, m: usize) -> Result<Kernel> {
-        let p = self.problem;
-        let vector = match self.options.kernel {
-            QmmKernel::Auto => m <= if p.transpose { QMV_AUTO_ROWS } else { QVM_MAX_ROWS },
+    /// Whether a product of `m` rows runs on a vector kernel (`qmv` or `qvm`).
+    fn vector(&self, m: usize) -> bool {
+        match self.options.kernel {
+            QmmKernel::Auto => m <= if self.problem.transpose { QMV_AUTO_ROWS } else { QVM_MAX_ROWS },
             QmmKernel::Vector => true,
             QmmKernel::Tiled => false,
-        };
+        }
+    }
+
+    /// Whether the product runs on `qmv`.
+    fn uses_qmv(&self) -> bool {
+        self.problem.transpose && self.vector(self.problem.m)
+    }
+
+    /// The kernel for pieces of `m` rows. The family follows the whole product's rows, so that
+    /// every piece reads x as it was laid out.
+    fn kernel(&self, m: usize) -> Result<Kernel> {
+        let p = self.problem;
+        let vector = self.vector(p.m);
         if !vector {
             // The smallest tile that covers m, else the largest.
             let largest = QMM_TILE_ROWS[QMM_TILE_ROWS.len() - 1];
@@ -413,7 +468,8 @@ impl<'a> Planner<'a> {
         if !p.transpose {
             return Ok(Kernel::Qvm { vecs: m.clamp(1, QVM_MAX_ROWS) as u32 });
         }
-        let vecs = m.clamp(1, QMV_MAX_ROWS) as u32;
+        // Prepared x is read by the several-rows path only; x as it is by the one-row path.
+        let vecs = if p.x_prepared { m.clamp(2, QMV_MAX_ROWS) as u32 } else { 1 };
         let caps = self.gpu.caps();
         let (reduction, wg_size) = if caps.has_subgroups() {
             let min_size = caps.info.subgroup_min_size.max(1);
@@ -491,7 +547,7 @@ impl<'a> Planner<'a> {
             m: to_u32(piece.m)?,
             n: to_u32(piece.n)?,
             k: to_u32(piece.k)?,
-            x_stride: to_u32(p.k)?,
+            x_stride: to_u32(p.x_stride())?,
             y_stride: to_u32(p.n)?,
             w_stride: to_u32(p.w_words)?,
             s_stride: to_u32(p.groups)?,
@@ -540,7 +596,9 @@ impl<'a> Planner<'a> {
             .batches
             .iter()
             .enumerate()
-            .map(|(b, &(xm, wm))| Ok([to_u32(xm * p.m * p.k)?, to_u32(wm * p.w_rows())?, to_u32(b * p.m * p.n)?]))
+            .map(|(b, &(xm, wm))| {
+                Ok([to_u32(xm * p.m * p.x_stride())?, to_u32(wm * p.w_rows())?, to_u32(b * p.m * p.n)?])
+            })
             .collect::<Result<Vec<_>>>()?;
         let piece = Piece { m: p.m, n: p.n, k: p.k, entries };
         let kernel = self.kernel(p.m)?;
@@ -573,7 +631,7 @@ impl<'a> Planner<'a> {
         let p = self.problem;
         let caps = self.gpu.caps();
         let (max, align) = (caps.max_binding(), u64::from(caps.limits.min_storage_buffer_offset_alignment));
-        let x_row = (p.k * p.format.x_dtype.size_in_bytes()) as u64;
+        let x_row = p.x_row_bytes();
         let y_row = (p.n * p.format.out_dtype.size_in_bytes()) as u64;
         let w_row = (p.w_words * 4) as u64;
         let s_row = (p.groups * p.format.scale_dtype.size_in_bytes()) as u64;
@@ -632,7 +690,7 @@ impl<'a> Planner<'a> {
                     let (s_win, _) = window(Source::Scales, &ops.q.scales, s_row, rows.clone());
                     let (b_win, _) = window(Source::Biases, ops.biases(), s_row, rows);
                     let operands = [x_win, w_win, s_win, b_win];
-                    let x_offset = x_early * p.k;
+                    let x_offset = x_early * p.x_stride();
                     let step = if p.transpose {
                         let entry = [to_u32(x_offset)?, to_u32(w_early)?, to_u32(y_early * p.n + r0)?];
                         let piece = Piece { m: m1 - m0, n: r1 - r0, k: p.k, entries: vec![entry] };
@@ -688,6 +746,40 @@ impl Output {
 struct Plan {
     steps: Vec<Step>,
     partials: Vec<usize>,
+}
+
+/// 16-byte vectors per block of 32 elements of a prepared row of x: 8 quads and the block's sum.
+const PREPARED_VECTORS_PER_BLOCK: usize = 9;
+
+/// `qmv_prepare.wgsl`'s uniform parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct PrepareParams {
+    rows: u32,
+    blocks: u32,
+}
+
+/// Every row of x laid out for `qmv` with several rows (see `wgsl/qmv_prepare.wgsl`): f32, per
+/// row `9 k / 32` vectors.
+fn prepare_x(x: &Tensor, p: &Problem) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let (rows, k) = x.rows_and_width();
+    let blocks = k / 32;
+    let prepared = Tensor::zeros(gpu, &[rows, PREPARED_VECTORS_PER_BLOCK * blocks * 4], DType::F32)?;
+    let row_bytes = [(k * p.format.x_dtype.size_in_bytes()) as u64, (PREPARED_VECTORS_PER_BLOCK * blocks * 16) as u64];
+    let key = KernelKey::QmvPrepare { x_dtype: x.dtype() };
+    launch_chunks(OP, gpu, rows, &row_bytes, &key, |chunk| {
+        let params = PrepareParams { rows: to_u32(chunk.len())?, blocks: to_u32(blocks)? };
+        Ok(Launch {
+            params: bytemuck::bytes_of(&params).to_vec(),
+            buffers: vec![
+                BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
+                BufferWindow::rows(prepared.buffer(), row_bytes[1], chunk),
+            ],
+            workgroups: to_u32((chunk.len() * blocks).div_ceil(ELEMENTWISE_WG_SIZE as usize))?,
+        })
+    })?;
+    Ok(prepared)
 }
 
 fn to_u32(v: usize) -> Result<u32> {

@@ -1,13 +1,12 @@
-// qmm_operands.wgsl: the parameters, batch table and quantized weights of the qmv, qvm and qmm
-// kernels. Codes are read four at a time from a 32-bit window of a row's LSB-first bitstream
-// (4 codes of at most 8 bits fit one window), word by word: rereading a word is an L1 hit, while
-// picking words out of a vector by a run-time index can cost a trip to local memory. A block is
-// 32 consecutive codes of a row: exactly BITS words, always inside one group (groups are 32, 64
-// or 128 codes).
+// qmm_operands.wgsl: the parameters, batch table, scales and biases of the qmv, qvm and qmm
+// kernels, and the decoding of codes: four at a time, from a 32-bit window of a row's LSB-first
+// bitstream (4 codes of at most 8 bits fit one window). A block is 32 consecutive codes of a
+// row: exactly BITS words, always inside one group (groups are 32, 64 or 128 codes). How the
+// words of w_q are read is each kernel's own (qmm_words.wgsl, or whole blocks in qmv.wgsl).
 // Hot paths avoid private arrays indexed by loop counters: wgpu bounds every loop, which keeps
 // drivers from unrolling, and such arrays then live in slow local memory.
 // Expects: const BITS, SCALE_DTYPE.
-// Bindings: 0 params | 1 batches (x offset, w row offset, y offset per entry) | 3 w_q | 4 scales
+// Bindings: 0 params | 1 batches (x offset, w row offset, y offset per entry) | 4 scales
 //           | 5 biases
 
 // `MatmulParams` in Rust.
@@ -32,7 +31,6 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> batches: array<u32>;
-@group(0) @binding(3) var<storage, read> w_q: array<u32>;
 @group(0) @binding(4) var<storage, read> scales: array<u32>;
 @group(0) @binding(5) var<storage, read> biases: array<u32>;
 
@@ -126,17 +124,6 @@ const CODE_SCALE: vec4<f32> = select(
 // and 8 bits, whose quads start on multiples of 4 BITS).
 fn straddles(bit: u32) -> bool {
     return 32u % (4u * BITS) != 0u && bit % 32u + 4u * BITS > 32u;
-}
-
-// Codes i .. i + 3 of the row whose first word is `row_word` (scaled as `window_codes`).
-fn load_codes4(row_word: u32, i: u32) -> vec4<f32> {
-    let bit = i * BITS;
-    let word = row_word + bit / 32u;
-    var hi = 0u;
-    if straddles(bit) {
-        hi = w_q[word + 1u];
-    }
-    return window_codes(window64(w_q[word], hi, bit % 32u));
 }
 
 // (scale, bias) of group g.

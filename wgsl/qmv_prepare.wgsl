@@ -1,0 +1,53 @@
+// qmv_prepare.wgsl: lays rows of x out for qmv.wgsl's several-rows path, in f32, quad-major:
+// row r of the output holds, for j = 0 .. 7, quad j (elements 4j .. 4j + 3) of every block of 32
+// elements of row r of x, block after block, then a ninth run of (Σ of the block, 0, 0, 0).
+// There, the invocations of a subgroup, which take consecutive blocks, read 16 consecutive
+// bytes each for any quad, where from x as it is they would read 16 bytes out of every 64 or
+// 128, and caches serve loads a line (128 bytes) at a time: that is 4 to 8 times the traffic.
+// Prelude: const X_DTYPE
+// Overrides: WG_SIZE
+// Bindings: 0 params | 1 x (rows of k elements) | 2 prepared (rows of 9 · k / 32 vec4s)
+// Dispatch: one invocation per block of x (rows · k / 32), in a 2-D grid when large.
+
+struct Params {
+    rows: u32,
+    blocks: u32, // blocks of 32 elements per row
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<u32>;
+@group(0) @binding(2) var<storage, read_write> prepared: array<vec4<f32>>;
+
+override WG_SIZE: u32 = 64u;
+
+// Elements e .. e + 3 of x (e a multiple of 4).
+fn load_x4(e: u32) -> vec4<f32> {
+    if X_DTYPE == DTYPE_F32 {
+        return bitcast<vec4<f32>>(vec4<u32>(x[e], x[e + 1u], x[e + 2u], x[e + 3u]));
+    }
+    return vec4<f32>(
+        dtype_decode(X_DTYPE, x[e / 2u], 0u),
+        dtype_decode(X_DTYPE, x[e / 2u], 1u),
+        dtype_decode(X_DTYPE, x[e / 2u + 1u], 0u),
+        dtype_decode(X_DTYPE, x[e / 2u + 1u], 1u),
+    );
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) num_wg: vec3<u32>, @builtin(local_invocation_index) local: u32) {
+    let i = linear_workgroup(wg, num_wg) * WG_SIZE + local;
+    if i >= params.rows * params.blocks {
+        return;
+    }
+    let row = i / params.blocks;
+    let block = i % params.blocks;
+    let e = i * 32u;
+    let out = row * 9u * params.blocks + block;
+    var sum = vec4<f32>(0.0);
+    for (var j = 0u; j < 8u; j++) {
+        let quad = load_x4(e + 4u * j);
+        prepared[out + j * params.blocks] = quad;
+        sum += quad;
+    }
+    prepared[out + 8u * params.blocks] = vec4<f32>(dot(sum, vec4<f32>(1.0)), 0.0, 0.0, 0.0);
+}
