@@ -34,10 +34,10 @@ const QVM_MAX_ROWS: usize = 4;
 const QVM_TARGET_INVOCATIONS: usize = 16384;
 /// Rows of w a `qvm` slice walks at least: fewer would cost more in partial sums than it saves.
 const QVM_MIN_SLICE: usize = 64;
-/// `qmm` splits k until about this many invocations run: on an H100, one workgroup of the largest
-/// tile per multiprocessor. Further slices cost more in partial sums than they gain in balance
-/// (measured at M = 512: 224 tiles of 256 invocations ran fastest unsplit, 64 split in 2).
-const QMM_TARGET_INVOCATIONS: usize = 32768;
+/// `qmm` splits k until about this many invocations run. Measured on an H100 (see
+/// benches/RESULTS.md), this lands on the fastest splits: none for 224 tiles of 256 invocations,
+/// 2 for 64 such tiles, 4 for 56 tiles of 128 invocations; more slices cost their partial sums.
+const QMM_TARGET_INVOCATIONS: usize = 24576;
 /// k a `qmm` slice walks at least (16 steps of 16).
 const QMM_MIN_SLICE: usize = 256;
 
