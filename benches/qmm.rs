@@ -6,10 +6,11 @@
 //! cannot hold them. GB/s counts packed weights + scales + biases; TFLOP/s counts 2·M·N·K.
 //!
 //! ```text
-//! cargo bench --bench qmm -- [--quick] [--sweep] [--runs N] [--json PATH]
+//! cargo bench --bench qmm -- [--quick] [--sweep | --sweep-only] [--runs N] [--json PATH]
 //! ```
 //! `--quick` uses small shapes (lavapipe runs it in seconds); `--sweep` also times the kernel
-//! knobs on the largest shape; `--json` writes the table (default `qmm_bench.json`).
+//! knobs on the large shapes (`--sweep-only`: only them; a knob the device refuses is skipped);
+//! `--json` writes the table (default `qmm_bench.json`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
