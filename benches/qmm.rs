@@ -6,18 +6,21 @@
 //! cannot hold them. GB/s counts packed weights + scales + biases; TFLOP/s counts 2·M·N·K.
 //!
 //! ```text
-//! cargo bench --bench qmm -- [--quick] [--sweep] [--runs N] [--repeat N] [--dtype f16|bf16]
-//!                              [--json PATH]
+//! cargo bench --bench qmm -- [--quick] [--sweep | --sweep-only] [--runs N] [--repeat N]
+//!                              [--dtype f16|bf16] [--json PATH]
 //! ```
 //! `--quick` uses small shapes (lavapipe runs it in seconds); `--sweep` also times the kernel
-//! knobs on the largest shape; `--repeat N` times N products back to back per pass (default 1:
-//! one product per pass, like torch's event timing of one call); `--dtype` is the dtype of x, scales and biases (default f16);
+//! knobs on the large shapes (`--sweep-only`: only them; a knob the device refuses is skipped);
+//! `--repeat N` times N products back to back per pass (default 1: one product per pass, like
+//! torch's event timing of one call); `--dtype` is the dtype of x, scales and biases (default
+//! f16);
 //! `--json` writes the table (default `qmm_bench.json`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use half::{bf16, f16};
+use wgquant::kernels::QmmShape;
 use wgquant::{DType, Gpu, QmmKernel, QmmOptions, QuantParams, Quantized, Result, Tensor};
 
 /// Weight bytes the rotation spans, so that no cache holds the weights between runs (the H100's
@@ -28,6 +31,7 @@ const GROUP_SIZE: u32 = 64;
 struct Config {
     quick: bool,
     sweep: bool,
+    sweep_only: bool,
     runs: usize,
     /// Products per timed pass.
     repeat: usize,
@@ -41,6 +45,7 @@ impl Config {
         let mut config = Config {
             quick: false,
             sweep: false,
+            sweep_only: false,
             runs: 50,
             repeat: 1,
             dtype: DType::F16,
@@ -51,6 +56,7 @@ impl Config {
             match arg.as_str() {
                 "--quick" => config.quick = true,
                 "--sweep" => config.sweep = true,
+                "--sweep-only" => (config.sweep, config.sweep_only) = (true, true),
                 "--runs" => config.runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
                 "--repeat" => {
                     config.repeat = args.next().and_then(|v| v.parse().ok()).filter(|&r| r > 0).expect("--repeat N")
@@ -176,6 +182,10 @@ fn time_matmul(
     let x = words.tensor(gpu, &[m, k], config.dtype)?;
     let mut rows = Vec::new();
     for (variant, option) in options {
+        if let Err(e) = wgquant::quantized_matmul_with(&x, &weights[0], true, option) {
+            eprintln!("{variant}: {e}");
+            continue;
+        }
         // Creating the weights left the GPU idle: bring its clocks back up first.
         heater.heat(gpu)?;
         let time = median_time(gpu, config.runs, config.repeat, |i| {
@@ -295,29 +305,50 @@ fn ceilings(gpu: &Gpu, config: &Config) -> Result<(f64, f64, Heater)> {
     Ok((2.0 * copy_bytes as f64 / copy_time.as_secs_f64() / 1e9, flops / fma_time.as_secs_f64() / 1e12, heater))
 }
 
-/// The knob variants `--sweep` times for `m` rows.
+/// The knob variants `--sweep` times for `m` rows, each listed `rounds` times (timings drift
+/// between runs, so rounds interleave the variants).
 fn sweep_variants(m: usize) -> Vec<(String, QmmOptions)> {
     let mut variants = Vec::new();
     if m <= 32 {
-        for wg in [32, 64, 128, 256] {
+        for wg in [32, 64, 128] {
             let options = QmmOptions { kernel: QmmKernel::Vector, qmv_wg_size: Some(wg), ..QmmOptions::default() };
             variants.push((format!("qmv wg {wg}"), options));
         }
     }
-    if m > 1 {
-        for rows in wgquant::kernels::QMM_TILE_ROWS {
-            for split in [1, 2, 4, 8] {
-                if rows as usize <= m.next_power_of_two().max(32) {
-                    let options = QmmOptions {
-                        kernel: QmmKernel::Tiled,
-                        qmm_tile_rows: Some(rows),
-                        split_k: Some(split),
-                        ..QmmOptions::default()
-                    };
-                    variants.push((format!("qmm {rows}x128 split {split}"), options));
-                }
-            }
-        }
+    // (rows, columns, columns per invocation, k slices; None: the dispatcher's)
+    let large: &[(u32, u32, u32, Option<u32>)] = &[
+        (128, 256, 16, None),
+        (128, 256, 16, Some(2)),
+        (128, 256, 16, Some(3)),
+        (128, 256, 16, Some(4)),
+        (128, 256, 16, Some(8)),
+        (64, 256, 16, None),
+        (128, 128, 16, None),
+        (128, 128, 8, Some(2)),
+    ];
+    let small: &[(u32, u32, u32, Option<u32>)] =
+        &[(32, 256, 8, None), (32, 256, 8, Some(3)), (32, 256, 8, Some(8)), (32, 128, 8, Some(4))];
+    let (list, rounds) = if m >= 512 {
+        (large, 2)
+    } else if m > 1 {
+        (small, 2)
+    } else {
+        (&[][..], 1)
+    };
+    for &(rows, bn, columns, split) in list {
+        let options = QmmOptions {
+            kernel: QmmKernel::Tiled,
+            qmm_tile_rows: Some(rows),
+            qmm_shape: Some(QmmShape { bn, columns }),
+            split_k: split,
+            ..QmmOptions::default()
+        };
+        let split = split.map_or("auto".to_string(), |s| s.to_string());
+        variants.push((format!("qmm {rows}x{bn} c{columns} split {split}"), options));
+    }
+    let one = variants.clone();
+    for _ in 1..rounds {
+        variants.extend(one.iter().cloned());
     }
     variants
 }
@@ -340,7 +371,7 @@ fn main() -> Result<()> {
     };
     let default = vec![("default".to_string(), QmmOptions::default())];
     let mut rows = Vec::new();
-    for &(n, k) in &shapes {
+    for &(n, k) in if config.sweep_only { &[][..] } else { &shapes[..] } {
         for bits in [4, 8] {
             for &m in &ms {
                 rows.extend(time_matmul(&gpu, &config, &heater, (m, n, k), bits, &default)?);
@@ -352,6 +383,10 @@ fn main() -> Result<()> {
         for &m in &ms {
             rows.extend(time_matmul(&gpu, &config, &heater, (m, n, k), 4, &sweep_variants(m))?);
         }
+        let m = ms[ms.len() - 1];
+        rows.extend(time_matmul(&gpu, &config, &heater, (m, n, k), 8, &sweep_variants(m))?);
+        let (n, k) = shapes[2];
+        rows.extend(time_matmul(&gpu, &config, &heater, (m, n, k), 4, &sweep_variants(m))?);
     }
 
     let dtype = config.dtype;

@@ -119,6 +119,35 @@ pub(crate) const QVM_WG_SIZE: u32 = 64;
 /// The rows of y per [`KernelKey::Qmm`] tile (128 columns) the kernel supports.
 pub const QMM_TILE_ROWS: [u32; 3] = [32, 64, 128];
 
+/// How a [`KernelKey::Qmm`] workgroup cuts its tile of y.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QmmShape {
+    /// Columns of y per tile: 128 or 256.
+    pub bn: u32,
+    /// Columns of y per invocation: 8 or 16 (each invocation makes 8 rows).
+    pub columns: u32,
+}
+
+impl QmmShape {
+    /// What the dispatcher uses for tiles of `bm` rows. Measured on an H100 at M = 512 (see
+    /// benches/RESULTS.md): 256 columns decode each row of x for twice the outputs of 128, and
+    /// 8 x 16 per invocation does twice the FMAs of 8 x 8 per read of workgroup memory; tiles of
+    /// 32 rows keep 8 x 8, so that a workgroup still has 128 invocations.
+    pub fn default_for(bm: u32) -> QmmShape {
+        QmmShape { bn: 256, columns: if bm >= 64 { 16 } else { 8 } }
+    }
+
+    /// Whether `qmm.wgsl` supports this shape (with any of [`QMM_TILE_ROWS`]).
+    pub fn is_supported(&self) -> bool {
+        [128, 256].contains(&self.bn) && [8, 16].contains(&self.columns)
+    }
+
+    /// Invocations per workgroup for tiles of `bm` rows.
+    pub fn invocations(&self, bm: u32) -> u32 {
+        bm / 8 * (self.bn / self.columns)
+    }
+}
+
 /// The element types and quantization format a quantized-matmul kernel is specialised for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MatmulFormat {
@@ -284,7 +313,7 @@ pub enum KernelKey {
         /// Invocations per workgroup.
         wg_size: u32,
     },
-    /// Tiled quantized matrix product, either layout, `bm` x 128 tiles of y.
+    /// Tiled quantized matrix product, either layout, `bm` x `shape.bn` tiles of y.
     Qmm {
         /// dtypes and format.
         format: MatmulFormat,
@@ -292,6 +321,8 @@ pub enum KernelKey {
         transpose: bool,
         /// Rows of y per tile: one of [`QMM_TILE_ROWS`].
         bm: u32,
+        /// Columns of the tile and of each invocation's part.
+        shape: QmmShape,
     },
     /// Sums k-slices of f32 partial sums into y.
     QmmSumPartials {
@@ -345,8 +376,9 @@ impl fmt::Display for KernelKey {
                 write!(f, "qmv_{format}_v{vecs}_wg{wg_size}_{reduction}")
             }
             KernelKey::Qvm { format, vecs, wg_size } => write!(f, "qvm_{format}_v{vecs}_wg{wg_size}"),
-            KernelKey::Qmm { format, transpose, bm } => {
-                write!(f, "qmm_{}_{format}_{bm}x128", if *transpose { "t" } else { "n" })
+            KernelKey::Qmm { format, transpose, bm, shape } => {
+                let QmmShape { bn, columns } = shape;
+                write!(f, "qmm_{}_{format}_{bm}x{bn}_c{columns}", if *transpose { "t" } else { "n" })
             }
             KernelKey::QmmSumPartials { out_dtype } => write!(f, "qmm_sum_partials_{}", out_dtype.short_name()),
             KernelKey::QmvPrepare { x_dtype } => write!(f, "qmv_prepare_{}", x_dtype.short_name()),
@@ -455,9 +487,14 @@ impl KernelKey {
                 prelude.push(("VECS", vecs));
                 (QVM, prelude, format.operand_snippets())
             }
-            KernelKey::Qmm { format, transpose, bm } => {
+            KernelKey::Qmm { format, transpose, bm, shape } => {
                 let mut prelude = format.prelude();
-                prelude.extend([("TRANSPOSE", u32::from(transpose)), ("BM", bm)]);
+                prelude.extend([
+                    ("TRANSPOSE", u32::from(transpose)),
+                    ("BM", bm),
+                    ("BN", shape.bn),
+                    ("TN", shape.columns),
+                ]);
                 (QMM, prelude, format.operand_snippets())
             }
             KernelKey::QmmSumPartials { out_dtype } => {
@@ -566,7 +603,7 @@ impl KernelKey {
         }
         for transpose in [true, false] {
             for bm in QMM_TILE_ROWS {
-                keys.push(KernelKey::Qmm { format, transpose, bm });
+                keys.push(KernelKey::Qmm { format, transpose, bm, shape: QmmShape::default_for(bm) });
             }
         }
         keys

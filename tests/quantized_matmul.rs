@@ -6,6 +6,7 @@
 mod common;
 
 use common::{Fixture, Rng};
+use wgquant::kernels::QmmShape;
 use wgquant::reference::{self, HostMatrix};
 use wgquant::{DType, Gpu, QmmKernel, QmmOptions, QuantParams, Quantized, Tensor};
 
@@ -572,6 +573,19 @@ fn every_kernel_on_every_shape() {
             let options = QmmOptions { qmm_tile_rows: Some(rows), split_k: Some(split), ..opts(QmmKernel::Tiled) };
             cases.push(Case::new(true, 64, 8, &[70, 384], &[], 200).options(options));
             cases.push(Case::new(false, 64, 2, &[70, 333], &[], 192).options(options));
+        }
+        for (bn, columns) in [(128, 8), (128, 16), (256, 8), (256, 16)] {
+            let options = QmmOptions {
+                qmm_tile_rows: Some(rows),
+                qmm_shape: Some(QmmShape { bn, columns }),
+                ..opts(QmmKernel::Tiled)
+            };
+            cases.push(Case::new(true, 32, 3, &[150, 416], &[], 200).options(options));
+            cases.push(Case::new(false, 128, 5, &[150, 333], &[], 256).options(options));
+            cases.push(Case::new(false, 64, 6, &[40, 100], &[], 128).dtypes(DType::BF16, DType::F32).options(options));
+            let options = QmmOptions { split_k: Some(3), ..options };
+            cases
+                .push(Case::new(true, 64, 1, &[2, 3, 384], &[2], 100).dtypes(DType::F32, DType::BF16).options(options));
         }
     }
     for wg in [32, 64, 256] {

@@ -16,7 +16,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::{aligned_row_step, BufferWindow, Dispatch, Gpu};
 use crate::kernels::{
-    KernelKey, MatmulFormat, Reduction, ELEMENTWISE_WG_SIZE, QMM_TILE_ROWS, QMV_WG_SIZE, QVM_WG_SIZE,
+    KernelKey, MatmulFormat, QmmShape, Reduction, ELEMENTWISE_WG_SIZE, QMM_TILE_ROWS, QMV_WG_SIZE, QVM_WG_SIZE,
     SUM_PARTIALS_WG_SIZE,
 };
 use crate::ops::launch::{launch_chunks, Launch};
@@ -36,12 +36,12 @@ const QVM_MAX_ROWS: usize = 4;
 const QVM_TARGET_INVOCATIONS: usize = 16384;
 /// Rows of w a `qvm` slice walks at least: fewer would cost more in partial sums than it saves.
 const QVM_MIN_SLICE: usize = 64;
-/// `qmm` splits k until about this many workgroups run (a few per multiprocessor of a large GPU).
-const QMM_TARGET_WORKGROUPS: usize = 512;
-/// k a `qmm` slice walks at least (8 steps of 32).
+/// `qmm` splits k until about this many invocations run. Measured on an H100 (see
+/// benches/RESULTS.md), this lands on the fastest splits: none for 224 tiles of 256 invocations,
+/// 2 for 64 such tiles, 4 for 56 tiles of 128 invocations; more slices cost their partial sums.
+const QMM_TARGET_INVOCATIONS: usize = 24576;
+/// k a `qmm` slice walks at least (16 steps of 16).
 const QMM_MIN_SLICE: usize = 256;
-/// Columns of y per `qmm` tile.
-const QMM_TILE_N: usize = 128;
 
 /// Which kernel family [`quantized_matmul_with`] uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,8 +63,10 @@ pub struct QmmOptions {
     pub kernel: QmmKernel,
     /// `qmv`: invocations per workgroup (they split k); a power of two.
     pub qmv_wg_size: Option<u32>,
-    /// `qmm`: rows of a tile of y (32, 64 or 128; tiles are 128 columns wide).
+    /// `qmm`: rows of a tile of y (32, 64 or 128).
     pub qmm_tile_rows: Option<u32>,
+    /// `qmm`: columns of a tile and of each invocation's part.
+    pub qmm_shape: Option<QmmShape>,
     /// `qvm` and `qmm`: slices of k, each summed separately into f32 partial sums.
     pub split_k: Option<u32>,
 }
@@ -403,7 +405,7 @@ struct SumParams {
 enum Kernel {
     Qmv { vecs: u32, wg_size: u32, reduction: Reduction },
     Qvm { vecs: u32 },
-    Qmm { bm: u32 },
+    Qmm { bm: u32, shape: QmmShape },
 }
 
 /// One piece of the product: rows of x and y, outputs, and the inner range.
@@ -463,7 +465,12 @@ impl<'a> Planner<'a> {
                     limit: largest.into(),
                 });
             }
-            return Ok(Kernel::Qmm { bm });
+            let shape = self.options.qmm_shape.unwrap_or(QmmShape::default_for(bm));
+            if !shape.is_supported() {
+                let message = format!("{shape:?} is not a qmm shape for {bm}-row tiles");
+                return Err(Error::Validation { what: OP.to_string(), message });
+            }
+            return Ok(Kernel::Qmm { bm, shape });
         }
         if !p.transpose {
             return Ok(Kernel::Qvm { vecs: m.clamp(1, QVM_MAX_ROWS) as u32 });
@@ -497,25 +504,27 @@ impl<'a> Planner<'a> {
         match kernel {
             Kernel::Qmv { vecs, wg_size, reduction } => KernelKey::Qmv { format, vecs, wg_size, reduction },
             Kernel::Qvm { vecs } => KernelKey::Qvm { format, vecs, wg_size: QVM_WG_SIZE },
-            Kernel::Qmm { bm } => KernelKey::Qmm { format, transpose: self.problem.transpose, bm },
+            Kernel::Qmm { bm, shape } => KernelKey::Qmm { format, transpose: self.problem.transpose, bm, shape },
         }
     }
 
     /// Slices of k over `piece`: enough for the GPU to have work, each long enough to pay for
     /// its partial sums (`qvm` and `qmm`; `qmv` has parallelism enough along n).
     fn k_splits(&self, kernel: Kernel, piece: &Piece) -> usize {
-        let (tiles, target, min_slice) = match kernel {
+        // Invocations of one slice, and how many the slices should add up to.
+        let (invocations, target, min_slice) = match kernel {
             Kernel::Qmv { .. } => return 1,
             Kernel::Qvm { vecs } => {
                 (piece.m.div_ceil(vecs as usize) * piece.n / 4, QVM_TARGET_INVOCATIONS, QVM_MIN_SLICE)
             }
-            Kernel::Qmm { bm } => {
-                (piece.m.div_ceil(bm as usize) * piece.n.div_ceil(QMM_TILE_N), QMM_TARGET_WORKGROUPS, QMM_MIN_SLICE)
+            Kernel::Qmm { bm, shape } => {
+                let tiles = piece.m.div_ceil(bm as usize) * piece.n.div_ceil(shape.bn as usize);
+                (tiles * shape.invocations(bm) as usize, QMM_TARGET_INVOCATIONS, QMM_MIN_SLICE)
             }
         };
         let wanted = match self.options.split_k {
             Some(s) => s as usize,
-            None => target.div_ceil((tiles * piece.entries.len()).max(1)),
+            None => target.div_ceil((invocations * piece.entries.len()).max(1)),
         };
         wanted.clamp(1, piece.k.div_ceil(min_slice).max(1))
     }
@@ -529,7 +538,7 @@ impl<'a> Planner<'a> {
             // Four groups of 4 outputs for one row of x, two up to 4 rows, one beyond (qmv.wgsl).
             Kernel::Qmv { vecs, .. } => (vecs as usize, [16, 8, 8, 8, 4, 4, 4, 4][vecs as usize - 1]),
             Kernel::Qvm { vecs } => (vecs as usize, 4 * QVM_WG_SIZE as usize),
-            Kernel::Qmm { bm } => (bm as usize, QMM_TILE_N),
+            Kernel::Qmm { bm, shape } => (bm as usize, shape.bn as usize),
         };
         let k_per_split = piece.k.div_ceil(slices).next_multiple_of(32);
         let slices = piece.k.div_ceil(k_per_split);
