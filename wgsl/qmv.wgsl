@@ -26,12 +26,10 @@
 
 override WG_SIZE: u32 = 128u;
 
-// Row groups of 4 outputs: as many as the registers allow. With one row of x, four: each x
-// element an invocation decodes then serves 16 rows.
-const GROUPS: u32 = select(select(1u, 2u, VECS <= 4u), 4u, VECS == 1u);
-// Partial sums per invocation, a vec4 each (one component per output), slot s in column s % 4 of
-// `lo` (s < 4) or of `hi`. Four groups (one row of x): slots 0, 4, 1, 5 hold groups 0-3. Two:
-// slot 4g + v holds row v of x with group g. One: slot v holds row v of x.
+// Row groups of 4 outputs: two while the registers allow (up to 4 rows of x).
+const GROUPS: u32 = select(1u, 2u, VECS <= 4u);
+// Partial sums per invocation, a vec4 each: slot v (< 4) is row v of x with group 0; slot 4 + v
+// is row v with group 1 (two groups) or row 4 + v with group 0 (one group).
 const SLOTS: u32 = 8u;
 
 @group(0) @binding(2) var<storage, read> x: array<vec4<u32>>;
@@ -185,39 +183,9 @@ fn load_scales_biases(rows: vec4<u32>, g: u32) -> mat2x4<f32> {
     return mat2x4<f32>(vec4<f32>(s0.x, s1.x, s2.x, s3.x), vec4<f32>(s0.y, s1.y, s2.y, s3.y));
 }
 
-// The row of x whose sums slot s holds (see SLOTS).
-fn slot_x_row(s: u32) -> u32 {
-    switch GROUPS {
-        case 4u: {
-            return 0u;
-        }
-        case 2u: {
-            return s % 4u;
-        }
-        default: {
-            return s;
-        }
-    }
-}
-
-// The group of 4 outputs whose sums slot s holds (see SLOTS).
-fn slot_group(s: u32) -> u32 {
-    switch GROUPS {
-        case 4u: {
-            return 2u * (s % 4u) + s / 4u;
-        }
-        case 2u: {
-            return s / 4u;
-        }
-        default: {
-            return 0u;
-        }
-    }
-}
-
-// Whether slot s holds sums.
+// Whether slot s holds sums (see SLOTS).
 fn slot_used(s: u32) -> bool {
-    return slot_x_row(s) < VECS && slot_group(s) < GROUPS;
+    return select(s < VECS, (s % 4u) < VECS, (GROUPS > 1u));
 }
 
 fn kernel(local: u32, group: u32) {
@@ -231,13 +199,9 @@ fn kernel(local: u32, group: u32) {
     let last_n = vec4<u32>(params.n - 1u);
     let w_lo = tile.w + min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), last_n);
     let w_hi = tile.w + min(vec4<u32>(n0) + vec4<u32>(4u, 5u, 6u, 7u), last_n);
-    let w_lo2 = tile.w + min(vec4<u32>(n0) + vec4<u32>(8u, 9u, 10u, 11u), last_n);
-    let w_hi2 = tile.w + min(vec4<u32>(n0) + vec4<u32>(12u, 13u, 14u, 15u), last_n);
     // The first word of each row.
     let words_lo = w_lo * params.w_stride;
     let words_hi = w_hi * params.w_stride;
-    let words_lo2 = w_lo2 * params.w_stride;
-    let words_hi2 = w_hi2 * params.w_stride;
     let last_m = vec4<u32>(params.m - 1u);
     let x_lo = tile.x + min(vec4<u32>(m0) + vec4<u32>(0u, 1u, 2u, 3u), last_m) * params.x_stride;
     let x_hi = tile.x + min(vec4<u32>(m0) + vec4<u32>(4u, 5u, 6u, 7u), last_m) * params.x_stride;
@@ -252,8 +216,7 @@ fn kernel(local: u32, group: u32) {
             sb_hi = load_scales_biases(w_hi, g);
         }
         if VECS == 1u {
-            // One row of x, four groups (rows n0 + 8 .. n0 + 15 in the second column of lo
-            // and hi).
+            // One row of x (two groups): slot 0 holds rows 0-3, slot 4 rows 4-7.
             let xb = load_x_block(x_lo.x + blk * 32u);
             let d_lo = vec4<f32>(
                 block_dot(load_block(words_lo.x, blk), xb),
@@ -267,24 +230,8 @@ fn kernel(local: u32, group: u32) {
                 block_dot(load_block(words_hi.z, blk), xb),
                 block_dot(load_block(words_hi.w, blk), xb),
             );
-            let d_lo2 = vec4<f32>(
-                block_dot(load_block(words_lo2.x, blk), xb),
-                block_dot(load_block(words_lo2.y, blk), xb),
-                block_dot(load_block(words_lo2.z, blk), xb),
-                block_dot(load_block(words_lo2.w, blk), xb),
-            );
-            let d_hi2 = vec4<f32>(
-                block_dot(load_block(words_hi2.x, blk), xb),
-                block_dot(load_block(words_hi2.y, blk), xb),
-                block_dot(load_block(words_hi2.z, blk), xb),
-                block_dot(load_block(words_hi2.w, blk), xb),
-            );
-            let sb_lo2 = load_scales_biases(w_lo2, g);
-            let sb_hi2 = load_scales_biases(w_hi2, g);
             lo[0] += sb_lo[0] * d_lo + sb_lo[1] * xb.sum;
             hi[0] += sb_hi[0] * d_hi + sb_hi[1] * xb.sum;
-            lo[1] += sb_lo2[0] * d_lo2 + sb_lo2[1] * xb.sum;
-            hi[1] += sb_hi2[0] * d_hi2 + sb_hi2[1] * xb.sum;
             continue;
         }
         // More rows of x: each quad of codes, times its row's scale, serves every row of x; the
@@ -413,8 +360,8 @@ fn kernel(local: u32, group: u32) {
     // Output o: slot s = o / 4, output o % 4 of the slot's group.
     for (var o = local; o < 4u * SLOTS; o += WG_SIZE) {
         let s = o / 4u;
-        let v = slot_x_row(s);
-        let n = n0 + 4u * slot_group(s) + o % 4u;
+        let v = select(s, s % 4u, (GROUPS > 1u));
+        let n = n0 + 4u * select(0u, s / 4u, (GROUPS > 1u)) + o % 4u;
         if slot_used(s) && n < params.n && m0 + v < params.m {
             store_y(tile.y + (m0 + v) * params.y_stride + n, slot_total(o));
         }

@@ -535,8 +535,8 @@ impl<'a> Planner<'a> {
         let Output { window: y, slices, slot_stride: y_slot_stride, dtype: out_dtype } = output;
         let p = self.problem;
         let (m_tile, n_tile) = match kernel {
-            // Four groups of 4 outputs for one row of x, two up to 4 rows, one beyond (qmv.wgsl).
-            Kernel::Qmv { vecs, .. } => (vecs as usize, [16, 8, 8, 8, 4, 4, 4, 4][vecs as usize - 1]),
+            // Two groups of 4 outputs while up to 4 rows of x share the registers.
+            Kernel::Qmv { vecs, .. } => (vecs as usize, if vecs <= 4 { 8 } else { 4 }),
             Kernel::Qvm { vecs } => (vecs as usize, 4 * QVM_WG_SIZE as usize),
             Kernel::Qmm { bm, shape } => (bm as usize, shape.bn as usize),
         };
