@@ -3,7 +3,8 @@
 //! binding.
 //!
 //! Kernels (one WGSL file each), chosen as MLX chooses (`mlx/backend/metal/quantized.cpp`):
-//! - `qmv` (transpose, M <= 32): a GEMV over up to 8 rows of x at once (MLX's qmv / qmv_wide).
+//! - `qmv` (transpose, M <= 32): a GEMV over up to 8 rows of x at once (MLX's qmv / qmv_wide);
+//!   with more than one row of x, `qmv_prepare` first lays x out for it (f32, quad-major).
 //! - `qvm` (no transpose, M <= 4): a GEMV along the rows of w, with k split over workgroups
 //!   and summed by `qmm_sum_partials` (MLX's qvm / qvm_split_k).
 //! - `qmm` (larger M, both layouts): a tiled GEMM that dequantizes tiles of w into workgroup
