@@ -116,7 +116,7 @@ pub(crate) const SUM_PARTIALS_WG_SIZE: u32 = 64;
 pub(crate) const QMV_WG_SIZE: u32 = 64;
 /// Quads of outputs per [`KernelKey::Qvm`] workgroup.
 pub(crate) const QVM_WG_SIZE: u32 = 64;
-/// The rows of y per [`KernelKey::Qmm`] tile (128 columns) the kernel supports.
+/// The rows of y per [`KernelKey::Qmm`] tile the kernel supports.
 pub const QMM_TILE_ROWS: [u32; 3] = [32, 64, 128];
 
 /// How a [`KernelKey::Qmm`] workgroup cuts its tile of y.

@@ -9,8 +9,8 @@
 // decodes it and multiplies it by its scale once for all rows of x; biases come once per block.
 // There x comes as qmv_prepare.wgsl lays it out (f32, quad-major, with block sums), so that the
 // invocations of a subgroup read x 16 consecutive bytes each rather than 16 out of every 64 or
-// 128 (caches serve whole lines): read as it is, x cost the several-rows path 4 to 8 times the
-// cache traffic of the weights.
+// 128 (caches serve whole lines): read as it is, each read of x touched 4 to 8 times the cache
+// lines a read of weights does.
 // The running sums live in the entry function's own matrices, indexed by literals, and helpers
 // take and return small values: wgpu bounds every loop, which keeps drivers from unrolling, and
 // arrays indexed at run time, or large values passed to functions a driver does not inline, end
@@ -24,7 +24,7 @@
 //           and x is read 16 bytes at a time; so are the blocks of 4- and 8-bit rows (a row is
 //           k · BITS / 32 words), which are read as one or two vectors.
 
-override WG_SIZE: u32 = 128u;
+override WG_SIZE: u32 = 64u;
 
 // Row groups of 4 outputs: two while the registers allow (up to 4 rows of x).
 const GROUPS: u32 = select(1u, 2u, VECS <= 4u);

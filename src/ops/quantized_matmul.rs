@@ -468,7 +468,7 @@ impl<'a> Planner<'a> {
             }
             let shape = self.options.qmm_shape.unwrap_or(QmmShape::default_for(bm));
             if !shape.is_supported() {
-                let message = format!("{shape:?} is not a qmm shape for {bm}-row tiles");
+                let message = format!("{shape:?} is not a qmm shape (bn 128 or 256, columns 8 or 16)");
                 return Err(Error::Validation { what: OP.to_string(), message });
             }
             return Ok(Kernel::Qmm { bm, shape });
