@@ -11,10 +11,11 @@
 //! ```
 //! `--quick` uses small shapes (lavapipe runs it in seconds); `--sweep` also times the kernel
 //! knobs on the large shapes (`--sweep-only`: only them; a knob the device refuses is skipped);
-//! `--repeat N` times N products back to back per pass (default 1: one product per pass, like
-//! torch's event timing of one call); `--dtype` is the dtype of x, scales and biases (default
-//! f16);
-//! `--json` writes the table (default `qmm_bench.json`).
+//! `--repeat N` times N products back to back per pass and divides (default 8: one product
+//! per pass also measures the pass's fixed cost, several microseconds, and its medians drift
+//! between runs; `--repeat 1` times one, like torch's event timing of one call); `--dtype` is
+//! the dtype of x, scales and biases (default f16); `--json` writes the table (default
+//! `qmm_bench.json`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -47,7 +48,7 @@ impl Config {
             sweep: false,
             sweep_only: false,
             runs: 50,
-            repeat: 1,
+            repeat: 8,
             dtype: DType::F16,
             json: "qmm_bench.json".into(),
         };
@@ -75,6 +76,7 @@ impl Config {
         }
         if config.quick {
             config.runs = config.runs.min(5);
+            config.repeat = config.repeat.min(2);
         }
         config
     }
