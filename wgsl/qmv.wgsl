@@ -96,19 +96,6 @@ fn block_quad(b: Block, j: u32) -> vec4<f32> {
     return window_codes(window64(block_word(b, bit / 32u), next, bit % 32u));
 }
 
-// Codes i .. i + 3 (i a multiple of 4) of the row whose first word is `row_word`, scaled as
-// `window_codes`, read word by word: the loop over quads runs with a run-time index, and picking
-// words out of a loaded block by one would cost a trip to local memory.
-fn row_quad(row_word: u32, i: u32) -> vec4<f32> {
-    let bit = i * BITS;
-    let word = row_word + bit / 32u;
-    var next = 0u;
-    if straddles(bit) {
-        next = w_word(word + 1u);
-    }
-    return window_codes(window64(w_word(word), next, bit % 32u));
-}
-
 // Quad j of block `blk` of the prepared row of x starting at vector `row` (qmv_prepare.wgsl).
 fn prepared_quad(row: u32, j: u32, blk: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(x[row + j * (params.k / 32u) + blk]);
@@ -254,18 +241,18 @@ fn kernel(local: u32, group: u32) {
         for (var j = 0u; j < 8u; j++) {
             let e = blk * 32u + 4u * j;
             let q0 = mat4x4<f32>(
-                row_quad(words_lo.x, e) * (scale_lo.x * CODE_SCALE),
-                row_quad(words_lo.y, e) * (scale_lo.y * CODE_SCALE),
-                row_quad(words_lo.z, e) * (scale_lo.z * CODE_SCALE),
-                row_quad(words_lo.w, e) * (scale_lo.w * CODE_SCALE),
+                load_codes4(words_lo.x, e) * (scale_lo.x * CODE_SCALE),
+                load_codes4(words_lo.y, e) * (scale_lo.y * CODE_SCALE),
+                load_codes4(words_lo.z, e) * (scale_lo.z * CODE_SCALE),
+                load_codes4(words_lo.w, e) * (scale_lo.w * CODE_SCALE),
             );
             var q1 = mat4x4<f32>();
             if GROUPS > 1u {
                 q1 = mat4x4<f32>(
-                    row_quad(words_hi.x, e) * (scale_hi.x * CODE_SCALE),
-                    row_quad(words_hi.y, e) * (scale_hi.y * CODE_SCALE),
-                    row_quad(words_hi.z, e) * (scale_hi.z * CODE_SCALE),
-                    row_quad(words_hi.w, e) * (scale_hi.w * CODE_SCALE),
+                    load_codes4(words_hi.x, e) * (scale_hi.x * CODE_SCALE),
+                    load_codes4(words_hi.y, e) * (scale_hi.y * CODE_SCALE),
+                    load_codes4(words_hi.z, e) * (scale_hi.z * CODE_SCALE),
+                    load_codes4(words_hi.w, e) * (scale_hi.w * CODE_SCALE),
                 );
             }
             {

@@ -126,7 +126,7 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
     // With several rows of x, `qmv` reads x laid out by `qmv_prepare` (see there).
     let prepared;
     let x = if problem.m > 1 && Planner::new(gpu, &problem, options).uses_qmv() {
-        prepared = prepare_x(x, &problem)?;
+        prepared = prepare_x(x)?;
         problem.x_prepared = true;
         problem.format.x_dtype = DType::F32;
         &prepared
@@ -266,7 +266,7 @@ impl Problem {
     /// 16-byte vectors when x is prepared.
     fn x_stride(&self) -> usize {
         if self.x_prepared {
-            PREPARED_VECTORS_PER_BLOCK * self.k / 32
+            prepared_row_vectors(self.k)
         } else {
             self.k
         }
@@ -432,10 +432,11 @@ impl<'a> Planner<'a> {
         Planner { gpu, problem, options }
     }
 
-    /// Whether a product of `m` rows runs on a vector kernel (`qmv` or `qvm`).
-    fn vector(&self, m: usize) -> bool {
+    /// Whether the product runs on a vector kernel (`qmv` or `qvm`).
+    fn vector(&self) -> bool {
+        let p = self.problem;
         match self.options.kernel {
-            QmmKernel::Auto => m <= if self.problem.transpose { QMV_AUTO_ROWS } else { QVM_MAX_ROWS },
+            QmmKernel::Auto => p.m <= if p.transpose { QMV_AUTO_ROWS } else { QVM_MAX_ROWS },
             QmmKernel::Vector => true,
             QmmKernel::Tiled => false,
         }
@@ -443,14 +444,14 @@ impl<'a> Planner<'a> {
 
     /// Whether the product runs on `qmv`.
     fn uses_qmv(&self) -> bool {
-        self.problem.transpose && self.vector(self.problem.m)
+        self.problem.transpose && self.vector()
     }
 
     /// The kernel for pieces of `m` rows. The family follows the whole product's rows, so that
     /// every piece reads x as it was laid out.
     fn kernel(&self, m: usize) -> Result<Kernel> {
         let p = self.problem;
-        let vector = self.vector(p.m);
+        let vector = self.vector();
         if !vector {
             // The smallest tile that covers m, else the largest.
             let largest = QMM_TILE_ROWS[QMM_TILE_ROWS.len() - 1];
@@ -758,8 +759,11 @@ struct Plan {
     partials: Vec<usize>,
 }
 
-/// 16-byte vectors per block of 32 elements of a prepared row of x: 8 quads and the block's sum.
-const PREPARED_VECTORS_PER_BLOCK: usize = 9;
+/// 16-byte vectors in a row of x of `k` elements laid out by `qmv_prepare`: per block of 32
+/// elements, 8 quads and the block's sum.
+fn prepared_row_vectors(k: usize) -> usize {
+    9 * k / 32
+}
 
 /// `qmv_prepare.wgsl`'s uniform parameters.
 #[repr(C)]
@@ -769,14 +773,15 @@ struct PrepareParams {
     blocks: u32,
 }
 
-/// Every row of x laid out for `qmv` with several rows (see `wgsl/qmv_prepare.wgsl`): f32, per
-/// row `9 k / 32` vectors.
-fn prepare_x(x: &Tensor, p: &Problem) -> Result<Tensor> {
+/// Every row of x laid out for `qmv` with several rows (see `wgsl/qmv_prepare.wgsl`): f32,
+/// [`prepared_row_vectors`] per row.
+fn prepare_x(x: &Tensor) -> Result<Tensor> {
     let gpu = x.gpu();
     let (rows, k) = x.rows_and_width();
     let blocks = k / 32;
-    let prepared = Tensor::zeros(gpu, &[rows, PREPARED_VECTORS_PER_BLOCK * blocks * 4], DType::F32)?;
-    let row_bytes = [(k * p.format.x_dtype.size_in_bytes()) as u64, (PREPARED_VECTORS_PER_BLOCK * blocks * 16) as u64];
+    let vectors = prepared_row_vectors(k);
+    let prepared = Tensor::zeros(gpu, &[rows, vectors * 4], DType::F32)?;
+    let row_bytes = [(k * x.dtype().size_in_bytes()) as u64, (vectors * 16) as u64];
     let key = KernelKey::QmvPrepare { x_dtype: x.dtype() };
     launch_chunks(OP, gpu, rows, &row_bytes, &key, |chunk| {
         let params = PrepareParams { rows: to_u32(chunk.len())?, blocks: to_u32(blocks)? };

@@ -2,10 +2,10 @@
 // kernels, and the decoding of codes: four at a time, from a 32-bit window of a row's LSB-first
 // bitstream (4 codes of at most 8 bits fit one window). A block is 32 consecutive codes of a
 // row: exactly BITS words, always inside one group (groups are 32, 64 or 128 codes). How the
-// words of w_q are read is each kernel's own (qmm_words.wgsl, or whole blocks in qmv.wgsl).
+// words of w_q are bound is each kernel's own (qmm_words.wgsl, or vectors in qmv.wgsl).
 // Hot paths avoid private arrays indexed by loop counters: wgpu bounds every loop, which keeps
 // drivers from unrolling, and such arrays then live in slow local memory.
-// Expects: const BITS, SCALE_DTYPE.
+// Expects: const BITS, SCALE_DTYPE; fn w_word(i: u32) -> u32, word i of w_q.
 // Bindings: 0 params | 1 batches (x offset, w row offset, y offset per entry) | 4 scales
 //           | 5 biases
 
@@ -124,6 +124,19 @@ const CODE_SCALE: vec4<f32> = select(
 // and 8 bits, whose quads start on multiples of 4 BITS).
 fn straddles(bit: u32) -> bool {
     return 32u % (4u * BITS) != 0u && bit % 32u + 4u * BITS > 32u;
+}
+
+// Codes i .. i + 3 (i a multiple of 4) of the row whose first word is `row_word`, scaled as
+// `window_codes`, read word by word: rereading a word is an L1 hit, while picking words out of a
+// vector by a run-time index can cost a trip to local memory.
+fn load_codes4(row_word: u32, i: u32) -> vec4<f32> {
+    let bit = i * BITS;
+    let word = row_word + bit / 32u;
+    var next = 0u;
+    if straddles(bit) {
+        next = w_word(word + 1u);
+    }
+    return window_codes(window64(w_word(word), next, bit % 32u));
 }
 
 // (scale, bias) of group g.
