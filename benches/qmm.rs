@@ -126,20 +126,15 @@ fn random_weight(gpu: &Gpu, n: usize, k: usize, bits: u32, dtype: DType, words: 
 /// `repeat` calls `f(0), f(1), ..` recorded back to back into one pass (call numbers run on
 /// across samples) and divides by `repeat`.
 fn median_time(gpu: &Gpu, runs: usize, repeat: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<Duration> {
-    let mut call = 0;
-    let mut sample = |f: &mut dyn FnMut(usize) -> Result<()>| {
-        let (_, t) = gpu.time(|| {
-            (0..repeat).try_for_each(|_| {
-                call += 1;
-                f(call)
-            })
-        })?;
+    let mut calls = 0..;
+    let mut sample = || -> Result<Duration> {
+        let (_, t) = gpu.time(|| calls.by_ref().take(repeat).try_for_each(&mut f))?;
         Ok(t / repeat as u32)
     };
     for _ in 0..10 {
-        sample(&mut f)?;
+        sample()?;
     }
-    let mut times = (0..runs).map(|_| sample(&mut f)).collect::<Result<Vec<_>>>()?;
+    let mut times = (0..runs).map(|_| sample()).collect::<Result<Vec<_>>>()?;
     times.sort();
     Ok(times[times.len() / 2])
 }
