@@ -4,10 +4,13 @@
 // There, the invocations of a subgroup, which take consecutive blocks, read 16 consecutive
 // bytes each for any quad, where from x as it is they would read 16 bytes out of every 64 or
 // 128, and caches serve loads a line (128 bytes) at a time: that is 4 to 8 times the traffic.
+// Each invocation moves one quad, so that every load of x is in flight at once (a loop over a
+// block's quads made each invocation wait for its loads one after another); the 8 invocations
+// of a block add their quads' sums through workgroup memory.
 // Prelude: const X_DTYPE
-// Overrides: WG_SIZE
+// Overrides: WG_SIZE (a multiple of 8)
 // Bindings: 0 params | 1 x (rows of k elements) | 2 prepared (rows of 9 · k / 32 vec4s)
-// Dispatch: one invocation per block of x (rows · k / 32), in a 2-D grid when large.
+// Dispatch: one invocation per quad of x (rows · k / 4), in a 2-D grid when large.
 
 struct Params {
     rows: u32,
@@ -19,6 +22,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> prepared: array<vec4<f32>>;
 
 override WG_SIZE: u32 = 64u;
+
+// Σ of each invocation's quad.
+var<workgroup> quad_sums: array<f32, WG_SIZE>;
 
 // Elements e .. e + 3 of x (e a multiple of 4).
 fn load_x4(e: u32) -> vec4<f32> {
@@ -35,19 +41,22 @@ fn load_x4(e: u32) -> vec4<f32> {
 
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) num_wg: vec3<u32>, @builtin(local_invocation_index) local: u32) {
+    // Quad i of x: quad j of block `block` (counted over all rows).
     let i = linear_workgroup(wg, num_wg) * WG_SIZE + local;
-    if i >= params.rows * params.blocks {
-        return;
-    }
-    let row = i / params.blocks;
-    let block = i % params.blocks;
-    let e = i * 32u;
-    let out = row * 9u * params.blocks + block;
-    var sum = vec4<f32>(0.0);
-    for (var j = 0u; j < 8u; j++) {
-        let quad = load_x4(e + 4u * j);
+    let valid = i < params.rows * params.blocks * 8u;
+    let block = i / 8u;
+    let j = i % 8u;
+    let out = (block / params.blocks) * 9u * params.blocks + block % params.blocks;
+    var quad = vec4<f32>(0.0);
+    if valid {
+        quad = load_x4(i * 4u);
         prepared[out + j * params.blocks] = quad;
-        sum += quad;
     }
-    prepared[out + 8u * params.blocks] = vec4<f32>(dot(sum, vec4<f32>(1.0)), 0.0, 0.0, 0.0);
+    quad_sums[local] = dot(quad, vec4<f32>(1.0));
+    workgroupBarrier();
+    if valid && j == 0u {
+        let sums = quad_sums[local] + quad_sums[local + 1u] + quad_sums[local + 2u] + quad_sums[local + 3u]
+            + quad_sums[local + 4u] + quad_sums[local + 5u] + quad_sums[local + 6u] + quad_sums[local + 7u];
+        prepared[out + 8u * params.blocks] = vec4<f32>(sums, 0.0, 0.0, 0.0);
+    }
 }

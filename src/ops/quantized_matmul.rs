@@ -791,7 +791,8 @@ fn prepare_x(x: &Tensor) -> Result<Tensor> {
                 BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
                 BufferWindow::rows(prepared.buffer(), row_bytes[1], chunk),
             ],
-            workgroups: to_u32((chunk.len() * blocks).div_ceil(ELEMENTWISE_WG_SIZE as usize))?,
+            // One invocation per quad; workgroups hold whole blocks (8 quads).
+            workgroups: to_u32((chunk.len() * blocks * 8).div_ceil(ELEMENTWISE_WG_SIZE as usize))?,
         })
     })?;
     Ok(prepared)
