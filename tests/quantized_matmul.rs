@@ -599,6 +599,86 @@ fn every_kernel_on_every_shape() {
     check_all(&gpu, &cases);
 }
 
+/// How far an output may stray from the twin's, relative to Σ_k |x| (q_max |s| + |b|) over its
+/// row: the kernels sum s · Σ x q + b · Σ x in f32 where the twin sums x · (s q + b), and an f32
+/// sum of at most 192 terms (k here) is off by at most 192 · 2^-24 of that, whichever the order;
+/// two orders differ by at most twice that. (lavapipe comes within 2.6e-8.) The absolute floor
+/// is for drivers that flush f32 subnormals (the "f32 subnormals" group is about 1e-39).
+const TOL_EDGE_RELATIVE: f32 = 192.0 * f32::EPSILON;
+const TOL_EDGE_ABSOLUTE: f32 = 1e-30;
+
+/// Weights quantized from the named edge groups (zeros, constants, ties, extremes, subnormals,
+/// non-finite values; `common::edge_groups`), every bits value, through every kernel in both
+/// layouts with one and three rows of x: each output is within `TOL_EDGE_*` of the twin's, or
+/// non-finite where the twin's is.
+#[test]
+fn edge_case_weights_on_every_kernel() {
+    let gpu = gpu_or_skip!();
+    let edges = common::edge_groups();
+    // Each row of w: three edge groups, the middle one reversed.
+    let rows: Vec<Vec<f32>> = (0..edges.len())
+        .map(|i| {
+            let (a, b, c) = (&edges[i].1, &edges[(i + 5) % edges.len()].1, &edges[(i + 11) % edges.len()].1);
+            a.iter().chain(b.iter().rev()).chain(c).copied().collect()
+        })
+        .collect();
+    let (rows_w, width) = (rows.len(), rows[0].len());
+    let values: Vec<f32> = rows.concat();
+    let mut rng = Rng::new(7);
+    let mut failures = Vec::new();
+    for bits in wgquant::params::SUPPORTED_BITS {
+        let params = QuantParams::affine(64, bits);
+        let host = reference::quantize(&values, width, params, DType::F32).unwrap();
+        let weight = Tensor::from_slice(&gpu, &host.weight, &[rows_w, params.packed_width(width)]).unwrap();
+        let scales = Tensor::from_slice(&gpu, &host.scales, &[rows_w, width / 64]).unwrap();
+        let biases = Tensor::from_slice(&gpu, &host.biases, &[rows_w, width / 64]).unwrap();
+        let q = Quantized::from_parts(weight, scales, Some(biases), params).unwrap();
+        let matrix = HostMatrix { quantized: &host, rows: rows_w, params, scale_dtype: DType::F32 };
+        let q_max = ((1u32 << bits) - 1) as f32;
+        // |s| q_max + |b| of the group holding w's element (row, col).
+        let reach = |row: usize, col: usize| {
+            let g = row * (width / 64) + col / 64;
+            host.scales[g].abs() * q_max + host.biases[g].abs()
+        };
+        for transpose in [true, false] {
+            let (k, n) = if transpose { (width, rows_w) } else { (rows_w, width) };
+            for kernel in [QmmKernel::Vector, QmmKernel::Tiled] {
+                for m in [1, 3] {
+                    let x = rng.normals(m * k, 0.1);
+                    let x_gpu = Tensor::from_slice(&gpu, &x, &[m, k]).unwrap();
+                    let options = QmmOptions { kernel, ..QmmOptions::default() };
+                    let got =
+                        common::download(&wgquant::quantized_matmul_with(&x_gpu, &q, transpose, &options).unwrap());
+                    let want = reference::quantized_matmul(&x, m, &matrix, transpose, DType::F32);
+                    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        let (row, out) = (i / n, i % n);
+                        let bound: f32 = (0..k)
+                            .map(|kk| x[row * k + kk].abs() * if transpose { reach(out, kk) } else { reach(kk, out) })
+                            .sum();
+                        let ok = if w.is_finite() {
+                            (g - w).abs() <= TOL_EDGE_RELATIVE * bound + TOL_EDGE_ABSOLUTE
+                        } else {
+                            !g.is_finite()
+                        };
+                        if !ok {
+                            failures.push(format!(
+                                "b{bits} t{} {kernel:?} m{m} output ({row}, {out}): got {g}, twin {w} (bound {bound})",
+                                u8::from(transpose)
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} outputs differ:\n{}",
+        failures.len(),
+        failures[..failures.len().min(20)].join("\n")
+    );
+}
+
 /// x of rank 1 gives a vector; a 2-D x with a batched w uses its first matrix (MLX); batch axes
 /// broadcast both ways; an empty x gives an empty result.
 #[test]

@@ -182,3 +182,31 @@ pub fn mlx_errors() -> std::collections::HashMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// Named groups of 64 values that stress quantization's branches (spec §1.3 and reliability
+/// notes §1.2): for quantize and dequantize, and as weights of quantized matmuls.
+pub fn edge_groups() -> Vec<(&'static str, Vec<f32>)> {
+    // a(1 - t) + bt: no overflow at the ends of the f32 range.
+    let ramp =
+        |a: f32, b: f32| (0..64).map(move |i| i as f32 / 63.0).map(move |t| a * (1.0 - t) + b * t).collect::<Vec<_>>();
+    vec![
+        ("all zero", vec![0.0; 64]),
+        ("negative zero", vec![-0.0; 64]),
+        ("constant", vec![0.37; 64]),
+        ("negative constant", vec![-1.25; 64]),
+        ("all negative", ramp(-2.0, -1.0)),
+        ("all positive", ramp(1.0, 2.0)),
+        ("equal magnitude extremes", ramp(-1.0, 1.0)),
+        ("ties on the grid", (0..64).map(|i| (i % 16) as f32 + if i % 3 == 0 { 0.5 } else { 0.0 }).collect()),
+        ("huge", ramp(-1e4, 3e4)),
+        ("tiny", ramp(-1e-6, 2e-6)),
+        ("f32 extremes overflow the range", ramp(-3e38, 3e38)),
+        ("all non-finite", (0..64).map(|i| [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][i % 3]).collect()),
+        ("f16 extremes", ramp(-65504.0, 65504.0)),
+        ("near eps", ramp(0.0, 5e-7)),
+        ("one outlier", (0..64).map(|i| if i == 17 { 100.0 } else { (i as f32).sin() }).collect()),
+        ("nan element", (0..64).map(|i| if i == 5 { f32::NAN } else { i as f32 / 10.0 }).collect()),
+        ("infinite element", (0..64).map(|i| if i == 9 { f32::INFINITY } else { -(i as f32) }).collect()),
+        ("f32 subnormals", ramp(-1e-39, 1e-39)),
+    ]
+}
