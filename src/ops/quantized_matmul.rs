@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::{aligned_row_step, BufferWindow, Dispatch, Gpu};
+use crate::gpu::{aligned_row_step, BufferWindow, Dispatch, Gpu, VECTOR_BYTES};
 use crate::kernels::{
     KernelKey, MatmulFormat, QmmShape, Reduction, ELEMENTWISE_WG_SIZE, QMM_TILE_ROWS, QMV_WG_SIZE, QVM_WG_SIZE,
     SUM_PARTIALS_WG_SIZE,
@@ -275,7 +275,7 @@ impl Problem {
     /// Bytes per row of x.
     fn x_row_bytes(&self) -> u64 {
         if self.x_prepared {
-            (self.x_stride() * 16) as u64
+            prepared_row_bytes(self.k)
         } else {
             (self.k * self.format.x_dtype.size_in_bytes()) as u64
         }
@@ -765,6 +765,11 @@ fn prepared_row_vectors(k: usize) -> usize {
     9 * k / 32
 }
 
+/// Bytes in a row of x of `k` elements laid out by `qmv_prepare`.
+fn prepared_row_bytes(k: usize) -> u64 {
+    prepared_row_vectors(k) as u64 * VECTOR_BYTES
+}
+
 /// `qmv_prepare.wgsl`'s uniform parameters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
@@ -779,9 +784,8 @@ fn prepare_x(x: &Tensor) -> Result<Tensor> {
     let gpu = x.gpu();
     let (rows, k) = x.rows_and_width();
     let blocks = k / 32;
-    let vectors = prepared_row_vectors(k);
-    let prepared = Tensor::zeros(gpu, &[rows, vectors * 4], DType::F32)?;
-    let row_bytes = [(k * x.dtype().size_in_bytes()) as u64, (vectors * 16) as u64];
+    let prepared = Tensor::zeros(gpu, &[rows, prepared_row_vectors(k) * 4], DType::F32)?;
+    let row_bytes = [(k * x.dtype().size_in_bytes()) as u64, prepared_row_bytes(k)];
     let key = KernelKey::QmvPrepare { x_dtype: x.dtype() };
     launch_chunks(OP, gpu, rows, &row_bytes, &key, |chunk| {
         let params = PrepareParams { rows: to_u32(chunk.len())?, blocks: to_u32(blocks)? };
@@ -791,8 +795,8 @@ fn prepare_x(x: &Tensor) -> Result<Tensor> {
                 BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
                 BufferWindow::rows(prepared.buffer(), row_bytes[1], chunk),
             ],
-            // One invocation per quad; workgroups hold whole blocks (8 quads).
-            workgroups: to_u32((chunk.len() * blocks * 8).div_ceil(ELEMENTWISE_WG_SIZE as usize))?,
+            // One invocation per quad; workgroups (a multiple of 8) hold whole blocks.
+            workgroups: to_u32((chunk.len() * k / 4).div_ceil(ELEMENTWISE_WG_SIZE as usize))?,
         })
     })?;
     Ok(prepared)
