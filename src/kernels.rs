@@ -37,6 +37,7 @@ const QMM_SUM_PARTIALS: &str = include_str!("../wgsl/qmm_sum_partials.wgsl");
 
 /// Snippets of the quantized-matmul kernels (each kernel names the ones it includes).
 const QMM_IO: Snippet = ("common/qmm_io.wgsl", include_str!("../wgsl/common/qmm_io.wgsl"));
+const CODE_SCALE: Snippet = ("common/code_scale.wgsl", include_str!("../wgsl/common/code_scale.wgsl"));
 const QMM_OPERANDS: Snippet = ("common/qmm_operands.wgsl", include_str!("../wgsl/common/qmm_operands.wgsl"));
 const QMM_WORDS: Snippet = ("common/qmm_words.wgsl", include_str!("../wgsl/common/qmm_words.wgsl"));
 const REDUCE_SUBGROUP: Snippet = ("common/reduce_subgroup.wgsl", include_str!("../wgsl/common/reduce_subgroup.wgsl"));
@@ -114,6 +115,11 @@ pub(crate) const SUM_PARTIALS_WG_SIZE: u32 = 64;
 /// Default invocations per [`KernelKey::Qmv`] workgroup (they split k): on an H100, 32 and 64
 /// run level and ahead of 128 from one to 32 rows of x (benches/RESULTS.md).
 pub(crate) const QMV_WG_SIZE: u32 = 64;
+/// Blocks of 32 elements per chunk of x laid out by [`KernelKey::QmvPrepare`]: within a chunk,
+/// a block's quads lie this many 16-byte vectors apart (`wgsl/qmv_prepare.wgsl`). 8 makes each
+/// quad's run one 128-byte cache line, as coalesced as any longer run, and pads a row by at
+/// most 7 blocks.
+pub(crate) const PREPARED_CHUNK: u32 = 8;
 /// Quads of outputs per [`KernelKey::Qvm`] workgroup.
 pub(crate) const QVM_WG_SIZE: u32 = 64;
 /// The rows of y per [`KernelKey::Qmm`] tile the kernel supports.
@@ -192,7 +198,7 @@ impl MatmulFormat {
     /// The snippets of the kernels that read quantized weights word by word (qvm, qmm; qmv
     /// reads whole blocks its own way).
     fn operand_snippets(&self) -> Vec<Snippet> {
-        vec![QMM_IO, QMM_OPERANDS, QMM_WORDS]
+        vec![QMM_IO, CODE_SCALE, QMM_OPERANDS, QMM_WORDS]
     }
 }
 
@@ -298,10 +304,13 @@ pub enum KernelKey {
         /// How partial sums are totalled.
         reduction: Reduction,
     },
-    /// Lays rows of x out for [`KernelKey::Qmv`] with several rows of x (f32, quad-major).
+    /// Lays rows of x out for [`KernelKey::Qmv`] with several rows of x (f32, quad-major, each
+    /// quad times the code scale of `bits`).
     QmvPrepare {
         /// dtype of x.
         x_dtype: DType,
+        /// Bits per code of the weights x will multiply.
+        bits: u32,
     },
     /// Quantized vector-matrix product, untransposed weights, 4 outputs and `vecs` rows of x per
     /// invocation.
@@ -381,7 +390,7 @@ impl fmt::Display for KernelKey {
                 write!(f, "qmm_{}_{format}_{bm}x{bn}_c{columns}", if *transpose { "t" } else { "n" })
             }
             KernelKey::QmmSumPartials { out_dtype } => write!(f, "qmm_sum_partials_{}", out_dtype.short_name()),
-            KernelKey::QmvPrepare { x_dtype } => write!(f, "qmv_prepare_{}", x_dtype.short_name()),
+            KernelKey::QmvPrepare { x_dtype, bits } => write!(f, "qmv_prepare_{}_b{bits}", x_dtype.short_name()),
         }
     }
 }
@@ -472,16 +481,20 @@ impl KernelKey {
                 vec![],
             ),
             KernelKey::Qmv { format, vecs, reduction, .. } => {
-                let mut snippets = vec![QMM_IO, QMM_OPERANDS];
+                let mut snippets = vec![QMM_IO, CODE_SCALE, QMM_OPERANDS];
                 snippets.push(match reduction {
                     Reduction::Subgroup { .. } => REDUCE_SUBGROUP,
                     Reduction::Workgroup => REDUCE_WORKGROUP,
                 });
                 let mut prelude = format.prelude();
-                prelude.push(("VECS", vecs));
+                prelude.extend([("VECS", vecs), ("PREPARED_CHUNK", PREPARED_CHUNK)]);
                 (QMV, prelude, snippets)
             }
-            KernelKey::QmvPrepare { x_dtype } => (QMV_PREPARE, vec![("X_DTYPE", x_dtype.wgsl_id())], vec![]),
+            KernelKey::QmvPrepare { x_dtype, bits } => (
+                QMV_PREPARE,
+                vec![("X_DTYPE", x_dtype.wgsl_id()), ("BITS", bits), ("PREPARED_CHUNK", PREPARED_CHUNK)],
+                vec![CODE_SCALE],
+            ),
             KernelKey::Qvm { format, vecs, .. } => {
                 let mut prelude = format.prelude();
                 prelude.push(("VECS", vecs));
@@ -586,7 +599,9 @@ impl KernelKey {
             }
         }
         keys.extend(floats.map(|out_dtype| KernelKey::QmmSumPartials { out_dtype }));
-        keys.extend(floats.map(|x_dtype| KernelKey::QmvPrepare { x_dtype }));
+        for bits in crate::params::SUPPORTED_BITS {
+            keys.extend(floats.map(|x_dtype| KernelKey::QmvPrepare { x_dtype, bits }));
+        }
         keys
     }
 

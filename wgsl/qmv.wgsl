@@ -5,17 +5,24 @@
 // as whole vectors, keeps the block's x in registers, and spells each row's dot product out code
 // quad by code quad (the quads' bit positions are constants); the group's scale and bias come
 // after, Σ x · (s q + b) = s · Σ x q + b · Σ x, so no code is multiplied by its scale.
-// With more rows of x, a loop walks the block's quads, reads each quad of every row word by word,
-// decodes it and multiplies it by its scale once for all rows of x; biases come once per block.
-// There x comes as qmv_prepare.wgsl lays it out (f32, quad-major, with block sums), so that the
-// invocations of a subgroup read x 16 consecutive bytes each rather than 16 out of every 64 or
-// 128 (caches serve whole lines): read as it is, each read of x touched 4 to 8 times the cache
-// lines a read of weights does.
+// With more rows of x, each row's block is loaded the same way and its quads are spelled out
+// too; each quad of codes is decoded once for all rows of x, and each code feeds a chain of
+// multiply-adds into the block's own sums, Σ x q per row of x and row of w, which the group's
+// scale multiplies once per block (32 products, against one per code); biases come once per
+// block, as b · Σ x. There x comes as qmv_prepare.wgsl lays it out (f32, times CODE_SCALE,
+// quad-major in chunks of blocks, with block sums), so that the invocations of a subgroup read x
+// 16 consecutive bytes each rather than 16 out of every 64 or 128 (caches serve whole lines:
+// read as it is, each read of x touched 4 to 8 times the cache lines a read of weights does),
+// and an invocation's reads of one block lie constant distances apart.
+// NVIDIA's Vulkan compiler (H100) held the 8-row kernel to 128 registers per invocation and
+// spilled a few values to shared memory: what a block keeps live (its words, both sets of sums,
+// the quads of x in flight) is at that limit (loading the next block's words early spilled
+// more, and ran slower).
 // The running sums live in the entry function's own matrices, indexed by literals, and helpers
 // take and return small values: wgpu bounds every loop, which keeps drivers from unrolling, and
 // arrays indexed at run time, or large values passed to functions a driver does not inline, end
 // up in slow local memory.
-// Prelude: const BITS, GROUP_SIZE, X_DTYPE, SCALE_DTYPE, OUT_DTYPE, VECS (1 ..= 8)
+// Prelude: const BITS, GROUP_SIZE, X_DTYPE, SCALE_DTYPE, OUT_DTYPE, VECS (1 ..= 8), PREPARED_CHUNK
 // Overrides: WG_SIZE (invocations splitting k); MIN_SUBGROUP_SIZE (subgroup reduction only)
 // Bindings: 0 params | 1 batches | 2 x (vec4 words; prepared when VECS > 1, and then x_stride and
 //           the batch offsets count vectors) | 3 w_q (vec4 words) | 4 scales | 5 biases | 6 y
@@ -96,14 +103,21 @@ fn block_quad(b: Block, j: u32) -> vec4<f32> {
     return window_codes(window64(block_word(b, bit / 32u), next, bit % 32u));
 }
 
-// Quad j of block `blk` of the prepared row of x starting at vector `row` (qmv_prepare.wgsl).
-fn prepared_quad(row: u32, j: u32, blk: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(x[row + j * (params.k / 32u) + blk]);
+// Where block `blk` of a prepared row of x starts, in vectors from the row's start: its quads
+// lie PREPARED_CHUNK vectors apart (see qmv_prepare.wgsl), so that an invocation's reads of
+// a block differ by constants, which drivers fold into the loads.
+fn prepared_block(blk: u32) -> u32 {
+    return (blk / PREPARED_CHUNK) * 9u * PREPARED_CHUNK + blk % PREPARED_CHUNK;
 }
 
-// Σ x over block `blk` of the prepared row of x starting at vector `row`.
-fn prepared_sum(row: u32, blk: u32) -> f32 {
-    return bitcast<f32>(x[row + 8u * (params.k / 32u) + blk].x);
+// Quad j of the prepared block starting at vector `block`.
+fn prepared_quad(block: u32, j: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(x[block + j * PREPARED_CHUNK]);
+}
+
+// Σ x over the prepared block starting at vector `block`.
+fn prepared_sum(block: u32) -> f32 {
+    return bitcast<f32>(x[block + 8u * PREPARED_CHUNK].x);
 }
 
 // Elements e .. e + 3 of x (e a multiple of 4).
@@ -170,6 +184,92 @@ fn load_scales_biases(rows: vec4<u32>, g: u32) -> mat2x4<f32> {
     return mat2x4<f32>(vec4<f32>(s0.x, s1.x, s2.x, s3.x), vec4<f32>(s0.y, s1.y, s2.y, s3.y));
 }
 
+// The blocks of 4 rows of w.
+struct Blocks {
+    r0: Block,
+    r1: Block,
+    r2: Block,
+    r3: Block,
+}
+
+// Quad j of 4 rows' blocks, scaled as `window_codes`: column c holds code c of every row.
+fn quad_codes(b: Blocks, j: u32) -> mat4x4<f32> {
+    return transpose(mat4x4<f32>(block_quad(b.r0, j), block_quad(b.r1, j), block_quad(b.r2, j), block_quad(b.r3, j)));
+}
+
+// sum + Σ_c codes[c] · x[c], written as a chain through `sum` so that drivers fuse each product
+// into a multiply-add (a dot product first, then an add, costs a fifth more instructions).
+fn slot_quad(sum: vec4<f32>, codes: mat4x4<f32>, x: vec4<f32>) -> vec4<f32> {
+    return sum + codes[0] * x.x + codes[1] * x.y + codes[2] * x.z + codes[3] * x.w;
+}
+
+// The running sums of the several-rows path (see SLOTS): slot s < 4 in column s of `lo`, slot
+// s >= 4 in column s - 4 of `hi`.
+struct Sums {
+    lo: mat4x4<f32>,
+    hi: mat4x4<f32>,
+}
+
+// Adds quad j of a block: codes of group 0 (c0) and group 1 (c1, two groups) times quad j of
+// each row of x (the block of rows x_lo, then x_hi, as `prepared_block` places it).
+fn quad_step(sums: Sums, c0: mat4x4<f32>, c1: mat4x4<f32>, x_lo: vec4<u32>, x_hi: vec4<u32>, j: u32) -> Sums {
+    var s = sums;
+    {
+        let x0 = prepared_quad(x_lo.x, j);
+        s.lo[0] = slot_quad(s.lo[0], c0, x0);
+        if GROUPS > 1u {
+            s.hi[0] = slot_quad(s.hi[0], c1, x0);
+        }
+    }
+    {
+        let x1 = prepared_quad(x_lo.y, j);
+        s.lo[1] = slot_quad(s.lo[1], c0, x1);
+        if GROUPS > 1u {
+            s.hi[1] = slot_quad(s.hi[1], c1, x1);
+        }
+    }
+    if VECS > 2u {
+        let x2 = prepared_quad(x_lo.z, j);
+        s.lo[2] = slot_quad(s.lo[2], c0, x2);
+        if GROUPS > 1u {
+            s.hi[2] = slot_quad(s.hi[2], c1, x2);
+        }
+    }
+    if VECS > 3u {
+        let x3 = prepared_quad(x_lo.w, j);
+        s.lo[3] = slot_quad(s.lo[3], c0, x3);
+        if GROUPS > 1u {
+            s.hi[3] = slot_quad(s.hi[3], c1, x3);
+        }
+    }
+    if VECS > 4u {
+        s.hi[0] = slot_quad(s.hi[0], c0, prepared_quad(x_hi.x, j));
+    }
+    if VECS > 5u {
+        s.hi[1] = slot_quad(s.hi[1], c0, prepared_quad(x_hi.y, j));
+    }
+    if VECS > 6u {
+        s.hi[2] = slot_quad(s.hi[2], c0, prepared_quad(x_hi.z, j));
+    }
+    if VECS > 7u {
+        s.hi[3] = slot_quad(s.hi[3], c0, prepared_quad(x_hi.w, j));
+    }
+    return s;
+}
+
+// `sums` plus a block of 4 rows of x: column v gains scale · d[v] + bias · x_sum[v], with the
+// group's scales (column 0 of `scale_bias`) and biases (column 1) per row of w.
+fn add_block(sums: mat4x4<f32>, d: mat4x4<f32>, scale_bias: mat2x4<f32>, x_sum: vec4<f32>) -> mat4x4<f32> {
+    let scale = scale_bias[0];
+    let bias = scale_bias[1];
+    return mat4x4<f32>(
+        sums[0] + (scale * d[0] + bias * x_sum.x),
+        sums[1] + (scale * d[1] + bias * x_sum.y),
+        sums[2] + (scale * d[2] + bias * x_sum.z),
+        sums[3] + (scale * d[3] + bias * x_sum.w),
+    );
+}
+
 // Whether slot s holds sums (see SLOTS).
 fn slot_used(s: u32) -> bool {
     return select(s < VECS, (s % 4u) < VECS, (GROUPS > 1u));
@@ -221,102 +321,53 @@ fn kernel(local: u32, group: u32) {
             hi[0] += sb_hi[0] * d_hi + sb_hi[1] * xb.sum;
             continue;
         }
-        // More rows of x: each quad of codes, times its row's scale, serves every row of x; the
-        // biases come once per block, as bias · Σ x. Σ x per row v of x: component v of
-        // x_sum_lo, v - 4 of x_sum_hi. The codes come scaled by 1 / CODE_SCALE.
-        let scale_lo = sb_lo[0];
-        let scale_hi = sb_hi[0];
+        // More rows of x (see the top of the file). The block of row v of x starts at
+        // component v of xb_lo, v - 4 of xb_hi; its Σ x likewise in x_sum_lo, x_sum_hi.
+        let xb_lo = x_lo + vec4<u32>(prepared_block(blk));
+        let xb_hi = x_hi + vec4<u32>(prepared_block(blk));
+        let lo_blocks = Blocks(
+            load_block(words_lo.x, blk),
+            load_block(words_lo.y, blk),
+            load_block(words_lo.z, blk),
+            load_block(words_lo.w, blk),
+        );
+        var hi_blocks: Blocks;
+        if GROUPS > 1u {
+            hi_blocks = Blocks(
+                load_block(words_hi.x, blk),
+                load_block(words_hi.y, blk),
+                load_block(words_hi.z, blk),
+                load_block(words_hi.w, blk),
+            );
+        }
+        // The quads spelled out: their bit positions are then constants.
+        var d = Sums(mat4x4<f32>(), mat4x4<f32>());
+        d = quad_step(d, quad_codes(lo_blocks, 0u), quad_codes(hi_blocks, 0u), xb_lo, xb_hi, 0u);
+        d = quad_step(d, quad_codes(lo_blocks, 1u), quad_codes(hi_blocks, 1u), xb_lo, xb_hi, 1u);
+        d = quad_step(d, quad_codes(lo_blocks, 2u), quad_codes(hi_blocks, 2u), xb_lo, xb_hi, 2u);
+        d = quad_step(d, quad_codes(lo_blocks, 3u), quad_codes(hi_blocks, 3u), xb_lo, xb_hi, 3u);
+        d = quad_step(d, quad_codes(lo_blocks, 4u), quad_codes(hi_blocks, 4u), xb_lo, xb_hi, 4u);
+        d = quad_step(d, quad_codes(lo_blocks, 5u), quad_codes(hi_blocks, 5u), xb_lo, xb_hi, 5u);
+        d = quad_step(d, quad_codes(lo_blocks, 6u), quad_codes(hi_blocks, 6u), xb_lo, xb_hi, 6u);
+        d = quad_step(d, quad_codes(lo_blocks, 7u), quad_codes(hi_blocks, 7u), xb_lo, xb_hi, 7u);
+        // The slot of row v of x and group g gains scale_g · d + bias_g · Σ x[v].
         let x_sum_lo = vec4<f32>(
-            prepared_sum(x_lo.x, blk),
-            prepared_sum(x_lo.y, blk),
-            prepared_sum(x_lo.z, blk),
-            prepared_sum(x_lo.w, blk),
+            prepared_sum(xb_lo.x),
+            prepared_sum(xb_lo.y),
+            prepared_sum(xb_lo.z),
+            prepared_sum(xb_lo.w),
         );
         let x_sum_hi = vec4<f32>(
-            prepared_sum(x_hi.x, blk),
-            prepared_sum(x_hi.y, blk),
-            prepared_sum(x_hi.z, blk),
-            prepared_sum(x_hi.w, blk),
+            prepared_sum(xb_hi.x),
+            prepared_sum(xb_hi.y),
+            prepared_sum(xb_hi.z),
+            prepared_sum(xb_hi.w),
         );
-        for (var j = 0u; j < 8u; j++) {
-            let e = blk * 32u + 4u * j;
-            let q0 = mat4x4<f32>(
-                load_codes4(words_lo.x, e) * (scale_lo.x * CODE_SCALE),
-                load_codes4(words_lo.y, e) * (scale_lo.y * CODE_SCALE),
-                load_codes4(words_lo.z, e) * (scale_lo.z * CODE_SCALE),
-                load_codes4(words_lo.w, e) * (scale_lo.w * CODE_SCALE),
-            );
-            var q1 = mat4x4<f32>();
-            if GROUPS > 1u {
-                q1 = mat4x4<f32>(
-                    load_codes4(words_hi.x, e) * (scale_hi.x * CODE_SCALE),
-                    load_codes4(words_hi.y, e) * (scale_hi.y * CODE_SCALE),
-                    load_codes4(words_hi.z, e) * (scale_hi.z * CODE_SCALE),
-                    load_codes4(words_hi.w, e) * (scale_hi.w * CODE_SCALE),
-                );
-            }
-            {
-                let x0 = prepared_quad(x_lo.x, j, blk);
-                lo[0] += x0 * q0;
-                if GROUPS > 1u {
-                    hi[0] += x0 * q1;
-                }
-            }
-            {
-                let x1 = prepared_quad(x_lo.y, j, blk);
-                lo[1] += x1 * q0;
-                if GROUPS > 1u {
-                    hi[1] += x1 * q1;
-                }
-            }
-            if VECS > 2u {
-                let x2 = prepared_quad(x_lo.z, j, blk);
-                lo[2] += x2 * q0;
-                if GROUPS > 1u {
-                    hi[2] += x2 * q1;
-                }
-            }
-            if VECS > 3u {
-                let x3 = prepared_quad(x_lo.w, j, blk);
-                lo[3] += x3 * q0;
-                if GROUPS > 1u {
-                    hi[3] += x3 * q1;
-                }
-            }
-            if VECS > 4u {
-                let x4 = prepared_quad(x_hi.x, j, blk);
-                hi[0] += x4 * q0;
-            }
-            if VECS > 5u {
-                let x5 = prepared_quad(x_hi.y, j, blk);
-                hi[1] += x5 * q0;
-            }
-            if VECS > 6u {
-                let x6 = prepared_quad(x_hi.z, j, blk);
-                hi[2] += x6 * q0;
-            }
-            if VECS > 7u {
-                let x7 = prepared_quad(x_hi.w, j, blk);
-                hi[3] += x7 * q0;
-            }
-        }
-        // The block's biases: the slot of row v of x and group g gains bias_g · Σ x[v].
-        let bias_lo = sb_lo[1];
-        let bias_hi = sb_hi[1];
-        lo[0] += bias_lo * x_sum_lo.x;
-        lo[1] += bias_lo * x_sum_lo.y;
-        lo[2] += bias_lo * x_sum_lo.z;
-        lo[3] += bias_lo * x_sum_lo.w;
+        lo = add_block(lo, d.lo, sb_lo, x_sum_lo);
         if GROUPS > 1u {
-            hi[0] += bias_hi * x_sum_lo.x;
-            hi[1] += bias_hi * x_sum_lo.y;
-            hi[2] += bias_hi * x_sum_lo.z;
-            hi[3] += bias_hi * x_sum_lo.w;
+            hi = add_block(hi, d.hi, sb_hi, x_sum_lo);
         } else {
-            hi[0] += bias_lo * x_sum_hi.x;
-            hi[1] += bias_lo * x_sum_hi.y;
-            hi[2] += bias_lo * x_sum_hi.z;
-            hi[3] += bias_lo * x_sum_hi.w;
+            hi = add_block(hi, d.hi, sb_lo, x_sum_hi);
         }
     }
     if slot_used(0u) {

@@ -17,8 +17,8 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::{aligned_row_step, BufferWindow, Dispatch, Gpu, VECTOR_BYTES};
 use crate::kernels::{
-    KernelKey, MatmulFormat, QmmShape, Reduction, ELEMENTWISE_WG_SIZE, QMM_TILE_ROWS, QMV_WG_SIZE, QVM_WG_SIZE,
-    SUM_PARTIALS_WG_SIZE,
+    KernelKey, MatmulFormat, QmmShape, Reduction, ELEMENTWISE_WG_SIZE, PREPARED_CHUNK, QMM_TILE_ROWS, QMV_WG_SIZE,
+    QVM_WG_SIZE, SUM_PARTIALS_WG_SIZE,
 };
 use crate::ops::launch::{launch_chunks, Launch};
 use crate::params::Mode;
@@ -126,7 +126,7 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
     // With several rows of x, `qmv` reads x laid out by `qmv_prepare` (see there).
     let prepared;
     let x = if problem.m > 1 && Planner::new(gpu, &problem, options).uses_qmv() {
-        prepared = prepare_x(x)?;
+        prepared = prepare_x(x, problem.format.bits)?;
         problem.x_prepared = true;
         problem.format.x_dtype = DType::F32;
         &prepared
@@ -760,9 +760,9 @@ struct Plan {
 }
 
 /// 16-byte vectors in a row of x of `k` elements laid out by `qmv_prepare`: per block of 32
-/// elements, 8 quads and the block's sum.
+/// elements, 8 quads and the block's sum, in whole chunks of [`PREPARED_CHUNK`] blocks.
 fn prepared_row_vectors(k: usize) -> usize {
-    9 * k / 32
+    9 * (k / 32).next_multiple_of(PREPARED_CHUNK as usize)
 }
 
 /// Bytes in a row of x of `k` elements laid out by `qmv_prepare`.
@@ -778,15 +778,15 @@ struct PrepareParams {
     blocks: u32,
 }
 
-/// Every row of x laid out for `qmv` with several rows (see `wgsl/qmv_prepare.wgsl`): f32,
-/// [`prepared_row_vectors`] per row.
-fn prepare_x(x: &Tensor) -> Result<Tensor> {
+/// Every row of x laid out for `qmv` with several rows of `bits`-bit weights (see
+/// `wgsl/qmv_prepare.wgsl`): f32, [`prepared_row_vectors`] per row.
+fn prepare_x(x: &Tensor, bits: u32) -> Result<Tensor> {
     let gpu = x.gpu();
     let (rows, k) = x.rows_and_width();
     let blocks = k / 32;
     let prepared = Tensor::zeros(gpu, &[rows, prepared_row_vectors(k) * 4], DType::F32)?;
     let row_bytes = [(k * x.dtype().size_in_bytes()) as u64, prepared_row_bytes(k)];
-    let key = KernelKey::QmvPrepare { x_dtype: x.dtype() };
+    let key = KernelKey::QmvPrepare { x_dtype: x.dtype(), bits };
     launch_chunks(OP, gpu, rows, &row_bytes, &key, |chunk| {
         let params = PrepareParams { rows: to_u32(chunk.len())?, blocks: to_u32(blocks)? };
         Ok(Launch {

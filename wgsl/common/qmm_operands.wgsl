@@ -5,7 +5,7 @@
 // words of w_q are bound is each kernel's own (qmm_words.wgsl, or vectors in qmv.wgsl).
 // Hot paths avoid private arrays indexed by loop counters: wgpu bounds every loop, which keeps
 // drivers from unrolling, and such arrays then live in slow local memory.
-// Expects: const BITS, SCALE_DTYPE; fn w_word(i: u32) -> u32, word i of w_q.
+// Expects: const BITS, SCALE_DTYPE; fn w_word(i: u32) -> u32, word i of w_q; code_scale.wgsl.
 // Bindings: 0 params | 1 batches (x offset, w row offset, y offset per entry) | 4 scales
 //           | 5 biases
 
@@ -69,11 +69,16 @@ fn tile_of(group: u32) -> Tile {
 
 const CODE_MASK: u32 = (1u << BITS) - 1u;
 
-// The f32 value of an integer code (< 2^23) without an int-to-float conversion: OR-ing the code
-// into the mantissa of 2^23 gives exactly 2^23 + c, and subtracting 2^23 is exact. Conversions
-// run at an eighth of the FMA rate on NVIDIA GPUs; this is two full-rate operations.
-fn code_float(c: u32) -> f32 {
-    return bitcast<f32>(c | 0x4b000000u) - 8388608.0;
+// The bits of 2^23.
+const CODE_BITS: u32 = 0x4b000000u;
+
+// The f32 value of the code under `mask` (below bit 23) in `window`, whose bits of 2^23 are set
+// (`window | CODE_BITS`), without an int-to-float conversion: AND-ing keeps exactly 2^23 + c
+// (mask and CODE_BITS share no bits), and subtracting 2^23 is exact. Conversions run at an
+// eighth of the FMA rate on NVIDIA GPUs; this is two full-rate operations per code, plus one OR
+// per window (masking, then OR-ing the bits in, took two per code).
+fn code_float(window: u32, mask: u32) -> f32 {
+    return bitcast<f32>(window & (mask | CODE_BITS)) - 8388608.0;
 }
 
 // The 32 bits from bit `b` (< 64) of the 64-bit stream hi:lo.
@@ -93,32 +98,23 @@ fn window64(lo: u32, hi: u32, b: u32) -> u32 {
 // masked value stays below 2^23 (see `code_float`). Multiplying the other factor by CODE_SCALE
 // (exact: powers of two) restores the products.
 fn window_codes(window: u32) -> vec4<f32> {
+    let w = window | CODE_BITS;
     if BITS <= 5u {
         return vec4<f32>(
-            code_float(window & CODE_MASK),
-            code_float(window & (CODE_MASK << BITS)),
-            code_float(window & (CODE_MASK << (2u * BITS))),
-            code_float(window & (CODE_MASK << (3u * BITS))),
+            code_float(w, CODE_MASK),
+            code_float(w, CODE_MASK << BITS),
+            code_float(w, CODE_MASK << (2u * BITS)),
+            code_float(w, CODE_MASK << (3u * BITS)),
         );
     }
-    let high = window >> (2u * BITS);
+    let high = (window >> (2u * BITS)) | CODE_BITS;
     return vec4<f32>(
-        code_float(window & CODE_MASK),
-        code_float(window & (CODE_MASK << BITS)),
-        code_float(high & CODE_MASK),
-        code_float(high & (CODE_MASK << BITS)),
+        code_float(w, CODE_MASK),
+        code_float(w, CODE_MASK << BITS),
+        code_float(high, CODE_MASK),
+        code_float(high, CODE_MASK << BITS),
     );
 }
-
-// 2^-BITS.
-const CODE_STEP: f32 = 1.0 / f32(1u << BITS);
-
-// What `window_codes` multiplies each code by, inverted.
-const CODE_SCALE: vec4<f32> = select(
-    vec4<f32>(1.0, CODE_STEP, 1.0, CODE_STEP),
-    vec4<f32>(1.0, CODE_STEP, CODE_STEP * CODE_STEP, CODE_STEP * CODE_STEP * CODE_STEP),
-    BITS <= 5u,
-);
 
 // Whether 4 codes starting at bit `bit` of a word run into the next word (never for 1, 2, 4
 // and 8 bits, whose quads start on multiples of 4 BITS).
