@@ -7,14 +7,15 @@
 //!
 //! ```text
 //! cargo bench --bench qmm -- [--quick] [--sweep | --sweep-only] [--runs N] [--repeat N]
-//!                              [--dtype f16|bf16] [--json PATH]
+//!                              [--dtype f16|bf16] [--rows M,M,..] [--json PATH]
 //! ```
 //! `--quick` uses small shapes (lavapipe runs it in seconds); `--sweep` also times the kernel
 //! knobs on the large shapes (`--sweep-only`: only them; a knob the device refuses is skipped);
 //! `--repeat N` times N products back to back per pass and divides (default 8: one product
 //! per pass also measures the pass's fixed cost, several microseconds, and its medians drift
 //! between runs; `--repeat 1` times one, like torch's event timing of one call); `--dtype` is
-//! the dtype of x, scales and biases (default f16); `--json` writes the table (default
+//! the dtype of x, scales and biases (default f16); `--rows` times these rows of x instead of
+//! 1, 8, 32 and 512 (`--quick`: 1, 8, 32, 64); `--json` writes the table (default
 //! `qmm_bench.json`).
 
 use std::fmt::Write as _;
@@ -38,6 +39,8 @@ struct Config {
     repeat: usize,
     /// dtype of x, scales and biases.
     dtype: DType,
+    /// Rows of x to time (None: all).
+    rows: Option<Vec<usize>>,
     json: String,
 }
 
@@ -50,6 +53,7 @@ impl Config {
             runs: 50,
             repeat: 8,
             dtype: DType::F16,
+            rows: None,
             json: "qmm_bench.json".into(),
         };
         let mut args = std::env::args().skip(1);
@@ -68,6 +72,10 @@ impl Config {
                         Some("bf16") => DType::BF16,
                         _ => panic!("--dtype f16|bf16"),
                     }
+                }
+                "--rows" => {
+                    let list = args.next().expect("--rows M,M,..");
+                    config.rows = Some(list.split(',').map(|m| m.parse().expect("--rows M,M,..")).collect());
                 }
                 "--json" => config.json = args.next().expect("--json PATH"),
                 // cargo bench passes --bench; other harness flags are ignored.
@@ -160,35 +168,42 @@ impl Row {
     }
 }
 
+/// Times each case (rows of x, variants) of `n` x `k` weights at `bits` bits, all on one set of
+/// weight copies.
 fn time_matmul(
     gpu: &Gpu,
     config: &Config,
     heater: &Heater,
-    shape: (usize, usize, usize),
+    (n, k): (usize, usize),
     bits: u32,
-    options: &[(String, QmmOptions)],
+    cases: &[(usize, Vec<(String, QmmOptions)>)],
 ) -> Result<Vec<Row>> {
-    let (m, n, k) = shape;
     let mut words = Words(n as u64 * 31 + k as u64 * 7 + u64::from(bits));
     let one = random_weight(gpu, n, k, bits, config.dtype, &mut words)?;
     let bytes = one.size_in_bytes();
     let copies = if config.quick { 2 } else { ROTATION_BYTES.div_ceil(bytes).max(2) as usize };
+    // One set of weights for every row count, so that the timings of one shape differ by the rows
+    // of x alone: on an H100, the same product on sets allocated at different points of a run
+    // took up to 1.6x as long (19.4 against 30.9 µs), and a row count's ratio to M = 1 with it.
     let weights: Vec<Quantized> = std::iter::once(Ok(one))
         .chain((1..copies).map(|_| random_weight(gpu, n, k, bits, config.dtype, &mut words)))
         .collect::<Result<_>>()?;
-    let x = words.tensor(gpu, &[m, k], config.dtype)?;
     let mut rows = Vec::new();
-    for (variant, option) in options {
-        if let Err(e) = wgquant::quantized_matmul_with(&x, &weights[0], true, option) {
-            eprintln!("{variant}: {e}");
-            continue;
+    for (m, options) in cases {
+        let m = *m;
+        let x = words.tensor(gpu, &[m, k], config.dtype)?;
+        for (variant, option) in options {
+            if let Err(e) = wgquant::quantized_matmul_with(&x, &weights[0], true, option) {
+                eprintln!("{variant}: {e}");
+                continue;
+            }
+            // Creating the weights left the GPU idle: bring its clocks back up first.
+            heater.heat(gpu)?;
+            let time = median_time(gpu, config.runs, config.repeat, |i| {
+                wgquant::quantized_matmul_with(&x, &weights[i % copies], true, option).map(drop)
+            })?;
+            rows.push(Row { n, k, m, bits, variant: variant.clone(), time, bytes });
         }
-        // Creating the weights left the GPU idle: bring its clocks back up first.
-        heater.heat(gpu)?;
-        let time = median_time(gpu, config.runs, config.repeat, |i| {
-            wgquant::quantized_matmul_with(&x, &weights[i % copies], true, option).map(drop)
-        })?;
-        rows.push(Row { n, k, m, bits, variant: variant.clone(), time, bytes });
     }
     Ok(rows)
 }
@@ -361,29 +376,36 @@ fn main() -> Result<()> {
     let (copy_gbs, fma_tflops, heater) = ceilings(&gpu, &config)?;
     println!("ceilings: copy {copy_gbs:.0} GB/s (read + written), f32 FMA {fma_tflops:.1} TFLOP/s");
 
-    let (shapes, ms): (Vec<(usize, usize)>, Vec<usize>) = if config.quick {
+    let (shapes, mut ms): (Vec<(usize, usize)>, Vec<usize>) = if config.quick {
         (vec![(256, 256), (512, 256), (256, 512)], vec![1, 8, 32, 64])
     } else {
         (vec![(4096, 4096), (14336, 4096), (4096, 14336)], vec![1, 8, 32, 512])
     };
+    if let Some(rows) = &config.rows {
+        ms.clone_from(rows);
+    }
     let default = vec![("default".to_string(), QmmOptions::default())];
     let mut rows = Vec::new();
     for &(n, k) in if config.sweep_only { &[][..] } else { &shapes[..] } {
         for bits in [4, 8] {
-            for &m in &ms {
-                rows.extend(time_matmul(&gpu, &config, &heater, (m, n, k), bits, &default)?);
-            }
+            let cases: Vec<_> = ms.iter().map(|&m| (m, default.clone())).collect();
+            rows.extend(time_matmul(&gpu, &config, &heater, (n, k), bits, &cases)?);
         }
     }
     if config.sweep {
-        let (n, k) = shapes[1];
-        for &m in &ms {
-            rows.extend(time_matmul(&gpu, &config, &heater, (m, n, k), 4, &sweep_variants(m))?);
+        let cases: Vec<_> = ms.iter().map(|&m| (m, sweep_variants(m))).collect();
+        rows.extend(time_matmul(&gpu, &config, &heater, shapes[1], 4, &cases)?);
+        // The tiled kernel's knobs at the most rows, 8 bits and the other long shape; qmv's
+        // workgroup sizes at a few rows on the other shapes.
+        if let Some(&m) = ms.iter().max().filter(|&&m| m > 32) {
+            rows.extend(time_matmul(&gpu, &config, &heater, shapes[1], 8, &[(m, sweep_variants(m))])?);
+            rows.extend(time_matmul(&gpu, &config, &heater, shapes[2], 4, &[(m, sweep_variants(m))])?);
         }
-        let m = ms[ms.len() - 1];
-        rows.extend(time_matmul(&gpu, &config, &heater, (m, n, k), 8, &sweep_variants(m))?);
-        let (n, k) = shapes[2];
-        rows.extend(time_matmul(&gpu, &config, &heater, (m, n, k), 4, &sweep_variants(m))?);
+        if let Some(&m) = ms.iter().find(|&&m| m > 1 && m <= 32) {
+            for shape in [shapes[0], shapes[2]] {
+                rows.extend(time_matmul(&gpu, &config, &heater, shape, 4, &[(m, sweep_variants(m))])?);
+            }
+        }
     }
 
     let dtype = config.dtype;
