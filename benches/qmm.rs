@@ -189,8 +189,7 @@ fn time_matmul(
         .chain((1..copies).map(|_| random_weight(gpu, n, k, bits, config.dtype, &mut words)))
         .collect::<Result<_>>()?;
     let mut rows = Vec::new();
-    for (m, options) in cases {
-        let m = *m;
+    for &(m, ref options) in cases {
         let x = words.tensor(gpu, &[m, k], config.dtype)?;
         for (variant, option) in options {
             if let Err(e) = wgquant::quantized_matmul_with(&x, &weights[0], true, option) {

@@ -38,6 +38,7 @@ const QMM_SUM_PARTIALS: &str = include_str!("../wgsl/qmm_sum_partials.wgsl");
 /// Snippets of the quantized-matmul kernels (each kernel names the ones it includes).
 const QMM_IO: Snippet = ("common/qmm_io.wgsl", include_str!("../wgsl/common/qmm_io.wgsl"));
 const CODE_SCALE: Snippet = ("common/code_scale.wgsl", include_str!("../wgsl/common/code_scale.wgsl"));
+const PREPARED_X: Snippet = ("common/prepared_x.wgsl", include_str!("../wgsl/common/prepared_x.wgsl"));
 const QMM_OPERANDS: Snippet = ("common/qmm_operands.wgsl", include_str!("../wgsl/common/qmm_operands.wgsl"));
 const QMM_WORDS: Snippet = ("common/qmm_words.wgsl", include_str!("../wgsl/common/qmm_words.wgsl"));
 const REDUCE_SUBGROUP: Snippet = ("common/reduce_subgroup.wgsl", include_str!("../wgsl/common/reduce_subgroup.wgsl"));
@@ -116,7 +117,7 @@ pub(crate) const SUM_PARTIALS_WG_SIZE: u32 = 64;
 /// run level and ahead of 128 from one to 32 rows of x (benches/RESULTS.md).
 pub(crate) const QMV_WG_SIZE: u32 = 64;
 /// Blocks of 32 elements per chunk of x laid out by [`KernelKey::QmvPrepare`]: within a chunk,
-/// a block's quads lie this many 16-byte vectors apart (`wgsl/qmv_prepare.wgsl`). 8 makes each
+/// a block's quads lie this many 16-byte vectors apart (`wgsl/common/prepared_x.wgsl`). 8 makes each
 /// quad's run one 128-byte cache line, as coalesced as any longer run, and pads a row by at
 /// most 7 blocks.
 pub(crate) const PREPARED_CHUNK: u32 = 8;
@@ -481,7 +482,7 @@ impl KernelKey {
                 vec![],
             ),
             KernelKey::Qmv { format, vecs, reduction, .. } => {
-                let mut snippets = vec![QMM_IO, CODE_SCALE, QMM_OPERANDS];
+                let mut snippets = vec![QMM_IO, CODE_SCALE, PREPARED_X, QMM_OPERANDS];
                 snippets.push(match reduction {
                     Reduction::Subgroup { .. } => REDUCE_SUBGROUP,
                     Reduction::Workgroup => REDUCE_WORKGROUP,
@@ -493,7 +494,7 @@ impl KernelKey {
             KernelKey::QmvPrepare { x_dtype, bits } => (
                 QMV_PREPARE,
                 vec![("X_DTYPE", x_dtype.wgsl_id()), ("BITS", bits), ("PREPARED_CHUNK", PREPARED_CHUNK)],
-                vec![CODE_SCALE],
+                vec![CODE_SCALE, PREPARED_X],
             ),
             KernelKey::Qvm { format, vecs, .. } => {
                 let mut prelude = format.prelude();

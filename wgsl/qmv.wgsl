@@ -103,21 +103,14 @@ fn block_quad(b: Block, j: u32) -> vec4<f32> {
     return window_codes(window64(block_word(b, bit / 32u), next, bit % 32u));
 }
 
-// Where block `blk` of a prepared row of x starts, in vectors from the row's start: its quads
-// lie PREPARED_CHUNK vectors apart (see qmv_prepare.wgsl), so that an invocation's reads of
-// a block differ by constants, which drivers fold into the loads.
-fn prepared_block(blk: u32) -> u32 {
-    return (blk / PREPARED_CHUNK) * 9u * PREPARED_CHUNK + blk % PREPARED_CHUNK;
-}
-
-// Quad j of the prepared block starting at vector `block`.
+// Quad j of the prepared block starting at vector `block` (prepared_x.wgsl).
 fn prepared_quad(block: u32, j: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(x[block + j * PREPARED_CHUNK]);
+    return bitcast<vec4<f32>>(x[prepared_run(block, j)]);
 }
 
 // Σ x over the prepared block starting at vector `block`.
 fn prepared_sum(block: u32) -> f32 {
-    return bitcast<f32>(x[block + 8u * PREPARED_CHUNK].x);
+    return bitcast<f32>(x[prepared_run(block, 8u)].x);
 }
 
 // Elements e .. e + 3 of x (e a multiple of 4).

@@ -1,18 +1,15 @@
-// qmv_prepare.wgsl: lays rows of x out for qmv.wgsl's several-rows path, in f32, quad-major
-// within chunks of PREPARED_CHUNK blocks (of 32 elements): chunk c of row r holds, for j = 0 ..
-// 7, quad j (elements 4j .. 4j + 3) of each of its blocks times CODE_SCALE (code_scale.wgsl),
-// block after block, then a ninth run of (Σ of the block, 0, 0, 0); rows are padded to whole
-// chunks (never read).
-// There, the invocations of a subgroup, which take consecutive blocks, read 16 consecutive
-// bytes each for any quad, where from x as it is they would read 16 bytes out of every 64 or
-// 128, and caches serve loads a line (128 bytes) at a time: that is 4 to 8 times the traffic.
-// Within a chunk, an invocation's quads lie PREPARED_CHUNK vectors apart, a constant.
+// qmv_prepare.wgsl: lays rows of x out for qmv.wgsl's several-rows path, in f32, each quad
+// times CODE_SCALE (code_scale.wgsl), as prepared_x.wgsl describes: quad-major within chunks
+// of blocks, with block sums. There, the invocations of a subgroup, which take consecutive
+// blocks, read 16 consecutive bytes each for any quad, where from x as it is they would read 16
+// bytes out of every 64 or 128, and caches serve loads a line (128 bytes) at a time: that is 4
+// to 8 times the traffic. Within a chunk, an invocation's quads lie a constant apart.
 // Each invocation moves one quad, so that every load of x is in flight at once (a loop over a
 // block's quads made each invocation wait for its loads one after another); the 8 invocations
 // of a block add their quads' sums through workgroup memory.
 // Prelude: const X_DTYPE, BITS, PREPARED_CHUNK
 // Overrides: WG_SIZE (a multiple of 8)
-// Bindings: 0 params | 1 x (rows of k elements) | 2 prepared (rows of 9 vec4s per block, padded)
+// Bindings: 0 params | 1 x (rows of k elements) | 2 prepared (rows of prepared_row_vectors)
 // Dispatch: one invocation per quad of x (rows · k / 4), in a 2-D grid when large.
 
 struct Params {
@@ -49,20 +46,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) num_wg: v
     let valid = i < params.rows * params.blocks * 8u;
     let block = i / 8u;
     let j = i % 8u;
-    let chunks = (params.blocks + PREPARED_CHUNK - 1u) / PREPARED_CHUNK;
-    let b = block % params.blocks;
-    let out = (block / params.blocks) * chunks * 9u * PREPARED_CHUNK + (b / PREPARED_CHUNK) * 9u * PREPARED_CHUNK
-        + b % PREPARED_CHUNK;
+    let out = (block / params.blocks) * prepared_row_vectors(params.blocks) + prepared_block(block % params.blocks);
     var quad = vec4<f32>(0.0);
     if valid {
         quad = load_x4(i * 4u);
-        prepared[out + j * PREPARED_CHUNK] = quad * CODE_SCALE;
+        prepared[prepared_run(out, j)] = quad * CODE_SCALE;
     }
     quad_sums[local] = dot(quad, vec4<f32>(1.0));
     workgroupBarrier();
     if valid && j == 0u {
         let sums = quad_sums[local] + quad_sums[local + 1u] + quad_sums[local + 2u] + quad_sums[local + 3u]
             + quad_sums[local + 4u] + quad_sums[local + 5u] + quad_sums[local + 6u] + quad_sums[local + 7u];
-        prepared[out + 8u * PREPARED_CHUNK] = vec4<f32>(sums, 0.0, 0.0, 0.0);
+        prepared[prepared_run(out, 8u)] = vec4<f32>(sums, 0.0, 0.0, 0.0);
     }
 }
