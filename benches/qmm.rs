@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo bench --bench qmm -- [--quick] [--sweep | --sweep-only] [--runs N] [--repeat N]
-//!                              [--dtype f16|bf16] [--rows M,M,..] [--json PATH]
+//!                              [--dtype f16|bf16] [--rows M,M,..] [--json PATH] [--cooperative]
 //! ```
 //! `--quick` uses small shapes (lavapipe runs it in seconds); `--sweep` also times the kernel
 //! knobs on the large shapes (`--sweep-only`: only them; a knob the device refuses is skipped);
@@ -16,14 +16,17 @@
 //! between runs; `--repeat 1` times one, like torch's event timing of one call); `--dtype` is
 //! the dtype of x, scales and biases (default f16); `--rows` times these rows of x instead of
 //! 1, 8, 32 and 512 (`--quick`: 1, 8, 32, 64); `--json` writes the table (default
-//! `qmm_bench.json`).
+//! `qmm_bench.json`); `--cooperative` opens the device with wgpu's experimental cooperative
+//! matrices (`Gpu::with_cooperative_matrices`), so that `default` runs `qmv_coop` on tensor
+//! cores where it chooses to, and times `qmv` (`vector`) and `qmv_coop` (`cooperative`) by name
+//! for 2 to 8 rows of f16 x.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use half::{bf16, f16};
 use wgquant::kernels::QmmShape;
-use wgquant::{DType, Gpu, QmmKernel, QmmOptions, QuantParams, Quantized, Result, Tensor};
+use wgquant::{DType, Gpu, GpuOptions, QmmKernel, QmmOptions, QuantParams, Quantized, Result, Tensor};
 
 /// Weight bytes the rotation spans, so that no cache holds the weights between runs (the H100's
 /// L2 is 50 MB).
@@ -42,6 +45,8 @@ struct Config {
     /// Rows of x to time (None: all).
     rows: Option<Vec<usize>>,
     json: String,
+    /// Whether to open the device with cooperative matrices.
+    cooperative: bool,
 }
 
 impl Config {
@@ -55,6 +60,7 @@ impl Config {
             dtype: DType::F16,
             rows: None,
             json: "qmm_bench.json".into(),
+            cooperative: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -78,6 +84,7 @@ impl Config {
                     config.rows = Some(list.split(',').map(|m| m.parse().expect("--rows M,M,..")).collect());
                 }
                 "--json" => config.json = args.next().expect("--json PATH"),
+                "--cooperative" => config.cooperative = true,
                 // cargo bench passes --bench; other harness flags are ignored.
                 _ => {}
             }
@@ -366,7 +373,16 @@ fn sweep_variants(m: usize) -> Vec<(String, QmmOptions)> {
 
 fn main() -> Result<()> {
     let config = Config::from_args();
-    let gpu = Gpu::new()?;
+    let gpu = if config.cooperative {
+        // SAFETY: a benchmark of wgquant's own kernels, whose resources `Gpu::pipeline` checks;
+        // wgpu validates experimental features less than stable ones.
+        let enable = |d: &mut wgpu::DeviceDescriptor<'_>| {
+            d.experimental_features = unsafe { wgpu::ExperimentalFeatures::enabled() }
+        };
+        Gpu::with_cooperative_matrices(GpuOptions::from_env()?, enable)?
+    } else {
+        Gpu::new()?
+    };
     println!("adapter: {}", gpu.describe());
     if !gpu.caps().has_timestamps() {
         eprintln!("this adapter has no timestamp queries; nothing to time");
@@ -384,10 +400,20 @@ fn main() -> Result<()> {
         ms.clone_from(rows);
     }
     let default = vec![("default".to_string(), QmmOptions::default())];
+    // With tensor cores, each kernel for 2 to 8 rows is also timed by name.
+    let variants = |m: usize| {
+        let mut variants = default.clone();
+        if gpu.caps().cooperative_f16 && config.dtype == DType::F16 && (2..=8).contains(&m) {
+            for (name, kernel) in [("vector", QmmKernel::Vector), ("cooperative", QmmKernel::Cooperative)] {
+                variants.push((name.to_string(), QmmOptions { kernel, ..QmmOptions::default() }));
+            }
+        }
+        variants
+    };
     let mut rows = Vec::new();
     for &(n, k) in if config.sweep_only { &[][..] } else { &shapes[..] } {
         for bits in [4, 8] {
-            let cases: Vec<_> = ms.iter().map(|&m| (m, default.clone())).collect();
+            let cases: Vec<_> = ms.iter().map(|&m| (m, variants(m))).collect();
             rows.extend(time_matmul(&gpu, &config, &heater, (n, k), bits, &cases)?);
         }
     }
@@ -440,11 +466,12 @@ fn to_json(gpu: &Gpu, copy_gbs: f64, fma_tflops: f64, config: &Config, rows: &[R
     let mut json = format!(
         "{{\n  \"adapter\": \"{}\",\n  \"driver\": \"{} {}\",\n  \"runs\": {},\n  \"group_size\": {GROUP_SIZE},\n  \
          \"x_dtype\": \"{dtype}\",\n  \"scale_dtype\": \"{dtype}\",\n  \"copy_gbs\": {copy_gbs:.1},\n  \
-         \"fma_f32_tflops\": {fma_tflops:.2},\n  \"rows\": [\n",
+         \"fma_f32_tflops\": {fma_tflops:.2},\n  \"cooperative_f16\": {},\n  \"rows\": [\n",
         text(&info.name),
         text(&info.driver),
         text(&info.driver_info),
         config.runs,
+        gpu.caps().cooperative_f16,
         dtype = config.dtype,
     );
     for (i, r) in rows.iter().enumerate() {

@@ -52,6 +52,9 @@ pub enum Error {
     /// The device lacks a wgpu feature the call needs.
     #[error("{op}: the device lacks the wgpu feature {feature}")]
     MissingFeature { op: &'static str, feature: &'static str },
+    /// A kernel was asked for by name but cannot run this call (device or operands).
+    #[error("{op}: the {kernel} kernel cannot run this product: {reason}")]
+    KernelUnavailable { op: &'static str, kernel: &'static str, reason: String },
     /// Tensors from two different [`Gpu`](crate::Gpu)s were combined.
     #[error("{op}: the tensors live on different GPU devices")]
     DeviceMismatch { op: &'static str },

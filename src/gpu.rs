@@ -99,6 +99,12 @@ pub struct Caps {
     pub features: wgpu::Features,
     /// Limits the device was opened with.
     pub limits: wgpu::Limits,
+    /// Whether `quantized_matmul` may use cooperative matrices (tensor cores): the adapter
+    /// multiplies 16 x 16 f16 matrices into f32, and the device was opened with wgpu's
+    /// experimental cooperative matrices, f16 and subgroup barriers. wgquant never enables the
+    /// experimental feature itself (that takes `unsafe`): a caller who does passes the device
+    /// to [`Gpu::from_device`].
+    pub cooperative_f16: bool,
 }
 
 impl Caps {
@@ -119,12 +125,63 @@ impl Caps {
     }
 }
 
+/// The features `qmv_coop` needs beside an adapter's 16 x 16 f16 matrices.
+const COOPERATIVE_FEATURES: wgpu::Features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::SUBGROUP_BARRIER);
+
+/// Whether `adapter` multiplies 16 x 16 f16 matrices into f32 (wgpu lists the shapes it can).
+fn multiplies_f16_matrices(adapter: &wgpu::Adapter) -> bool {
+    adapter.cooperative_matrix_properties().iter().any(|p| {
+        (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+            && p.ab_type == wgpu::CooperativeScalarType::F16
+            && p.cr_type == wgpu::CooperativeScalarType::F32
+    })
+}
+
+/// Whether kernels may use `adapter`'s cooperative matrices on a device with `features` (see
+/// [`Caps::cooperative_f16`]).
+fn cooperative_f16(adapter: &wgpu::Adapter, features: &wgpu::Features) -> bool {
+    features.contains(COOPERATIVE_FEATURES) && multiplies_f16_matrices(adapter)
+}
+
+/// The best adapter `options` allow among those `usable` accepts (`what` describes them in
+/// the error): a discrete GPU first, a CPU adapter last.
+fn choose_adapter(options: &GpuOptions, what: &str, usable: impl Fn(&wgpu::Adapter) -> bool) -> Result<wgpu::Adapter> {
+    let backends = options.backends.unwrap_or(wgpu::Backends::PRIMARY);
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = backends;
+    let instance = wgpu::Instance::new(descriptor);
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    let seen: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
+    let wanted = options.adapter_name.as_deref().map(str::to_lowercase);
+    adapters
+        .into_iter()
+        .filter(|a| wanted.as_ref().is_none_or(|w| a.get_info().name.to_lowercase().contains(w)) && usable(a))
+        .min_by_key(|a| device_type_rank(a.get_info().device_type))
+        .ok_or_else(|| {
+            let filter = options.adapter_name.as_deref().map(|n| format!(" matching \"{n}\"")).unwrap_or_default();
+            let found = if seen.is_empty() { "none".to_string() } else { seen.join("; ") };
+            let hint = if what.is_empty() {
+                "; on Linux without a GPU install Mesa's lavapipe (apt-get install mesa-vulkan-drivers)"
+            } else {
+                ""
+            };
+            Error::NoAdapter(format!(
+                "no adapter{filter}{what} on backends {backends:?} (adapters found: {found}){hint}"
+            ))
+        })
+}
+
 struct GpuInner {
     device: wgpu::Device,
     queue: wgpu::Queue,
     caps: Caps,
     timeout: Duration,
     pipelines: Mutex<HashMap<KernelKey, Arc<wgpu::ComputePipeline>>>,
+    /// Scratch storage for f32 partial sums, kept between calls (see [`Gpu::scratch`]).
+    scratch: Mutex<Option<Arc<wgpu::Buffer>>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     submissions: AtomicU64,
@@ -158,26 +215,53 @@ impl Gpu {
     /// # Errors
     /// As [`Gpu::new`].
     pub fn with_options(options: GpuOptions) -> Result<Gpu> {
-        let backends = options.backends.unwrap_or(wgpu::Backends::PRIMARY);
-        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
-        descriptor.backends = backends;
-        let instance = wgpu::Instance::new(descriptor);
-        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-        let seen: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
-        let wanted = options.adapter_name.as_deref().map(str::to_lowercase);
-        let adapter = adapters
-            .into_iter()
-            .filter(|a| wanted.as_ref().is_none_or(|w| a.get_info().name.to_lowercase().contains(w)))
-            .min_by_key(|a| device_type_rank(a.get_info().device_type))
-            .ok_or_else(|| {
-                let filter = options.adapter_name.as_deref().map(|n| format!(" matching \"{n}\"")).unwrap_or_default();
-                let found = if seen.is_empty() { "none".to_string() } else { seen.join("; ") };
-                Error::NoAdapter(format!(
-                    "no adapter{filter} on backends {backends:?} (adapters found: {found}); \
-                     on Linux without a GPU install Mesa's lavapipe (apt-get install mesa-vulkan-drivers)"
-                ))
-            })?;
+        let adapter = choose_adapter(&options, "", |_| true)?;
+        let features = adapter.features() & WANTED_FEATURES & !options.without_features;
+        Gpu::open(&adapter, &options, features, |_| {})
+    }
 
+    /// Opens the best adapter (as `options` choose among those) that multiplies 16 x 16 f16
+    /// cooperative matrices into f32, with wgpu's experimental cooperative matrices on, so that
+    /// `quantized_matmul` runs 2 to 8 rows of f16 x on tensor cores ([`Caps::cooperative_f16`]).
+    ///
+    /// wgpu keeps experimental features behind `unsafe` (`wgpu::ExperimentalFeatures::enabled`),
+    /// and wgquant has none: `enable` receives the device descriptor and turns them on, taking
+    /// on wgpu's terms for them:
+    /// ```no_run
+    /// # fn main() -> wgquant::Result<()> {
+    /// use wgquant::{Gpu, GpuOptions};
+    /// // SAFETY: wgquant's cooperative kernel is checked like every other; wgpu validates
+    /// // experimental features less thoroughly than stable ones.
+    /// let gpu = Gpu::with_cooperative_matrices(GpuOptions::default(), |descriptor| {
+    ///     descriptor.experimental_features = unsafe { wgpu::ExperimentalFeatures::enabled() }
+    /// })?;
+    /// assert!(gpu.caps().cooperative_f16);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NoAdapter`] when no adapter offers such matrices (CPU adapters such as lavapipe
+    /// 22 do not); [`Error::RequestDevice`] when the device is refused, as it is when `enable`
+    /// leaves the experimental features off.
+    pub fn with_cooperative_matrices(
+        options: GpuOptions,
+        enable: impl FnOnce(&mut wgpu::DeviceDescriptor<'_>),
+    ) -> Result<Gpu> {
+        let adapter = choose_adapter(&options, " with 16 x 16 f16 cooperative matrices", |a| {
+            a.features().contains(COOPERATIVE_FEATURES) && multiplies_f16_matrices(a)
+        })?;
+        let features = (adapter.features() & WANTED_FEATURES & !options.without_features) | COOPERATIVE_FEATURES;
+        Gpu::open(&adapter, &options, features, enable)
+    }
+
+    /// Opens `adapter` with `features` and `options`' limits, the descriptor passing through
+    /// `configure` last.
+    fn open(
+        adapter: &wgpu::Adapter,
+        options: &GpuOptions,
+        features: wgpu::Features,
+        configure: impl FnOnce(&mut wgpu::DeviceDescriptor<'_>),
+    ) -> Result<Gpu> {
         let mut limits = adapter.limits();
         if let Some(max) = options.max_storage_buffer_binding_size {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max);
@@ -185,18 +269,20 @@ impl Gpu {
         if let Some(max) = options.max_compute_workgroups_per_dimension {
             limits.max_compute_workgroups_per_dimension = limits.max_compute_workgroups_per_dimension.min(max);
         }
-        let features = adapter.features() & WANTED_FEATURES & !options.without_features;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        let mut descriptor = wgpu::DeviceDescriptor {
             label: Some("wgquant"),
             required_features: features,
             required_limits: limits,
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| Error::RequestDevice { adapter: adapter.get_info().name, message: e.to_string() })?;
+        };
+        configure(&mut descriptor);
+        let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))
+            .map_err(|e| Error::RequestDevice { adapter: adapter.get_info().name, message: e.to_string() })?;
 
-        let gpu = Gpu::build(adapter.get_info(), device, queue, options.timeout);
+        let cooperative_f16 = cooperative_f16(adapter, &device.features());
+        let gpu = Gpu::build(adapter.get_info(), device, queue, options.timeout, cooperative_f16);
         // wgpu's default handler panics; errors outside our scopes are recorded instead.
         let uncaptured = Arc::clone(&gpu.inner.uncaptured);
         gpu.inner.device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -208,13 +294,23 @@ impl Gpu {
     }
 
     /// Wraps a device and queue the caller already owns (their error handler stays theirs).
-    /// `adapter` supplies the name and subgroup sizes kernels are specialised for.
+    /// `adapter` supplies the name, subgroup sizes and matrix shapes kernels are specialised for.
+    /// A device opened with [`wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX`] (and
+    /// `SHADER_F16`, `SUBGROUP_BARRIER`) on an adapter with 16 x 16 f16 matrices lets
+    /// `quantized_matmul` use tensor cores for 2 to 8 rows of f16 x ([`Caps::cooperative_f16`]).
     pub fn from_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
-        Gpu::build(adapter.get_info(), device, queue, DEFAULT_TIMEOUT)
+        let cooperative_f16 = cooperative_f16(adapter, &device.features());
+        Gpu::build(adapter.get_info(), device, queue, DEFAULT_TIMEOUT, cooperative_f16)
     }
 
-    fn build(info: wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue, timeout: Duration) -> Gpu {
-        let caps = Caps { info, features: device.features(), limits: device.limits() };
+    fn build(
+        info: wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        timeout: Duration,
+        cooperative_f16: bool,
+    ) -> Gpu {
+        let caps = Caps { info, features: device.features(), limits: device.limits(), cooperative_f16 };
         let lost = Arc::new(Mutex::new(None));
         let lost_flag = Arc::clone(&lost);
         device.set_device_lost_callback(move |reason, message| {
@@ -229,6 +325,7 @@ impl Gpu {
                 caps,
                 timeout,
                 pipelines: Mutex::new(HashMap::new()),
+                scratch: Mutex::new(None),
                 uncaptured: Arc::new(Mutex::new(Vec::new())),
                 lost,
                 submissions: AtomicU64::new(0),
@@ -433,6 +530,30 @@ impl Gpu {
                 }
             }
         }
+    }
+
+    /// A storage buffer of at least `bytes` for a call's scratch (partial sums), reused by later
+    /// calls rather than allocated per call (7 MB for `qmv_coop` at 14336 x 4096; wgpu would
+    /// also zero-fill each fresh one, not knowing that the shader writes every byte). Calls share
+    /// it safely: wgpu orders the dispatches of one queue that write and read the same buffer.
+    pub(crate) fn scratch(&self, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
+        // The slot holds a whole buffer or none, whatever a panicking thread was doing.
+        let mut slot = self.inner.scratch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(buffer) = slot.as_ref().filter(|b| b.size() >= bytes) {
+            return Ok(Arc::clone(buffer));
+        }
+        let size = bytes.max(VECTOR_BYTES).next_multiple_of(VECTOR_BYTES);
+        self.check_buffer_size("scratch buffer", size)?;
+        let buffer = Arc::new(self.scoped("scratch buffer", || {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgquant scratch"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        })?);
+        *slot = Some(Arc::clone(&buffer));
+        Ok(buffer)
     }
 
     /// The compute pipeline for `key`, built on first use. Before wgpu sees the shader, its

@@ -34,6 +34,7 @@ const QMV_PREPARE: &str = include_str!("../wgsl/qmv_prepare.wgsl");
 const QVM: &str = include_str!("../wgsl/qvm.wgsl");
 const QMM: &str = include_str!("../wgsl/qmm.wgsl");
 const QMM_SUM_PARTIALS: &str = include_str!("../wgsl/qmm_sum_partials.wgsl");
+const QMV_COOP: &str = include_str!("../wgsl/qmv_coop.wgsl");
 
 /// Snippets of the quantized-matmul kernels (each kernel names the ones it includes).
 const QMM_IO: Snippet = ("common/qmm_io.wgsl", include_str!("../wgsl/common/qmm_io.wgsl"));
@@ -121,6 +122,12 @@ pub(crate) const QMV_WG_SIZE: u32 = 64;
 /// quad's run one 128-byte cache line, as coalesced as any longer run, and pads a row by at
 /// most 7 blocks.
 pub(crate) const PREPARED_CHUNK: u32 = 8;
+/// Codes of k per [`KernelKey::QmvCoop`] workgroup (8 groups of 64): the products split k into
+/// slices this long, summed by [`KernelKey::QmmSumPartials`].
+pub(crate) const QMV_COOP_SLICE: u32 = 512;
+/// Subgroups per [`KernelKey::QmvCoop`] workgroup, each a tile of 16 rows of w: 8 keep two
+/// workgroups resident per H100 multiprocessor (registers and 48 KB of workgroup memory).
+pub(crate) const QMV_COOP_SUBGROUPS: u32 = 8;
 /// Quads of outputs per [`KernelKey::Qvm`] workgroup.
 pub(crate) const QVM_WG_SIZE: u32 = 64;
 /// The rows of y per [`KernelKey::Qmm`] tile the kernel supports.
@@ -334,6 +341,14 @@ pub enum KernelKey {
         /// Columns of the tile and of each invocation's part.
         shape: QmmShape,
     },
+    /// Quantized matrix-vector product on cooperative matrices (tensor cores), transposed
+    /// weights: f16 x, scales and y, 4 bits, groups of 64, 2 to 8 rows of x, k in slices of 512
+    /// whose f32 partial sums [`KernelKey::QmmSumPartials`] adds. Needs a device with
+    /// [`crate::gpu::Caps::cooperative_f16`].
+    QmvCoop {
+        /// Subgroups per workgroup (each a tile of 16 rows of w).
+        subgroups: u32,
+    },
     /// Sums k-slices of f32 partial sums into y.
     QmmSumPartials {
         /// dtype of y.
@@ -390,6 +405,7 @@ impl fmt::Display for KernelKey {
                 let QmmShape { bn, columns } = shape;
                 write!(f, "qmm_{}_{format}_{bm}x{bn}_c{columns}", if *transpose { "t" } else { "n" })
             }
+            KernelKey::QmvCoop { subgroups } => write!(f, "qmv_coop_f16_b4_gs64_sg{subgroups}"),
             KernelKey::QmmSumPartials { out_dtype } => write!(f, "qmm_sum_partials_{}", out_dtype.short_name()),
             KernelKey::QmvPrepare { x_dtype, bits } => write!(f, "qmv_prepare_{}_b{bits}", x_dtype.short_name()),
         }
@@ -412,6 +428,7 @@ impl KernelKey {
             | KernelKey::QmvPrepare { .. }
             | KernelKey::Qvm { .. }
             | KernelKey::Qmm { .. }
+            | KernelKey::QmvCoop { .. }
             | KernelKey::QmmSumPartials { .. } => "quantized_matmul",
         }
     }
@@ -511,9 +528,18 @@ impl KernelKey {
                 ]);
                 (QMM, prelude, format.operand_snippets())
             }
+            KernelKey::QmvCoop { .. } => (QMV_COOP, vec![("SLICE", QMV_COOP_SLICE)], vec![]),
             KernelKey::QmmSumPartials { out_dtype } => {
                 (QMM_SUM_PARTIALS, vec![("OUT_DTYPE", out_dtype.wgsl_id())], vec![QMM_IO])
             }
+        }
+    }
+
+    /// WGSL `enable` directives the kernel needs (they must open the source).
+    fn enables(&self) -> &'static [&'static str] {
+        match self {
+            KernelKey::QmvCoop { .. } => &["f16", "wgpu_cooperative_matrix"],
+            _ => &[],
         }
     }
 
@@ -539,6 +565,7 @@ impl KernelKey {
             }
             KernelKey::Qvm { wg_size, .. } => vec![("WG_SIZE".to_string(), f64::from(*wg_size))],
             KernelKey::Qmm { .. } => Vec::new(),
+            KernelKey::QmvCoop { subgroups } => vec![("SUBGROUPS".to_string(), f64::from(*subgroups))],
             KernelKey::QmmSumPartials { .. } => {
                 vec![("WG_SIZE".to_string(), f64::from(SUM_PARTIALS_WG_SIZE))]
             }
@@ -630,6 +657,9 @@ impl KernelKey {
 pub fn source(key: &KernelKey) -> String {
     let (body, prelude, snippets) = key.body_and_prelude();
     let mut src = format!("// {key}: generated prelude\n");
+    for extension in key.enables() {
+        src.push_str(&format!("enable {extension};\n"));
+    }
     for (name, value) in prelude {
         src.push_str(&format!("const {name}: u32 = {value}u;\n"));
     }
@@ -677,6 +707,14 @@ pub fn naga_capabilities(features: &wgpu::Features) -> naga::valid::Capabilities
     }
     if features.contains(wgpu::Features::SUBGROUP) {
         caps |= naga::valid::Capabilities::SUBGROUP;
+    }
+    if features.contains(wgpu::Features::SUBGROUP_BARRIER) {
+        caps |= naga::valid::Capabilities::SUBGROUP_BARRIER;
+    }
+    if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+        // (Devices with cooperative matrices are full Vulkan ones, whose downlevel flags give
+        // `unpack2x16float`, which `qmv_coop` uses.)
+        caps |= naga::valid::Capabilities::COOPERATIVE_MATRIX | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     }
     caps
 }

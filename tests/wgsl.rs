@@ -91,3 +91,25 @@ fn msl_snapshots() {
 fn same_kernel(a: &KernelKey, b: &KernelKey) -> bool {
     std::mem::discriminant(a) == std::mem::discriminant(b)
 }
+
+#[test]
+fn cooperative_kernel_validates_and_translates_to_spirv() {
+    // qmv_coop runs only on Vulkan devices with wgpu's experimental cooperative matrices (CI's
+    // lavapipe has none), so naga's check and SPIR-V translation are what CI can give it. It
+    // must also fit NVIDIA's 48 KiB of workgroup memory with room for two workgroups.
+    let key = KernelKey::QmvCoop { subgroups: 8 };
+    let capabilities = CAPABILITIES
+        | Capabilities::SUBGROUP_BARRIER
+        | Capabilities::COOPERATIVE_MATRIX
+        | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    let (module, info) = kernels::validated_module(&kernels::source(&key), &key.constants(), capabilities)
+        .unwrap_or_else(|e| panic!("{key}: {e}"));
+    let spv_pipeline = spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
+    let words = spv::write_vec(&module, &info, &spv::Options::default(), Some(&spv_pipeline))
+        .unwrap_or_else(|e| panic!("{key}: SPIR-V: {e:?}"));
+    assert_eq!(words[0], 0x0723_0203, "{key}: SPIR-V magic");
+    let usage = kernels::resource_usage(&kernels::source(&key), &key.constants(), &wgpu::Features::all())
+        .unwrap_or_else(|e| panic!("{key}: {e}"));
+    assert!(usage.workgroup_memory <= 24 * 1024, "{key}: {usage:?}");
+    assert_eq!(usage.invocations, 256, "{key}: {usage:?}");
+}

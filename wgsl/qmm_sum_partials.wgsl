@@ -1,6 +1,9 @@
-// qmm_sum_partials.wgsl: y[e] = Σ_s partials[s · slot_stride + e], rounded to OUT_DTYPE. Finishes a
-// matmul whose k was cut into slices (qvm's split-k, or weights cut along k to fit the device's
-// binding size), each of which wrote f32 partial sums to its own slot.
+// qmm_sum_partials.wgsl: y[e] = Σ_s partials[s · slot_stride + (e / row) · row_stride + e % row],
+// rounded to OUT_DTYPE. Finishes a matmul whose k was cut into slices (qvm's split-k, qmv_coop's
+// slices, or weights cut along k to fit the device's binding size), each of which wrote f32
+// partial sums to its own slot; a slot's rows of `row` outputs may be padded to `row_stride`.
+// The slots are loaded four at a time and added in order: a loop of single loads with a
+// run-time count waits for each load in turn (benches/RESULTS.md, round 6).
 // Prelude: const OUT_DTYPE
 // Overrides: WG_SIZE
 // Bindings: 0 params | 1 partials (f32) | 2 y
@@ -11,6 +14,8 @@ struct Params {
     slots: u32,
     slot_stride: u32,
     y_offset: u32,
+    row: u32,
+    row_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -29,9 +34,19 @@ fn main(
     if e >= params.count {
         return;
     }
+    let at = (e / params.row) * params.row_stride + e % params.row;
+    let stride = params.slot_stride;
     var sum = 0.0;
-    for (var s = 0u; s < params.slots; s++) {
-        sum += partials[s * params.slot_stride + e];
+    var s = 0u;
+    for (; s + 4u <= params.slots; s += 4u) {
+        let a = partials[s * stride + at];
+        let b = partials[(s + 1u) * stride + at];
+        let c = partials[(s + 2u) * stride + at];
+        let d = partials[(s + 3u) * stride + at];
+        sum = ((sum + a) + b + c) + d;
+    }
+    for (; s < params.slots; s++) {
+        sum += partials[s * stride + at];
     }
     store_y(params.y_offset + e, sum);
 }

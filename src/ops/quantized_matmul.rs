@@ -10,15 +10,18 @@
 //! - `qmm` (larger M, both layouts): a tiled GEMM that dequantizes tiles of w into workgroup
 //!   memory (MLX's qmm_t / qmm_n), with k split over workgroups when the tiles are too few to
 //!   fill the GPU (MLX's qmm_t_splitk).
+//! - `qmv_coop` (opt-in, transpose, 2 to 8 rows of f16 x, 4 bits, group 64): tensor cores
+//!   through wgpu's experimental cooperative matrices, k in slices summed by
+//!   `qmm_sum_partials`; only on a device a caller opened with them ([`Caps::cooperative_f16`]).
 
 use std::ops::Range;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::{aligned_row_step, BufferWindow, Dispatch, Gpu, VECTOR_BYTES};
+use crate::gpu::{aligned_row_step, BufferWindow, Caps, Dispatch, Gpu, VECTOR_BYTES};
 use crate::kernels::{
-    KernelKey, MatmulFormat, QmmShape, Reduction, ELEMENTWISE_WG_SIZE, PREPARED_CHUNK, QMM_TILE_ROWS, QMV_WG_SIZE,
-    QVM_WG_SIZE, SUM_PARTIALS_WG_SIZE,
+    KernelKey, MatmulFormat, QmmShape, Reduction, ELEMENTWISE_WG_SIZE, PREPARED_CHUNK, QMM_TILE_ROWS, QMV_COOP_SLICE,
+    QMV_COOP_SUBGROUPS, QMV_WG_SIZE, QVM_WG_SIZE, SUM_PARTIALS_WG_SIZE,
 };
 use crate::ops::launch::{launch_chunks, Launch};
 use crate::params::Mode;
@@ -31,6 +34,10 @@ const QMV_MAX_ROWS: usize = 8;
 /// Rows of x up to which transposed products use `qmv` (in tiles of 8 rows): measured on an
 /// H100, it stays ahead of the tiled kernel to about 32 rows (benches/RESULTS.md).
 const QMV_AUTO_ROWS: usize = 32;
+/// Rows of x from which `Auto` takes `qmv_coop` where it can run. Measured (benches/RESULTS.md,
+/// round 7): `qmv` takes 4-12 % less time at 4 rows (H200) and 15-28 % more at 8 (H100); 5 is
+/// where the two trends cross (5 to 7 rows were not timed).
+const QMV_COOP_AUTO_ROWS: usize = 5;
 /// Rows of x up to which untransposed products use the `qvm` kernel (MLX: M < 4 goes to qvm).
 const QVM_MAX_ROWS: usize = 4;
 /// `qvm` splits k until about this many invocations run (enough to fill a large GPU).
@@ -54,6 +61,11 @@ pub enum QmmKernel {
     Vector,
     /// The tiled `qmm`, whatever the number of rows.
     Tiled,
+    /// `qmv_coop` on tensor cores, or [`Error::KernelUnavailable`] where it cannot run: it needs
+    /// a device with [`Caps::cooperative_f16`], transposed 4-bit weights in groups of 64 with
+    /// f16 scales, f16 x of 2 to 8 rows (without batch axes on both sides), k a multiple of
+    /// 512, and operands that fit their bindings. `Auto` takes it where it can run from 5 rows.
+    Cooperative,
 }
 
 /// Kernel choice and tuning knobs of [`quantized_matmul_with`]; `None` means the default for
@@ -115,12 +127,19 @@ pub fn quantized_matmul(x: &Tensor, q: &Quantized, transpose: bool) -> Result<Te
 ///
 /// # Errors
 /// As [`quantized_matmul`]; a knob the device cannot run (e.g. a tile over its workgroup
-/// memory) gives [`Error::ExceedsDeviceLimit`] or [`Error::Validation`].
+/// memory) gives [`Error::ExceedsDeviceLimit`] or [`Error::Validation`], and
+/// [`QmmKernel::Cooperative`] where `qmv_coop` cannot run gives [`Error::KernelUnavailable`].
 pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options: &QmmOptions) -> Result<Tensor> {
     let mut problem = Problem::new(x, q, transpose)?;
     let gpu = x.gpu();
     let y = Tensor::zeros(gpu, &problem.out_shape, problem.format.out_dtype)?;
     if problem.m == 0 || problem.n == 0 || problem.k == 0 || problem.batches.is_empty() {
+        return Ok(y);
+    }
+    if Planner::new(gpu, &problem, options).uses_cooperative(x, q, &y)? {
+        let operands = Operands { x, q, y: &y };
+        let plan = Planner::new(gpu, &problem, options).cooperative(&operands)?;
+        run(gpu, &operands, &plan)?;
         return Ok(y);
     }
     // With several rows of x, `qmv` reads x laid out by `qmv_prepare` (see there).
@@ -349,8 +368,8 @@ enum Source {
     Scales,
     Biases,
     Y,
-    /// A scratch tensor of f32 partial sums, by index.
-    Partials(usize),
+    /// The scratch buffer of f32 partial sums ([`Gpu::scratch`]).
+    Partials,
 }
 
 /// A window of a source buffer, in bytes.
@@ -399,6 +418,39 @@ struct SumParams {
     slots: u32,
     slot_stride: u32,
     y_offset: u32,
+    row: u32,
+    row_stride: u32,
+    pad: [u32; 2],
+}
+
+/// Where [`KernelKey::QmmSumPartials`] finds output `e`'s partial sums: slot `s` holds it at
+/// `s · slot_stride + (e / row) · row_stride + e % row` (rows of `row` outputs, padded to
+/// `row_stride`).
+#[derive(Clone, Copy, Debug)]
+struct PartialsLayout {
+    slot_stride: usize,
+    row: usize,
+    row_stride: usize,
+}
+
+impl PartialsLayout {
+    /// Slots of `count` consecutive outputs.
+    fn dense(count: usize) -> PartialsLayout {
+        PartialsLayout { slot_stride: count, row: count.max(1), row_stride: count.max(1) }
+    }
+}
+
+/// Uniform parameters of `qmv_coop.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct CoopParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    n_pad: u32,
+    tile_groups: u32,
+    slices: u32,
+    pad: [u32; 2],
 }
 
 /// A kernel with its knobs, for one dispatch.
@@ -436,7 +488,8 @@ impl<'a> Planner<'a> {
     fn vector(&self) -> bool {
         let p = self.problem;
         match self.options.kernel {
-            QmmKernel::Auto => p.m <= if p.transpose { QMV_AUTO_ROWS } else { QVM_MAX_ROWS },
+            // (`Cooperative` never gets here: it runs `qmv_coop` or fails first.)
+            QmmKernel::Auto | QmmKernel::Cooperative => p.m <= if p.transpose { QMV_AUTO_ROWS } else { QVM_MAX_ROWS },
             QmmKernel::Vector => true,
             QmmKernel::Tiled => false,
         }
@@ -445,6 +498,95 @@ impl<'a> Planner<'a> {
     /// Whether the product runs on `qmv`.
     fn uses_qmv(&self) -> bool {
         self.problem.transpose && self.vector()
+    }
+
+    /// Whether the product runs on `qmv_coop`: where it can from [`QMV_COOP_AUTO_ROWS`] rows, or
+    /// where it was asked for (an error where it cannot run).
+    fn uses_cooperative(&self, x: &Tensor, q: &Quantized, y: &Tensor) -> Result<bool> {
+        let why_not = self.cooperative_obstacle(&Operands { x, q, y });
+        match (self.options.kernel, why_not) {
+            (QmmKernel::Cooperative, Some(reason)) => {
+                Err(Error::KernelUnavailable { op: OP, kernel: "cooperative (qmv_coop)", reason })
+            }
+            (QmmKernel::Cooperative, None) => Ok(true),
+            (QmmKernel::Auto, None) => Ok(self.problem.m >= QMV_COOP_AUTO_ROWS),
+            _ => Ok(false),
+        }
+    }
+
+    /// What keeps `qmv_coop` from this product, if anything.
+    fn cooperative_obstacle(&self, ops: &Operands<'_>) -> Option<String> {
+        let p = self.problem;
+        let caps: &Caps = self.gpu.caps();
+        let f = p.format;
+        let reason = if !caps.cooperative_f16 {
+            "the device has no cooperative matrices (see Caps::cooperative_f16 and Gpu::from_device)".to_string()
+        } else if !p.transpose {
+            "it needs transpose = true".to_string()
+        } else if (f.x_dtype, f.scale_dtype, f.bits, f.group_size) != (DType::F16, DType::F16, 4, 64) {
+            format!(
+                "it needs f16 x and scales, 4 bits, group size 64, not x {} with {} scales, {} bits, group size {}",
+                f.x_dtype, f.scale_dtype, f.bits, f.group_size
+            )
+        } else if !(2..=QMV_MAX_ROWS).contains(&p.m) {
+            format!("it needs 2 to {QMV_MAX_ROWS} rows of x, not {}", p.m)
+        } else if p.k % QMV_COOP_SLICE as usize != 0 {
+            format!("it needs k a multiple of {QMV_COOP_SLICE}, not {}", p.k)
+        } else if p.batches.len() != 1 {
+            format!("it takes one matrix of w, not {} batch entries", p.batches.len())
+        } else if !ops.fit(self.gpu) || self.cooperative_partials(p.k, p.n) as u64 * 4 > caps.max_binding() {
+            "an operand or its partial sums exceed one storage binding".to_string()
+        } else {
+            return None;
+        };
+        Some(reason)
+    }
+
+    /// `qmv_coop`'s workgroups along n (each 16 rows of w per subgroup), and n padded to them.
+    fn cooperative_tiles(n: usize) -> (usize, usize) {
+        let rows_per_group = 16 * QMV_COOP_SUBGROUPS as usize;
+        let tile_groups = n.div_ceil(rows_per_group);
+        (tile_groups, tile_groups * rows_per_group)
+    }
+
+    /// f32 elements of `qmv_coop`'s partial sums: per slice of k, 16 rows of padded outputs.
+    fn cooperative_partials(&self, k: usize, n: usize) -> usize {
+        (k / QMV_COOP_SLICE as usize) * 16 * Self::cooperative_tiles(n).1
+    }
+
+    /// `qmv_coop`'s two dispatches: the slices' partial sums, then their sum into y.
+    fn cooperative(&self, ops: &Operands<'_>) -> Result<Plan> {
+        let p = self.problem;
+        let (tile_groups, n_pad) = Self::cooperative_tiles(p.n);
+        let slices = p.k / QMV_COOP_SLICE as usize;
+        let count = self.cooperative_partials(p.k, p.n);
+        let params = CoopParams {
+            m: to_u32(p.m)?,
+            n: to_u32(p.n)?,
+            k: to_u32(p.k)?,
+            n_pad: to_u32(n_pad)?,
+            tile_groups: to_u32(tile_groups)?,
+            slices: to_u32(slices)?,
+            pad: [0; 2],
+        };
+        let whole = |source, tensor: &Tensor| Window { source, offset: 0, size: tensor.buffer().size() };
+        let partials = Window { source: Source::Partials, offset: 0, size: (count * 4) as u64 };
+        let products = Step {
+            key: KernelKey::QmvCoop { subgroups: QMV_COOP_SUBGROUPS },
+            params: bytemuck::bytes_of(&params).to_vec(),
+            table: None,
+            windows: vec![
+                whole(Source::X, ops.x),
+                whole(Source::Weight, &ops.q.weight),
+                whole(Source::Scales, &ops.q.scales),
+                whole(Source::Biases, ops.biases()),
+                partials,
+            ],
+            workgroups: to_u32(tile_groups * slices)?,
+        };
+        let layout = PartialsLayout { slot_stride: 16 * n_pad, row: p.n, row_stride: n_pad };
+        let sum = self.sum_step(partials, whole(Source::Y, ops.y), p.m * p.n, slices, layout, 0)?;
+        Ok(Plan { steps: vec![products, sum], partials: vec![count] })
     }
 
     /// The kernel for pieces of `m` rows. The family follows the whole product's rows, so that
@@ -581,14 +723,25 @@ impl<'a> Planner<'a> {
         })
     }
 
-    /// The dispatch summing `slots` slots of partial sums (`count` elements each, in
-    /// `partials`) into `y` at element `y_offset`.
-    fn sum_step(&self, partials: Window, y: Window, count: usize, slots: usize, y_offset: usize) -> Result<Step> {
+    /// The dispatch summing `slots` slots of partial sums (of `count` outputs, laid out in
+    /// `partials` as `layout` says) into `y` at element `y_offset`.
+    fn sum_step(
+        &self,
+        partials: Window,
+        y: Window,
+        count: usize,
+        slots: usize,
+        layout: PartialsLayout,
+        y_offset: usize,
+    ) -> Result<Step> {
         let params = SumParams {
             count: to_u32(count)?,
             slots: to_u32(slots)?,
-            slot_stride: to_u32(count)?,
+            slot_stride: to_u32(layout.slot_stride)?,
             y_offset: to_u32(y_offset)?,
+            row: to_u32(layout.row)?,
+            row_stride: to_u32(layout.row_stride)?,
+            pad: [0; 2],
         };
         Ok(Step {
             key: KernelKey::QmmSumPartials { out_dtype: self.problem.format.out_dtype },
@@ -629,9 +782,9 @@ impl<'a> Planner<'a> {
             let step = self.matmul_step(kernel, &piece, operands, Output::y(y, p.format.out_dtype))?;
             return Ok(Plan { steps: vec![step], partials: Vec::new() });
         }
-        let partials = Window { source: Source::Partials(0), offset: 0, size: (slices * count * 4) as u64 };
+        let partials = Window { source: Source::Partials, offset: 0, size: (slices * count * 4) as u64 };
         let matmul = self.matmul_step(kernel, &piece, operands, Output::partials(partials, slices, count))?;
-        let sum = self.sum_step(partials, y, count, slices, 0)?;
+        let sum = self.sum_step(partials, y, count, slices, PartialsLayout::dense(count), 0)?;
         Ok(Plan { steps: vec![matmul, sum], partials: vec![slices * count] })
     }
 
@@ -716,16 +869,16 @@ impl<'a> Planner<'a> {
                         let entry = [to_u32(x_offset + r0)?, to_u32(w_early)?, to_u32(slot)?];
                         let piece = Piece { m: m1 - m0, n: p.n, k: r1 - r0, entries: vec![entry] };
                         let partials =
-                            Window { source: Source::Partials(0), offset: 0, size: (plan.partials[0] * 4) as u64 };
+                            Window { source: Source::Partials, offset: 0, size: (plan.partials[0] * 4) as u64 };
                         self.matmul_step(kernel, &piece, operands, Output::partials(partials, 1, 0))?
                     };
                     plan.steps.push(step);
                 }
                 if k_chunks > 1 {
                     let count = (m1 - m0) * p.n;
-                    let partials =
-                        Window { source: Source::Partials(0), offset: 0, size: (plan.partials[0] * 4) as u64 };
-                    plan.steps.push(self.sum_step(partials, y_win, count, k_chunks, y_early * p.n)?);
+                    let partials = Window { source: Source::Partials, offset: 0, size: (plan.partials[0] * 4) as u64 };
+                    let layout = PartialsLayout::dense(count);
+                    plan.steps.push(self.sum_step(partials, y_win, count, k_chunks, layout, y_early * p.n)?);
                 }
             }
         }
@@ -753,7 +906,8 @@ impl Output {
     }
 }
 
-/// The dispatches of one call and the scratch tensors they need (f32 elements each).
+/// The dispatches of one call and the f32 partial sums they need (elements per set; one scratch
+/// buffer as large as the largest serves them all, see [`Gpu::scratch`]).
 struct Plan {
     steps: Vec<Step>,
     partials: Vec<usize>,
@@ -813,8 +967,8 @@ fn to_u32(v: usize) -> Result<u32> {
 
 /// Creates the plan's buffers and pipelines and submits its dispatches in one pass.
 fn run(gpu: &Gpu, ops: &Operands<'_>, plan: &Plan) -> Result<()> {
-    let partials =
-        plan.partials.iter().map(|&count| Tensor::zeros(gpu, &[count], DType::F32)).collect::<Result<Vec<_>>>()?;
+    // One scratch buffer, as large as the largest, serves every set of partial sums.
+    let scratch = plan.partials.iter().max().map(|&count| gpu.scratch(count as u64 * 4)).transpose()?;
     let tables = plan
         .steps
         .iter()
@@ -830,7 +984,7 @@ fn run(gpu: &Gpu, ops: &Operands<'_>, plan: &Plan) -> Result<()> {
             Source::Scales => ops.q.scales.buffer(),
             Source::Biases => ops.biases().buffer(),
             Source::Y => ops.y.buffer(),
-            Source::Partials(i) => partials[i].buffer(),
+            Source::Partials => scratch.as_deref().expect("the plan lists its partial sums"),
         }
     };
     let dispatches: Vec<Dispatch<'_>> = plan
