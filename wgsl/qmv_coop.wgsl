@@ -1,8 +1,9 @@
 // qmv_coop.wgsl: y = x · dequantize(w)ᵀ for 2 to 8 rows of f16 x on cooperative matrices (tensor
 // cores), 4-bit weights in groups of 64 with f16 scales and biases: the opt-in fast path of
 // `quantized_matmul` on devices whose caller enabled wgpu's experimental cooperative matrices
-// (see `Caps::cooperative_f16`). Each weight is dequantized to f16 exactly as MLX's
-// `dequantize` rounds it, round(round(q · s) + b); the products are exact and summed in f32.
+// (see `Caps::cooperative_f16`). Each weight is dequantized to f16 as MLX's `dequantize`
+// rounds it, round(round(q · s) + b) (f16 subnormals aside: Vulkan lets drivers flush them);
+// the products are exact and summed in f32.
 //
 // Work: a workgroup takes one slice of k (SLICE codes, 8 groups) and SUBGROUPS tiles of 16 rows
 // of w, one per subgroup; k slices write f32 partial sums that `qmm_sum_partials` adds.
