@@ -131,19 +131,16 @@ const COOPERATIVE_FEATURES: wgpu::Features = wgpu::Features::EXPERIMENTAL_COOPER
     .union(wgpu::Features::SUBGROUP)
     .union(wgpu::Features::SUBGROUP_BARRIER);
 
-/// Whether `adapter` multiplies 16 x 16 f16 matrices into f32 (wgpu lists the shapes it can).
-fn multiplies_f16_matrices(adapter: &wgpu::Adapter) -> bool {
-    adapter.cooperative_matrix_properties().iter().any(|p| {
-        (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
-            && p.ab_type == wgpu::CooperativeScalarType::F16
-            && p.cr_type == wgpu::CooperativeScalarType::F32
-    })
-}
-
 /// Whether kernels may use `adapter`'s cooperative matrices on a device with `features` (see
-/// [`Caps::cooperative_f16`]).
+/// [`Caps::cooperative_f16`]): the features, and 16 x 16 f16 matrices multiplied into f32 among
+/// the shapes wgpu lists for the adapter.
 fn cooperative_f16(adapter: &wgpu::Adapter, features: &wgpu::Features) -> bool {
-    features.contains(COOPERATIVE_FEATURES) && multiplies_f16_matrices(adapter)
+    features.contains(COOPERATIVE_FEATURES)
+        && adapter.cooperative_matrix_properties().iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
 }
 
 /// The best adapter `options` allow among those `usable` accepts (`what` describes them in
@@ -247,9 +244,8 @@ impl Gpu {
         options: GpuOptions,
         enable: impl FnOnce(&mut wgpu::DeviceDescriptor<'_>),
     ) -> Result<Gpu> {
-        let adapter = choose_adapter(&options, " with 16 x 16 f16 cooperative matrices", |a| {
-            a.features().contains(COOPERATIVE_FEATURES) && multiplies_f16_matrices(a)
-        })?;
+        let adapter =
+            choose_adapter(&options, " with 16 x 16 f16 cooperative matrices", |a| cooperative_f16(a, &a.features()))?;
         let features = (adapter.features() & WANTED_FEATURES & !options.without_features) | COOPERATIVE_FEATURES;
         Gpu::open(&adapter, &options, features, enable)
     }
@@ -281,8 +277,7 @@ impl Gpu {
         let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))
             .map_err(|e| Error::RequestDevice { adapter: adapter.get_info().name, message: e.to_string() })?;
 
-        let cooperative_f16 = cooperative_f16(adapter, &device.features());
-        let gpu = Gpu::build(adapter.get_info(), device, queue, options.timeout, cooperative_f16);
+        let gpu = Gpu::build(adapter, device, queue, options.timeout);
         // wgpu's default handler panics; errors outside our scopes are recorded instead.
         let uncaptured = Arc::clone(&gpu.inner.uncaptured);
         gpu.inner.device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -299,18 +294,17 @@ impl Gpu {
     /// `SHADER_F16`, `SUBGROUP_BARRIER`) on an adapter with 16 x 16 f16 matrices lets
     /// `quantized_matmul` use tensor cores for 2 to 8 rows of f16 x ([`Caps::cooperative_f16`]).
     pub fn from_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
-        let cooperative_f16 = cooperative_f16(adapter, &device.features());
-        Gpu::build(adapter.get_info(), device, queue, DEFAULT_TIMEOUT, cooperative_f16)
+        Gpu::build(adapter, device, queue, DEFAULT_TIMEOUT)
     }
 
-    fn build(
-        info: wgpu::AdapterInfo,
-        device: wgpu::Device,
-        queue: wgpu::Queue,
-        timeout: Duration,
-        cooperative_f16: bool,
-    ) -> Gpu {
-        let caps = Caps { info, features: device.features(), limits: device.limits(), cooperative_f16 };
+    fn build(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue, timeout: Duration) -> Gpu {
+        let features = device.features();
+        let caps = Caps {
+            info: adapter.get_info(),
+            cooperative_f16: cooperative_f16(adapter, &features),
+            features,
+            limits: device.limits(),
+        };
         let lost = Arc::new(Mutex::new(None));
         let lost_flag = Arc::clone(&lost);
         device.set_device_lost_callback(move |reason, message| {

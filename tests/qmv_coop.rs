@@ -55,13 +55,14 @@ const OPTIONS: QmmOptions = QmmOptions {
     split_k: None,
 };
 
-/// An (n, k) weight quantized at 4 bits, group 64, with f16 scales, on the host and the GPU.
-fn upload_weight(gpu: &Gpu, values: &[f32], n: usize, k: usize) -> (HostQuantized, Quantized) {
-    let params = QuantParams::affine(64, 4);
-    let host = reference::quantize(values, k, params, DType::F16).unwrap();
-    let weight = Tensor::from_slice(gpu, &host.weight, &[n, params.packed_width(k)]).unwrap();
-    let scales = common::upload(gpu, &host.scales, &[n, k / 64], DType::F16);
-    let biases = common::upload(gpu, &host.biases, &[n, k / 64], DType::F16);
+/// A (rows, cols) weight quantized at `bits` bits, group 64, with f16 scales, on the host and the
+/// GPU.
+fn upload_weight(gpu: &Gpu, values: &[f32], rows: usize, cols: usize, bits: u32) -> (HostQuantized, Quantized) {
+    let params = QuantParams::affine(64, bits);
+    let host = reference::quantize(values, cols, params, DType::F16).unwrap();
+    let weight = Tensor::from_slice(gpu, &host.weight, &[rows, params.packed_width(cols)]).unwrap();
+    let scales = common::upload(gpu, &host.scales, &[rows, cols / 64], DType::F16);
+    let biases = common::upload(gpu, &host.biases, &[rows, cols / 64], DType::F16);
     let q = Quantized::from_parts(weight, scales, Some(biases), params).unwrap();
     (host, q)
 }
@@ -95,7 +96,7 @@ fn cooperative_matches_the_twin_on_awkward_shapes() {
         let mut rng = Rng::new(100 + i as u64);
         let scale = 1.0 / (k as f32).sqrt();
         let w = common::round_to(&rng.normals(n * k, scale), DType::F16);
-        let (host, q) = upload_weight(&gpu, &w, n, k);
+        let (host, q) = upload_weight(&gpu, &w, n, k, 4);
         let x = common::round_to(&rng.normals(m * k, scale), DType::F16);
         let (got, want) = run(&gpu, &x, m, &host, &q, &OPTIONS);
         let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
@@ -128,7 +129,7 @@ fn cooperative_edge_case_weights() {
     // Row r, group g: kind (r + g) % 8.
     let w: Vec<f32> = (0..n * k).map(|e| kinds[(e / k + (e % k) / 64) % 8](&mut rng, e % 64)).collect();
     let w = common::round_to(&w, DType::F16);
-    let (host, q) = upload_weight(&gpu, &w, n, k);
+    let (host, q) = upload_weight(&gpu, &w, n, k, 4);
     let x = common::round_to(&rng.normals(m * k, 0.1), DType::F16);
     let (got, want) = run(&gpu, &x, m, &host, &q, &OPTIONS);
     let dense = reference::dequantize(
@@ -154,15 +155,9 @@ fn cooperative_edge_case_weights() {
 #[test]
 fn cooperative_is_refused_where_it_cannot_run() {
     let refusal = |gpu: &Gpu, x_dtype: DType, m: usize, k: usize, bits: u32, transpose: bool| -> String {
-        let params = QuantParams::affine(64, bits);
         let n = 64;
         let (rows, cols) = if transpose { (n, k) } else { (k, n) };
-        let values = vec![0.5f32; rows * cols];
-        let host = reference::quantize(&values, cols, params, DType::F16).unwrap();
-        let weight = Tensor::from_slice(gpu, &host.weight, &[rows, params.packed_width(cols)]).unwrap();
-        let scales = common::upload(gpu, &host.scales, &[rows, cols / 64], DType::F16);
-        let biases = common::upload(gpu, &host.biases, &[rows, cols / 64], DType::F16);
-        let q = Quantized::from_parts(weight, scales, Some(biases), params).unwrap();
+        let (_, q) = upload_weight(gpu, &vec![0.5f32; rows * cols], rows, cols, bits);
         let x = common::upload(gpu, &vec![1.0; m * k], &[m, k], x_dtype);
         match wgquant::quantized_matmul_with(&x, &q, transpose, &OPTIONS) {
             Err(e @ Error::KernelUnavailable { .. }) => e.to_string(),

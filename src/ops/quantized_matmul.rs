@@ -136,10 +136,10 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
     if problem.m == 0 || problem.n == 0 || problem.k == 0 || problem.batches.is_empty() {
         return Ok(y);
     }
-    if Planner::new(gpu, &problem, options).uses_cooperative(x, q, &y)? {
-        let operands = Operands { x, q, y: &y };
-        let plan = Planner::new(gpu, &problem, options).cooperative(&operands)?;
-        run(gpu, &operands, &plan)?;
+    let operands = Operands { x, q, y: &y };
+    let planner = Planner::new(gpu, &problem, options);
+    if planner.uses_cooperative(&operands)? {
+        run(gpu, &operands, &planner.cooperative(&operands)?)?;
         return Ok(y);
     }
     // With several rows of x, `qmv` reads x laid out by `qmv_prepare` (see there).
@@ -502,8 +502,8 @@ impl<'a> Planner<'a> {
 
     /// Whether the product runs on `qmv_coop`: where it can from [`QMV_COOP_AUTO_ROWS`] rows, or
     /// where it was asked for (an error where it cannot run).
-    fn uses_cooperative(&self, x: &Tensor, q: &Quantized, y: &Tensor) -> Result<bool> {
-        let why_not = self.cooperative_obstacle(&Operands { x, q, y });
+    fn uses_cooperative(&self, ops: &Operands<'_>) -> Result<bool> {
+        let why_not = self.cooperative_obstacle(ops);
         match (self.options.kernel, why_not) {
             (QmmKernel::Cooperative, Some(reason)) => {
                 Err(Error::KernelUnavailable { op: OP, kernel: "cooperative (qmv_coop)", reason })
@@ -586,7 +586,7 @@ impl<'a> Planner<'a> {
         };
         let layout = PartialsLayout { slot_stride: 16 * n_pad, row: p.n, row_stride: n_pad };
         let sum = self.sum_step(partials, whole(Source::Y, ops.y), p.m * p.n, slices, layout, 0)?;
-        Ok(Plan { steps: vec![products, sum], partials: vec![count] })
+        Ok(Plan { steps: vec![products, sum], partials: Some(count) })
     }
 
     /// The kernel for pieces of `m` rows. The family follows the whole product's rows, so that
@@ -780,12 +780,12 @@ impl<'a> Planner<'a> {
         let slices = self.k_splits(kernel, &piece).min(max_slots);
         if slices <= 1 {
             let step = self.matmul_step(kernel, &piece, operands, Output::y(y, p.format.out_dtype))?;
-            return Ok(Plan { steps: vec![step], partials: Vec::new() });
+            return Ok(Plan { steps: vec![step], partials: None });
         }
         let partials = Window { source: Source::Partials, offset: 0, size: (slices * count * 4) as u64 };
         let matmul = self.matmul_step(kernel, &piece, operands, Output::partials(partials, slices, count))?;
         let sum = self.sum_step(partials, y, count, slices, PartialsLayout::dense(count), 0)?;
-        Ok(Plan { steps: vec![matmul, sum], partials: vec![slices * count] })
+        Ok(Plan { steps: vec![matmul, sum], partials: Some(slices * count) })
     }
 
     /// Some operand exceeds its binding: dispatches per batch entry over windows of rows of x
@@ -832,10 +832,10 @@ impl<'a> Planner<'a> {
             });
         }
 
-        let mut plan = Plan { steps: Vec::new(), partials: Vec::new() };
-        if k_chunks > 1 {
-            plan.partials.push(k_chunks * m_chunk.min(p.m) * p.n);
-        }
+        // With k in chunks, one slot of partial sums per chunk of k, for the rows of one chunk of x.
+        let partials_len = k_chunks * m_chunk.min(p.m) * p.n;
+        let partials = Window { source: Source::Partials, offset: 0, size: (partials_len * 4) as u64 };
+        let mut plan = Plan { steps: Vec::new(), partials: (k_chunks > 1).then_some(partials_len) };
         let window = |source: Source, tensor: &Tensor, row_bytes: u64, rows: Range<usize>| {
             let (w, early) = BufferWindow::aligned_rows(tensor.buffer(), row_bytes, &rows, align);
             (Window { source, offset: w.offset, size: w.size }, early)
@@ -868,15 +868,12 @@ impl<'a> Planner<'a> {
                         let slot = c * (m1 - m0) * p.n;
                         let entry = [to_u32(x_offset + r0)?, to_u32(w_early)?, to_u32(slot)?];
                         let piece = Piece { m: m1 - m0, n: p.n, k: r1 - r0, entries: vec![entry] };
-                        let partials =
-                            Window { source: Source::Partials, offset: 0, size: (plan.partials[0] * 4) as u64 };
                         self.matmul_step(kernel, &piece, operands, Output::partials(partials, 1, 0))?
                     };
                     plan.steps.push(step);
                 }
                 if k_chunks > 1 {
                     let count = (m1 - m0) * p.n;
-                    let partials = Window { source: Source::Partials, offset: 0, size: (plan.partials[0] * 4) as u64 };
                     let layout = PartialsLayout::dense(count);
                     plan.steps.push(self.sum_step(partials, y_win, count, k_chunks, layout, y_early * p.n)?);
                 }
@@ -906,11 +903,11 @@ impl Output {
     }
 }
 
-/// The dispatches of one call and the f32 partial sums they need (elements per set; one scratch
-/// buffer as large as the largest serves them all, see [`Gpu::scratch`]).
+/// The dispatches of one call and the f32 partial sums they need, if any (elements, in the
+/// scratch buffer of [`Gpu::scratch`]).
 struct Plan {
     steps: Vec<Step>,
-    partials: Vec<usize>,
+    partials: Option<usize>,
 }
 
 /// 16-byte vectors in a row of x of `k` elements laid out by `qmv_prepare`: per block of 32
@@ -967,8 +964,7 @@ fn to_u32(v: usize) -> Result<u32> {
 
 /// Creates the plan's buffers and pipelines and submits its dispatches in one pass.
 fn run(gpu: &Gpu, ops: &Operands<'_>, plan: &Plan) -> Result<()> {
-    // One scratch buffer, as large as the largest, serves every set of partial sums.
-    let scratch = plan.partials.iter().max().map(|&count| gpu.scratch(count as u64 * 4)).transpose()?;
+    let scratch = plan.partials.map(|count| gpu.scratch(count as u64 * 4)).transpose()?;
     let tables = plan
         .steps
         .iter()
