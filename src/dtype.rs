@@ -81,6 +81,15 @@ impl DType {
             _ => x,
         }
     }
+
+    /// Rounds an f64 to this floating type (round to nearest, ties to even) once, as an f32.
+    pub(crate) fn round_f64(self, x: f64) -> f32 {
+        match self {
+            DType::F16 => f16::from_f64(x).to_f32(),
+            DType::BF16 => bf16::from_f64(x).to_f32(),
+            _ => x as f32,
+        }
+    }
 }
 
 impl fmt::Display for DType {

@@ -118,7 +118,7 @@ impl Caps {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
-    /// The largest storage binding, rounded down to whole [`VECTOR_BYTES`] (so that a window
+    /// The largest storage binding, rounded down to whole 16-byte vectors (so that a window
     /// that fits still fits once widened to whole vectors).
     pub fn max_binding(&self) -> u64 {
         self.limits.max_storage_buffer_binding_size & !(VECTOR_BYTES - 1)

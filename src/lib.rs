@@ -6,7 +6,8 @@
 //!
 //! Quantization follows MLX 0.32.4's CPU semantics (true min/max, the edge flip, round half to
 //! even); the packed words, scales and biases equal what `mx.quantize` returns. Every kernel
-//! has a readable CPU twin in [`reference`], which is tested against fixtures made by real MLX.
+//! has a readable CPU twin in [`reference`](mod@reference), which is tested against fixtures
+//! made by real MLX.
 //!
 //! ```no_run
 //! # fn main() -> wgquant::Result<()> {

@@ -1,8 +1,9 @@
 //! `qmv_coop`, the opt-in tensor-core path of `quantized_matmul`, against its CPU twin
-//! (`reference::quantized_matmul`: MLX's `dequantize` in f16, then f32 sums). The path runs only
-//! on a device its caller opened with wgpu's experimental cooperative matrices, which CI's
-//! lavapipe (Mesa 22.3) lacks: there, these tests check that the path is refused and print a
-//! skip line for the rest, which run on the benchmark card (benches/RESULTS.md, round 7).
+//! (`reference::quantized_matmul_fused`: each weight q · s + b rounded once to f16, then f32
+//! sums). The path runs only on a device its caller opened with wgpu's experimental cooperative
+//! matrices, which CI's lavapipe (Mesa 22.3) lacks: there, these tests check that the path is
+//! refused and print a skip line for the rest, which run on the benchmark card
+//! (benches/RESULTS.md, rounds 7 and 8).
 
 mod common;
 
@@ -82,7 +83,7 @@ fn run(
     assert_eq!(y.dtype(), DType::F16);
     let n = host.scales.len() / (k / 64);
     let matrix = HostMatrix { quantized: host, rows: n, params: QuantParams::affine(64, 4), scale_dtype: DType::F16 };
-    (common::download(&y), reference::quantized_matmul(x, m, &matrix, true, DType::F16))
+    (common::download(&y), reference::quantized_matmul_fused(x, m, &matrix, true, DType::F16))
 }
 
 /// Rows of x from 2 to 8, n with and without tails of the 128-row workgroups (down to 1), and
@@ -109,7 +110,7 @@ fn cooperative_matches_the_twin_on_awkward_shapes() {
 }
 
 /// Weights whose groups are zeros, constants, a ramp of ties, negatives only, tiny values (their
-/// products are f16 subnormals) and huge ones (scales past 64, the kernel's slower exact path),
+/// products are f16 subnormals) and huge ones (scales past 64, where 1024 · s overflows f16),
 /// beside normal ones: every output within one f16 rounding of Σ |x w| of the twin's.
 #[test]
 fn cooperative_edge_case_weights() {
@@ -132,13 +133,13 @@ fn cooperative_edge_case_weights() {
     let (host, q) = upload_weight(&gpu, &w, n, k, 4);
     let x = common::round_to(&rng.normals(m * k, 0.1), DType::F16);
     let (got, want) = run(&gpu, &x, m, &host, &q, &OPTIONS);
-    let dense = reference::dequantize(
+    let dense = reference::dequantize_with(
         &host.weight,
         &host.scales,
         &host.biases,
         QuantParams::affine(64, 4),
         DType::F16,
-        DType::F16,
+        |c, s, b| reference::dequantize_value_fused(c, s, b, DType::F16),
     );
     for (i, (&g, &t)) in got.iter().zip(&want).enumerate() {
         let (row, out) = (i / n, i % n);

@@ -1,12 +1,15 @@
 // qmv_coop.wgsl: y = x · dequantize(w)ᵀ for 2 to 8 rows of f16 x on cooperative matrices (tensor
 // cores), 4-bit weights in groups of 64 with f16 scales and biases: the opt-in fast path of
 // `quantized_matmul` on devices whose caller enabled wgpu's experimental cooperative matrices
-// (see `Caps::cooperative_f16`). Each weight is dequantized to f16 as MLX's `dequantize`
-// rounds it, round(round(q · s) + b) (f16 subnormals aside: Vulkan lets drivers flush them);
-// the products are exact and summed in f32.
+// (see `Caps::cooperative_f16`). Each weight becomes the f16 q · s + b in one fma, rounded
+// once (MLX's `dequantize` rounds q · s first, so about half the weights of a random matrix land
+// one f16 step from MLX's; Vulkan also lets drivers flush f16 subnormals); the products are
+// exact and summed in f32. The CPU twin is `reference::quantized_matmul_fused`.
 //
 // Work: a workgroup takes one slice of k (SLICE codes, 8 groups) and SUBGROUPS tiles of 16 rows
 // of w, one per subgroup; k slices write f32 partial sums that `qmm_sum_partials` adds.
+// Consecutive workgroups take the slices of one set of rows, so that the workgroups running at
+// once read whole rows of w rather than one slice of many rows (0.7 µs of 38 on an H100).
 // - x's slice is staged once, each row as it is (no transposition), its runs of 8 codes
 //   reordered as the codes are (below). The B matrix (16 codes x 16 rows of x) loads it
 //   column-major: columns past m, up to 16, are rows never written, garbage that lands in
@@ -54,43 +57,39 @@ var<workgroup> xs: array<array<f16, 8>, 16u * X_RUNS>;
 const TILE_RUNS: u32 = 3u;
 var<workgroup> tiles: array<array<f16, 8>, SUBGROUPS * 16u * TILE_RUNS>;
 
-// Scales at or past 64 would overflow 1024 · s (f16 tops out at 65504).
-const FAST_SCALE_LIMIT: f16 = 64.0h;
-
-// The 8 codes of word w, dequantized, in the order 0, 4, 1, 5, 2, 6, 3, 7. With |s| < 64,
-// fma(1024 + q, s, -1024 s) rounds q · s once (1024 s is exact); then + b rounds again: MLX's
-// round(round(q · s) + b) in two f16 operations per pair. Larger scales take q = (1024 + q) -
-// 1024 first.
+// The 8 codes of word w, dequantized, in the order 0, 4, 1, 5, 2, 6, 3, 7: (1024 + q) - 1024
+// is q exactly, then one fma per pair. MLX rounds q · s before adding b, but WGSL lets compilers
+// fuse a multiply and an add (NVIDIA's does), so keeping that rounding takes
+// fma(1024 + q, s, -1024 s) + b, finite only while 1024 · s is, and so a branch on the scale
+// per group: 4 µs of 42 on an H100 (benches/RESULTS.md, round 8).
 fn dequantize8(w: u32, s: vec2<f16>, b: vec2<f16>) -> array<f16, 8> {
     let m = (vec4<u32>(w, w >> 4u, w >> 8u, w >> 12u) & vec4<u32>(0x000f000fu)) | vec4<u32>(0x64006400u);
-    var p0 = vec2<f16>(unpack2x16float(m.x));
-    var p1 = vec2<f16>(unpack2x16float(m.y));
-    var p2 = vec2<f16>(unpack2x16float(m.z));
-    var p3 = vec2<f16>(unpack2x16float(m.w));
-    if abs(s.x) < FAST_SCALE_LIMIT {
-        let c = -1024.0h * s;
-        p0 = fma(p0, s, c);
-        p1 = fma(p1, s, c);
-        p2 = fma(p2, s, c);
-        p3 = fma(p3, s, c);
-    } else {
-        p0 = (p0 - vec2<f16>(1024.0h)) * s;
-        p1 = (p1 - vec2<f16>(1024.0h)) * s;
-        p2 = (p2 - vec2<f16>(1024.0h)) * s;
-        p3 = (p3 - vec2<f16>(1024.0h)) * s;
-    }
-    p0 += b;
-    p1 += b;
-    p2 += b;
-    p3 += b;
+    let offset = vec2<f16>(1024.0h);
+    let p0 = fma(vec2<f16>(unpack2x16float(m.x)) - offset, s, b);
+    let p1 = fma(vec2<f16>(unpack2x16float(m.y)) - offset, s, b);
+    let p2 = fma(vec2<f16>(unpack2x16float(m.z)) - offset, s, b);
+    let p3 = fma(vec2<f16>(unpack2x16float(m.w)) - offset, s, b);
     return array<f16, 8>(p0.x, p0.y, p1.x, p1.y, p2.x, p2.y, p3.x, p3.y);
 }
 
-// 8 f16 values from 4 words.
-fn halves8(q: vec4<u32>) -> array<f16, 8> {
+// A run of 8 f16 values of x (4 words) in the codes' order: 0, 4, 1, 5, 2, 6, 3, 7.
+fn in_code_order(q: vec4<u32>) -> array<f16, 8> {
     let h0 = vec4<f16>(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)));
     let h1 = vec4<f16>(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
-    return array<f16, 8>(h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w);
+    return array<f16, 8>(h0.x, h1.x, h0.y, h1.y, h0.z, h1.z, h0.w, h1.w);
+}
+
+// Run i of x's slice (row i / (SLICE / 8), run j = i % (SLICE / 8) of 8 codes): its index in x.
+fn x_index(i: u32, slice: u32) -> u32 {
+    return ((i / (SLICE / 8u)) * params.k + slice * SLICE) / 8u + i % (SLICE / 8u);
+}
+
+// Where run i is staged: run j (word j % 8 of group j / 8) goes to step (j % 8) % 4 of its
+// group, half (j % 8) / 4.
+fn staged_run(i: u32) -> u32 {
+    let j = i % (SLICE / 8u);
+    let w = j % 8u;
+    return (i / (SLICE / 8u)) * X_RUNS + (j / 8u) * 8u + 2u * (w % 4u) + w / 4u;
 }
 
 // Step s of a group: the lane writes its word's 8 weights to row r of the subgroup's tile
@@ -126,12 +125,12 @@ fn main(
     if index >= params.tile_groups * params.slices {
         return;
     }
-    let slice = index / params.tile_groups;
+    let slice = index % params.slices;
     let sg = local / 32u;
     let lane = local % 32u;
     let r = lane / 2u;
     let h = lane % 2u;
-    let n0 = ((index % params.tile_groups) * SUBGROUPS + sg) * 16u;
+    let n0 = ((index / params.slices) * SUBGROUPS + sg) * 16u;
     // Rows past n repeat the last row; their sums land in padding.
     let n = min(n0 + r, params.n - 1u);
     let groups = params.k / 64u;
@@ -149,15 +148,20 @@ fn main(
     let sv = scales[(n * groups + g0) / 8u];
     let bv = biases[(n * groups + g0) / 8u];
 
-    // Stage x: run j (word j % 8 of group j / 8) of row m goes to step (j % 8) % 4 of its group,
-    // half (j % 8) / 4, with its halves in the codes' order.
-    for (var i = local; i < params.m * (SLICE / 8u); i += SUBGROUPS * 32u) {
-        let m = i / (SLICE / 8u);
-        let j = i % (SLICE / 8u);
-        let v = halves8(x[(m * params.k + slice * SLICE) / 8u + j]);
-        let w = j % 8u;
-        let at = m * X_RUNS + (j / 8u) * 8u + 2u * (w % 4u) + w / 4u;
-        xs[at] = array<f16, 8>(v[0], v[4], v[1], v[5], v[2], v[6], v[3], v[7]);
+    // Stage x, each run in the codes' order. Each invocation asks for two runs
+    // before storing either (the second clamped to one that exists). A loop storing each run
+    // as it came waited for the two loads one after the other: 38.4 µs against 35.5 at 8 rows
+    // of 14336 x 4096 on an H100 (benches/RESULTS.md, round 8).
+    let runs = params.m * (SLICE / 8u);
+    let threads = SUBGROUPS * 32u;
+    for (var i = local; i < runs; i += 2u * threads) {
+        let second = i + threads;
+        let first_run = in_code_order(x[x_index(i, slice)]);
+        let second_run = in_code_order(x[x_index(min(second, runs - 1u), slice)]);
+        xs[staged_run(i)] = first_run;
+        if second < runs {
+            xs[staged_run(second)] = second_run;
+        }
     }
     workgroupBarrier();
 

@@ -34,9 +34,10 @@ const QMV_MAX_ROWS: usize = 8;
 /// Rows of x up to which transposed products use `qmv` (in tiles of 8 rows): measured on an
 /// H100, it stays ahead of the tiled kernel to about 32 rows (benches/RESULTS.md).
 const QMV_AUTO_ROWS: usize = 32;
-/// Rows of x from which `Auto` takes `qmv_coop` where it can run. Measured (benches/RESULTS.md,
-/// round 7): `qmv` takes 4-12 % less time at 4 rows (H200) and 15-28 % more at 8 (H100); 5 is
-/// where the two trends cross (5 to 7 rows were not timed).
+/// Rows of x from which `Auto` takes `qmv_coop` where it can run. Measured on an H100
+/// (benches/RESULTS.md, round 8): at 2 and 3 rows `qmv` is faster on the three Llama shapes; at 4
+/// `qmv_coop` wins two (by 1 and 5 %) and loses one (by 4 %); from 5 rows it wins all three, by
+/// 4-29 %.
 const QMV_COOP_AUTO_ROWS: usize = 5;
 /// Rows of x up to which untransposed products use the `qvm` kernel (MLX: M < 4 goes to qvm).
 const QVM_MAX_ROWS: usize = 4;
@@ -65,6 +66,8 @@ pub enum QmmKernel {
     /// a device with [`Caps::cooperative_f16`], transposed 4-bit weights in groups of 64 with
     /// f16 scales, f16 x of 2 to 8 rows (without batch axes on both sides), k a multiple of
     /// 512, and operands that fit their bindings. `Auto` takes it where it can run from 5 rows.
+    /// Its weights are `q·s + b` rounded once to f16, where MLX's `dequantize` rounds `q·s`
+    /// first (CPU twin: [`crate::reference::quantized_matmul_fused`]).
     Cooperative,
 }
 

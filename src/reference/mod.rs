@@ -13,6 +13,7 @@ mod quantized_matmul;
 pub use matmul::matmul;
 pub use nn::{add, multiply, relu, rms_norm, scaled_dot_product_attention, silu, softmax, take};
 pub use quantize::{
-    dequantize, dequantize_value, group_scale_bias, pack, quantize, quantize_value, unpack, HostQuantized,
+    dequantize, dequantize_value, dequantize_value_fused, dequantize_with, group_scale_bias, pack, quantize,
+    quantize_value, unpack, HostQuantized,
 };
-pub use quantized_matmul::{quantized_matmul, HostMatrix};
+pub use quantized_matmul::{quantized_matmul, quantized_matmul_fused, HostMatrix};

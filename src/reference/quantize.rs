@@ -118,6 +118,15 @@ pub fn dequantize_value(code: u32, scale: f32, bias: f32, t: DType) -> f32 {
     t.round_f32(t.round_f32(code as f32 * scale) + bias)
 }
 
+/// One dequantized value as a fused multiply-add in dtype `t` gives it: `round_t(code * scale +
+/// bias)`, rounded once. This is how `qmv_coop` dequantizes; MLX ([`dequantize_value`]) rounds
+/// the product first, and about half of the weights of a random matrix come out one step apart.
+pub fn dequantize_value_fused(code: u32, scale: f32, bias: f32, t: DType) -> f32 {
+    // Exact in f64 for f16 scales and biases (qmv_coop's): both terms are multiples of 2^-24,
+    // the smallest f16 step, below 2^25, so 49 bits hold the sum.
+    t.round_f64(f64::from(code) * f64::from(scale) + f64::from(bias))
+}
+
 /// `mx.dequantize` (affine): `k` values per row from packed `weight` and per-group `scales` and
 /// `biases` of dtype `scale_dtype`, cast to `out_dtype`.
 pub fn dequantize(
@@ -128,12 +137,26 @@ pub fn dequantize(
     scale_dtype: DType,
     out_dtype: DType,
 ) -> Vec<f32> {
+    dequantize_with(weight, scales, biases, params, out_dtype, |code, scale, bias| {
+        dequantize_value(code, scale, bias, scale_dtype)
+    })
+}
+
+/// Every code of `weight` through `value(code, scale, bias)`, cast to `out_dtype`: [`dequantize`]
+/// with another rounding, such as [`dequantize_value_fused`].
+pub fn dequantize_with(
+    weight: &[u32],
+    scales: &[f32],
+    biases: &[f32],
+    params: QuantParams,
+    out_dtype: DType,
+    value: impl Fn(u32, f32, f32) -> f32,
+) -> Vec<f32> {
     let n = weight.len() * 32 / params.bits as usize;
     (0..n)
         .map(|i| {
             let g = i / params.group_size as usize;
-            let v = dequantize_value(unpack(weight, params.bits, i), scales[g], biases[g], scale_dtype);
-            out_dtype.round_f32(v)
+            out_dtype.round_f32(value(unpack(weight, params.bits, i), scales[g], biases[g]))
         })
         .collect()
 }
@@ -152,6 +175,17 @@ mod tests {
         for (i, &c) in codes.iter().enumerate() {
             assert_eq!(unpack(&pack(&codes, 3), 3, i), c);
         }
+    }
+
+    #[test]
+    fn fused_dequantization_rounds_once() {
+        // 3 · (1 + 2^-10) is 3 + 1.5 f16 steps: MLX rounds it to 3 + 2 steps (ties to even)
+        // before adding -3; one rounding keeps 3 · 2^-10 exactly.
+        let scale = 1.0 + 1.0 / 1024.0;
+        assert_eq!(dequantize_value(3, scale, -3.0, DType::F16), 4.0 / 1024.0);
+        assert_eq!(dequantize_value_fused(3, scale, -3.0, DType::F16), 3.0 / 1024.0);
+        // Both agree where the product needs no rounding.
+        assert_eq!(dequantize_value_fused(5, 0.25, 1.0, DType::F16), dequantize_value(5, 0.25, 1.0, DType::F16));
     }
 
     #[test]

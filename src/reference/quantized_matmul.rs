@@ -6,7 +6,7 @@ use crate::dtype::DType;
 use crate::params::QuantParams;
 
 use super::matmul::matmul;
-use super::quantize::{dequantize, HostQuantized};
+use super::quantize::{dequantize, dequantize_value_fused, dequantize_with, HostQuantized};
 
 /// One quantized matrix on the host: packed rows of `weight` with their scales and biases.
 #[derive(Clone, Copy, Debug)]
@@ -33,10 +33,26 @@ impl HostMatrix<'_> {
 pub fn quantized_matmul(x: &[f32], m: usize, w: &HostMatrix<'_>, transpose: bool, out_dtype: DType) -> Vec<f32> {
     let q = w.quantized;
     let dense = dequantize(&q.weight, &q.scales, &q.biases, w.params, w.scale_dtype, w.scale_dtype);
+    dense_matmul(x, m, w, &dense, transpose, out_dtype)
+}
+
+/// [`quantized_matmul`] with each weight rounded once ([`dequantize_value_fused`]): the twin of
+/// `qmv_coop`, the tensor-core path.
+pub fn quantized_matmul_fused(x: &[f32], m: usize, w: &HostMatrix<'_>, transpose: bool, out_dtype: DType) -> Vec<f32> {
+    let q = w.quantized;
+    let t = w.scale_dtype;
+    let dense = dequantize_with(&q.weight, &q.scales, &q.biases, w.params, t, |code, scale, bias| {
+        dequantize_value_fused(code, scale, bias, t)
+    });
+    dense_matmul(x, m, w, &dense, transpose, out_dtype)
+}
+
+/// `x` times `w` dequantized to `dense`.
+fn dense_matmul(x: &[f32], m: usize, w: &HostMatrix<'_>, dense: &[f32], transpose: bool, out_dtype: DType) -> Vec<f32> {
     let (rows, cols) = (w.rows, w.width());
     let (k, n) = if transpose { (cols, rows) } else { (rows, cols) };
     assert_eq!(x.len(), m * k, "x holds {m} rows of k = {k}");
-    matmul(x, &dense, None, (m, n, k), transpose, out_dtype)
+    matmul(x, dense, None, (m, n, k), transpose, out_dtype)
 }
 
 #[cfg(test)]
