@@ -126,7 +126,8 @@ pub(crate) const PREPARED_CHUNK: u32 = 8;
 /// slices this long, summed by [`KernelKey::QmmSumPartials`].
 pub(crate) const QMV_COOP_SLICE: u32 = 512;
 /// Subgroups per [`KernelKey::QmvCoop`] workgroup, each a tile of 16 rows of w: 8 keep two
-/// workgroups resident per H100 multiprocessor (registers and 48 KB of workgroup memory).
+/// workgroups resident per H100 multiprocessor (its 48 KB of workgroup memory; 4 and 6 were
+/// slower, benches/RESULTS.md round 8).
 pub(crate) const QMV_COOP_SUBGROUPS: u32 = 8;
 /// Quads of outputs per [`KernelKey::Qvm`] workgroup.
 pub(crate) const QVM_WG_SIZE: u32 = 64;

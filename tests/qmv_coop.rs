@@ -110,7 +110,7 @@ fn cooperative_matches_the_twin_on_awkward_shapes() {
 }
 
 /// Weights whose groups are zeros, constants, a ramp of ties, negatives only, tiny values (their
-/// products are f16 subnormals) and huge ones (scales past 64, where 1024 · s overflows f16),
+/// products are f16 subnormals) and huge ones (scales in the hundreds and more),
 /// beside normal ones: every output within one f16 rounding of Σ |x w| of the twin's.
 #[test]
 fn cooperative_edge_case_weights() {

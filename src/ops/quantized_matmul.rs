@@ -147,7 +147,7 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
     }
     // With several rows of x, `qmv` reads x laid out by `qmv_prepare` (see there).
     let prepared;
-    let x = if problem.m > 1 && Planner::new(gpu, &problem, options).uses_qmv() {
+    let x = if problem.m > 1 && planner.uses_qmv() {
         prepared = prepare_x(x, problem.format.bits)?;
         problem.x_prepared = true;
         problem.format.x_dtype = DType::F32;
@@ -506,14 +506,13 @@ impl<'a> Planner<'a> {
     /// Whether the product runs on `qmv_coop`: where it can from [`QMV_COOP_AUTO_ROWS`] rows, or
     /// where it was asked for (an error where it cannot run).
     fn uses_cooperative(&self, ops: &Operands<'_>) -> Result<bool> {
-        let why_not = self.cooperative_obstacle(ops);
-        match (self.options.kernel, why_not) {
-            (QmmKernel::Cooperative, Some(reason)) => {
-                Err(Error::KernelUnavailable { op: OP, kernel: "cooperative (qmv_coop)", reason })
-            }
-            (QmmKernel::Cooperative, None) => Ok(true),
-            (QmmKernel::Auto, None) => Ok(self.problem.m >= QMV_COOP_AUTO_ROWS),
-            _ => Ok(false),
+        match self.options.kernel {
+            QmmKernel::Cooperative => match self.cooperative_obstacle(ops) {
+                Some(reason) => Err(Error::KernelUnavailable { op: OP, kernel: "cooperative (qmv_coop)", reason }),
+                None => Ok(true),
+            },
+            QmmKernel::Auto => Ok(self.problem.m >= QMV_COOP_AUTO_ROWS && self.cooperative_obstacle(ops).is_none()),
+            QmmKernel::Vector | QmmKernel::Tiled => Ok(false),
         }
     }
 
