@@ -223,9 +223,14 @@ fn nested_tree_matches_mlx() {
     }
     assert_eq!(net.as_module().to_string(), fixture.text("nested.after.repr"));
     assert_eq!(keys(&net), fixture.lines("nested.after.parameters"));
-    // The quantized tree still runs.
-    let logits = net.forward(&Tensor::from_slice(&gpu, &[1u32, 5, 9], &[3]).unwrap()).unwrap();
+    // The quantized tree still runs, and computes what its dequantized weights compute.
+    let tokens = Tensor::from_slice(&gpu, &[1u32, 5, 9], &[3]).unwrap();
+    let logits = net.forward(&tokens).unwrap();
     assert_eq!(logits.shape(), &[3, 16]);
+    nn::dequantize_model(&mut net).unwrap();
+    let reference = download(&net.forward(&tokens).unwrap());
+    let err = relative_error(&download(&logits), &reference);
+    assert!(err < SUMMATION_ORDER_REL, "quantized vs dequantized: relative error {err}");
 }
 
 /// MLX's `test_nn.py::test_quantize`.
@@ -619,13 +624,16 @@ fn small_llama(tied: bool) -> LlamaConfig {
     }
 }
 
+/// How far a quantized model's f32 forward may be from the forward of its dequantized weights:
+/// they differ only in f32 summation order (quantized_matmul may sum `scale·Σx·q + bias·Σx`
+/// instead of `Σx·ŵ`): relative error 1e-4, about k·ε = 128 · 1.2e-7 per product, compounded
+/// over 2 blocks, with margin.
+const SUMMATION_ORDER_REL: f32 = 1e-4;
+
 /// A quantized model's forward equals the float forward of its dequantized weights, up to
-/// f32 summation order (quantized_matmul may sum `scale·Σx·q + bias·Σx` instead of `Σx·ŵ`):
-/// relative error 1e-4, about k·ε = 128 · 1.2e-7 per product, compounded over 2 blocks, with margin.
-/// It also loses less with more bits.
+/// `SUMMATION_ORDER_REL`. It also loses less with more bits.
 #[test]
 fn quantized_forward_equals_dequantized_forward() {
-    const SUMMATION_ORDER_REL: f32 = 1e-4;
     let gpu = gpu_or_skip!();
     let tokens = Tensor::from_slice(&gpu, &[3u32, 14, 15, 92, 65, 35, 89, 79], &[2, 4]).unwrap();
     for tied in [false, true] {
@@ -661,23 +669,61 @@ fn bits_per_weight_counts_like_mlx_lm() {
     assert_eq!(nn::bits_per_weight(&m), 4.0 + 64.0 / 64.0);
 }
 
-/// `cargo run --release`'s demo, on one block and four tokens.
+/// `cargo run --release`'s demo, on one block and four tokens: the layers it quantizes, the bits
+/// per weight it reports (counted here from the model's shapes, as mlx-lm counts: the bytes of
+/// every parameter over the weights' elements) and a relative error of the logits in range.
 #[test]
-fn demo_runs_end_to_end() {
+fn demo_reports_what_it_did() {
     let _gpu = gpu_or_skip!();
-    for (recipe, tied) in [("mixed_3_6", false), ("uniform", true)] {
-        let args = wgquant::demo::DemoArgs {
-            recipe: recipe.parse().unwrap(),
-            bits: 4,
-            group_size: 64,
-            adapter: None,
-            tied,
-            dtype: DType::F16,
-            layers: 1,
-            tokens: 4,
-            iterations: 1,
-            seed: 3,
+    // Width 256, MLP 512, vocabulary 1024, one block: q, k, v, o 256², gate and up 256 x 512,
+    // down 512 x 256, the embedding and the head 1024 x 256, three norms of 256, all f16.
+    let (attn, mlp, table, norms) = (256.0 * 256.0, 256.0 * 512.0, 1024.0 * 256.0, 3.0 * 256.0);
+    // Bits of a quantized weight at group size 64: its code plus an f16 scale and bias per 64.
+    let at = |bits: f64| bits + 32.0 / 64.0;
+    let cases = [
+        // mixed_3_6: v_proj, down_proj (the one block is the last) and lm_head at 6 bits.
+        (
+            "mixed_3_6",
+            false,
+            "quantized 9 layers (6 at 3 bits, 3 at 6 bits)",
+            ((3.0 * attn + 2.0 * mlp + table) * at(3.0) + (attn + mlp + table) * at(6.0) + norms * 16.0)
+                / (4.0 * attn + 3.0 * mlp + 2.0 * table + norms),
+        ),
+        // uniform 4 bits, tied: no lm_head.
+        (
+            "uniform",
+            true,
+            "quantized 8 layers (8 at 4 bits)",
+            ((4.0 * attn + 3.0 * mlp + table) * at(4.0) + norms * 16.0) / (4.0 * attn + 3.0 * mlp + table + norms),
+        ),
+    ];
+    for (recipe, tied, layers, bits_per_weight) in cases {
+        let mut args = vec!["demo", "--recipe", recipe, "--bits", "4", "--group-size", "64", "--dtype", "f16"];
+        args.extend(["--layers", "1", "--tokens", "4", "--iterations", "1", "--seed", "3"]);
+        if tied {
+            args.push("--tied");
+        }
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_wgquant")).args(&args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{recipe}: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+        let line = |start: &str| {
+            stdout
+                .lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("{recipe}: no '{start}' in\n{stdout}"))
         };
-        wgquant::demo::run(&args).unwrap();
+        assert!(line("quantized ").starts_with(layers), "{recipe}: {}", line("quantized "));
+        let expected = format!("bits per weight: 16.00 -> {bits_per_weight:.2} (mlx-lm's count)");
+        assert!(
+            line("bits per weight").starts_with(&expected),
+            "{recipe}: {} (expected {expected})",
+            line("bits per weight")
+        );
+        let logits = line("logits on 4 tokens: relative error ");
+        let error: f64 =
+            logits["logits on 4 tokens: relative error ".len()..].split(' ').next().unwrap().parse().unwrap();
+        // 3- to 6-bit weights of a random model: a few percent to a few tens of percent.
+        assert!((1e-3..0.5).contains(&error), "{recipe}: {logits}");
+        assert!(logits.contains("same top-1 token for "), "{recipe}: {logits}");
     }
 }

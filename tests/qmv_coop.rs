@@ -1,9 +1,10 @@
 //! `qmv_coop`, the opt-in tensor-core path of `quantized_matmul`, against its CPU twin
 //! (`reference::quantized_matmul_fused`: each weight q · s + b rounded once to f16, then f32
 //! sums). The path runs only on a device its caller opened with wgpu's experimental cooperative
-//! matrices, which CI's lavapipe (Mesa 22.3) lacks: there, these tests check that the path is
-//! refused and print a skip line for the rest, which run on the benchmark card
-//! (benches/RESULTS.md, rounds 7 and 8).
+//! matrices, which CI's lavapipe (Mesa 22.3) lacks: there, `cooperative_is_refused_without_them`
+//! checks the refusal; the other tests are `#[ignore]`d and run on the benchmark card with
+//! `cargo test --test qmv_coop -- --ignored` (benches/RESULTS.md, rounds 7 and 8), where they
+//! fail, rather than skip, if the adapter has no cooperative matrices.
 
 mod common;
 
@@ -13,33 +14,25 @@ use common::Rng;
 use wgquant::reference::{self, HostMatrix, HostQuantized};
 use wgquant::{DType, Error, Gpu, GpuOptions, QmmKernel, QmmOptions, QuantParams, Quantized, Tensor};
 
-/// A GPU opened with wgpu's experimental cooperative matrices where an adapter multiplies
-/// 16 x 16 f16 matrices (NVIDIA's Vulkan driver does), else `None`.
-fn cooperative_gpu() -> Option<Gpu> {
-    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+/// Why the cooperative tests are ignored by default.
+const NEEDS_COOPERATIVE: &str = "needs an adapter with 16 x 16 f16 cooperative matrices: run with --ignored on one";
+
+/// A GPU opened with wgpu's experimental cooperative matrices; panics where no adapter
+/// multiplies 16 x 16 f16 matrices (NVIDIA's Vulkan driver does).
+fn cooperative_gpu() -> Gpu {
+    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
     GPU.get_or_init(|| {
         // SAFETY: wgpu validates experimental features less than stable ones; these tests run
         // wgquant's own kernel, whose resources `Gpu::pipeline` checks like every other's.
         let enable = |d: &mut wgpu::DeviceDescriptor<'_>| {
             d.experimental_features = unsafe { wgpu::ExperimentalFeatures::enabled() }
         };
-        let gpu = Gpu::with_cooperative_matrices(GpuOptions::default(), enable).ok()?;
+        let gpu = Gpu::with_cooperative_matrices(GpuOptions::default(), enable).map_err(|e| e.to_string())?;
         eprintln!("cooperative tests on {}", gpu.describe());
-        Some(gpu)
+        Ok(gpu)
     })
     .clone()
-}
-
-macro_rules! cooperative_or_skip {
-    () => {
-        match cooperative_gpu() {
-            Some(gpu) => gpu,
-            None => {
-                eprintln!("SKIP: no adapter with 16 x 16 f16 cooperative matrices");
-                return;
-            }
-        }
-    };
+    .unwrap_or_else(|e| panic!("{NEEDS_COOPERATIVE} ({e})"))
 }
 
 /// Outputs here stay below 0.25 (x, w ~ N(0, 1)/√K, as in MLX's tests). The twin and the
@@ -89,8 +82,9 @@ fn run(
 /// Rows of x from 2 to 8, n with and without tails of the 128-row workgroups (down to 1), and
 /// one to eight slices of k; from 5 rows, Auto takes the same path, bit for bit.
 #[test]
+#[ignore = "needs an adapter with 16 x 16 f16 cooperative matrices: run with --ignored on one"]
 fn cooperative_matches_the_twin_on_awkward_shapes() {
-    let gpu = cooperative_or_skip!();
+    let gpu = cooperative_gpu();
     let cases =
         [(8, 512, 512), (2, 100, 1024), (5, 1000, 1536), (3, 1, 512), (7, 129, 2048), (8, 136, 4096), (6, 4104, 512)];
     for (i, &(m, n, k)) in cases.iter().enumerate() {
@@ -113,8 +107,9 @@ fn cooperative_matches_the_twin_on_awkward_shapes() {
 /// products are f16 subnormals) and huge ones (scales in the hundreds and more),
 /// beside normal ones: every output within one f16 rounding of Σ |x w| of the twin's.
 #[test]
+#[ignore = "needs an adapter with 16 x 16 f16 cooperative matrices: run with --ignored on one"]
 fn cooperative_edge_case_weights() {
-    let gpu = cooperative_or_skip!();
+    let gpu = cooperative_gpu();
     let (m, n, k) = (8, 16, 512);
     let mut rng = Rng::new(7);
     let kinds: [fn(&mut Rng, usize) -> f32; 8] = [
@@ -151,25 +146,34 @@ fn cooperative_edge_case_weights() {
     }
 }
 
-/// Asked for by name, the path is refused, in words, where it cannot run: on a device without
-/// cooperative matrices (CI's), and for products outside its format or shapes.
-#[test]
-fn cooperative_is_refused_where_it_cannot_run() {
-    let refusal = |gpu: &Gpu, x_dtype: DType, m: usize, k: usize, bits: u32, transpose: bool| -> String {
-        let n = 64;
-        let (rows, cols) = if transpose { (n, k) } else { (k, n) };
-        let (_, q) = upload_weight(gpu, &vec![0.5f32; rows * cols], rows, cols, bits);
-        let x = common::upload(gpu, &vec![1.0; m * k], &[m, k], x_dtype);
-        match wgquant::quantized_matmul_with(&x, &q, transpose, &OPTIONS) {
-            Err(e @ Error::KernelUnavailable { .. }) => e.to_string(),
-            other => panic!("expected a refusal, got {:?}", other.map(|t| t.shape().to_vec())),
-        }
-    };
-    if let Some(gpu) = common::gpu().filter(|g| !g.caps().cooperative_f16) {
-        let message = refusal(&gpu, DType::F16, 8, 512, 4, true);
-        assert!(message.contains("has no cooperative matrices"), "{message}");
+/// The refusal's message for a product of `m` rows of x (k columns) with a 64-output weight.
+fn refusal(gpu: &Gpu, x_dtype: DType, m: usize, k: usize, bits: u32, transpose: bool) -> String {
+    let n = 64;
+    let (rows, cols) = if transpose { (n, k) } else { (k, n) };
+    let (_, q) = upload_weight(gpu, &vec![0.5f32; rows * cols], rows, cols, bits);
+    let x = common::upload(gpu, &vec![1.0; m * k], &[m, k], x_dtype);
+    match wgquant::quantized_matmul_with(&x, &q, transpose, &OPTIONS) {
+        Err(e @ Error::KernelUnavailable { .. }) => e.to_string(),
+        other => panic!("expected a refusal, got {:?}", other.map(|t| t.shape().to_vec())),
     }
-    let gpu = cooperative_or_skip!();
+}
+
+/// Asked for by name on a device opened without cooperative matrices (every `Gpu::new`, CI's
+/// included), the path is refused, in words.
+#[test]
+fn cooperative_is_refused_without_them() {
+    let gpu = gpu_or_skip!();
+    assert!(!gpu.caps().cooperative_f16, "Gpu::new enables no experimental features");
+    let message = refusal(&gpu, DType::F16, 8, 512, 4, true);
+    assert!(message.contains("has no cooperative matrices"), "{message}");
+}
+
+/// On a device with cooperative matrices, products outside the path's format or shapes are
+/// refused, in words.
+#[test]
+#[ignore = "needs an adapter with 16 x 16 f16 cooperative matrices: run with --ignored on one"]
+fn cooperative_is_refused_outside_its_shapes() {
+    let gpu = cooperative_gpu();
     for (x_dtype, m, k, bits, transpose, words) in [
         (DType::BF16, 8, 512, 4, true, "f16 x and scales"),
         (DType::F16, 8, 512, 8, true, "4 bits"),

@@ -105,7 +105,7 @@ fn edge_cases_every_bits_and_dtype() {
 #[test]
 fn empty_tensors_quantize_to_empty_outputs() {
     let gpu = gpu_or_skip!();
-    // MLX accepts (0, 64) and (4, 0) (reliability notes §1.2).
+    // MLX accepts (0, 64) and (4, 0).
     for (shape, packed, groups) in [([0usize, 64usize], [0usize, 8usize], [0usize, 1usize]), ([4, 0], [4, 0], [4, 0])] {
         let w = Tensor::from_slice::<f32>(&gpu, &[], &shape).unwrap();
         let q = wgquant::quantize(&w, QuantParams::default()).unwrap();

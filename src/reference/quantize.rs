@@ -17,7 +17,7 @@ pub struct HostQuantized {
 }
 
 /// The scale and bias of one group in f32, before rounding to the storage dtype
-/// (`mlx/backend/cpu/quantized.cpp`, spec §1.3).
+/// (`mlx/backend/cpu/quantized.cpp`).
 pub fn group_scale_bias(group: &[f32], bits: u32) -> (f32, f32) {
     const EPS: f32 = 1e-7;
     let n_bins = ((1u32 << bits) - 1) as f32;
@@ -59,7 +59,7 @@ pub fn quantize_value(v: f32, scale: f32, bias: f32, bits: u32) -> u32 {
     q.clamp(0.0, ((1u32 << bits) - 1) as f32) as u32
 }
 
-/// Packs codes of `bits` bits into an LSB-first bitstream of `u32` words (spec §1.5). `codes`
+/// Packs codes of `bits` bits into an LSB-first bitstream of `u32` words, as MLX packs them. `codes`
 /// must fill whole words (`codes.len() * bits` divisible by 32).
 pub fn pack(codes: &[u32], bits: u32) -> Vec<u32> {
     let mut words = vec![0u32; codes.len() * bits as usize / 32];
@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn packs_mlx_worked_examples() {
-        // Spec §1.5: 4-bit 0..15 and 3-bit 0..7,0,1,...
+        // MLX's packing of 4-bit 0..15 and 3-bit 0..7,0,1,...
         let codes: Vec<u32> = (0..16).collect();
         assert_eq!(pack(&codes, 4), vec![0x7654_3210, 0xfedc_ba98]);
         let codes: Vec<u32> = (0..32).map(|i| i % 8).collect();
@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn edge_flip_examples() {
-        // Spec §1.3: [0..15] at 4 bits gives scale -1, bias 15; [-15..0] gives +1, -15.
+        // MLX: [0..15] at 4 bits gives scale -1, bias 15; [-15..0] gives +1, -15.
         let up: Vec<f32> = (0..16).map(|i| i as f32).collect();
         assert_eq!(group_scale_bias(&up, 4), (-1.0, 15.0));
         let down: Vec<f32> = (0..16).map(|i| -(i as f32)).collect();
@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn ties_round_to_even() {
-        // scale -1, bias 3 at 2 bits: 0.5 and 2.5 give codes 2 and 0 (spec §1.3).
+        // scale -1, bias 3 at 2 bits: 0.5 and 2.5 give codes 2 and 0.
         assert_eq!(quantize_value(0.5, -1.0, 3.0, 2), 2);
         assert_eq!(quantize_value(2.5, -1.0, 3.0, 2), 0);
     }
