@@ -59,6 +59,11 @@ pub enum Error {
     #[error("{op}: the tensors live on different GPU devices")]
     DeviceMismatch { op: &'static str },
 
+    // ---- kernel options (kernel layer) ---------------------------------------------------------
+    /// A tuning option outside the values the kernels support (whatever the device).
+    #[error("{op}: {option} = {value} is not supported (allowed: {allowed})")]
+    InvalidOption { op: &'static str, option: &'static str, value: String, allowed: String },
+
     // ---- tensors -----------------------------------------------------------------------------
     /// Host data does not have as many elements as the shape says.
     #[error("{op}: {len} elements do not fill shape {}", mlx_shape(.shape))]

@@ -935,20 +935,6 @@ impl<'a> BufferWindow<'a> {
         let size = size.max(1).next_multiple_of(VECTOR_BYTES).min(room).max(4);
         BufferWindow { buffer, offset, size }
     }
-
-    /// Rows `rows` of a buffer of `row_bytes`-byte rows, widened at the start to the nearest
-    /// row whose offset is a multiple of `alignment` (bindings must start there). Returns the
-    /// window and how many rows it starts early.
-    pub fn aligned_rows(
-        buffer: &'a wgpu::Buffer,
-        row_bytes: u64,
-        rows: &Range<usize>,
-        alignment: u64,
-    ) -> (Self, usize) {
-        let step = aligned_row_step(row_bytes, alignment);
-        let early = rows.start % step;
-        (BufferWindow::rows(buffer, row_bytes, &(rows.start - early..rows.end)), early)
-    }
 }
 
 /// Rows between consecutive row offsets that are multiples of `alignment`.

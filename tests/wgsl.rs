@@ -1,28 +1,48 @@
-//! Shader portability without a GPU: every kernel specialisation wgquant can build is parsed and
-//! validated by naga, then translated to MSL (Metal), SPIR-V (Vulkan) and HLSL (DX12), so Metal
-//! and DX12 users are covered even though CI has no Mac or Windows machine. The MSL of one
-//! canonical specialisation per kernel is kept as an insta snapshot, so a change to what Metal
-//! receives shows up in review.
+//! Shaders without a GPU.
+//!
+//! Portability: every kernel specialisation wgquant can build is parsed and validated by naga,
+//! then translated to MSL (Metal), SPIR-V (Vulkan) and HLSL (DX12), so Metal and DX12 users are
+//! covered even though CI has no Mac or Windows machine.
+//!
+//! The Rust-WGSL contract: for every specialisation, naga's reflection of the WGSL must match
+//! what the Rust side binds: the uniform `Params` struct (every field's name and offset, its
+//! size), every storage binding (index, variable name, access, type), and the workgroup memory
+//! and size the planner fits to a device.
+//!
+//! Snapshots of what wgquant owns (not naga's output): one canonical specialisation per family
+//! with its generated prelude, overrides, parameters and bindings; and the workgroup memory of
+//! every tuning variant.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
 
 use naga::back::{hlsl, msl, spv};
 use naga::valid::Capabilities;
-use wgquant::kernels::{self, KernelKey};
+use wgquant::kernels::{self, Access, KernelKey};
 
 /// What the kernels may use: f16 and subgroups (the optional features wgquant requests).
 const CAPABILITIES: Capabilities = Capabilities::SHADER_FLOAT16.union(Capabilities::SUBGROUP);
+/// What `qmv_coop` uses besides: cooperative matrices, which a caller enables.
+const EXTENSION_CAPABILITIES: Capabilities = CAPABILITIES
+    .union(Capabilities::SUBGROUP_BARRIER)
+    .union(Capabilities::COOPERATIVE_MATRIX)
+    .union(Capabilities::SHADER_FLOAT16_IN_FLOAT32);
+
+fn capabilities(key: &KernelKey) -> Capabilities {
+    if key.needs_extensions() {
+        EXTENSION_CAPABILITIES
+    } else {
+        CAPABILITIES
+    }
+}
 
 fn module(key: &KernelKey) -> (naga::Module, naga::valid::ModuleInfo) {
-    kernels::validated_module(&kernels::source(key), &key.constants(), CAPABILITIES)
+    kernels::validated_module(&kernels::source(key), &key.constants(), capabilities(key))
         .unwrap_or_else(|e| panic!("{key}: {e}"))
 }
 
-fn to_msl(key: &KernelKey) -> String {
-    let (module, info) = module(key);
-    // MSL 2.4 (macOS 12): the oldest version with every simdgroup builtin naga emits.
-    let options = msl::Options { lang_version: (2, 4), ..Default::default() };
-    let pipeline =
-        msl::PipelineOptions { entry_point: Some((naga::ShaderStage::Compute, "main".into())), ..Default::default() };
-    msl::write_string(&module, &info, &options, &pipeline).unwrap_or_else(|e| panic!("{key}: MSL: {e:?}")).0
+fn every_key() -> Vec<KernelKey> {
+    KernelKey::all().into_iter().chain(KernelKey::extension_kernels()).collect()
 }
 
 #[test]
@@ -30,8 +50,16 @@ fn every_specialisation_translates_to_msl_spirv_and_hlsl() {
     let keys = KernelKey::all();
     assert!(keys.len() >= 2 * 63, "{} specialisations", keys.len());
     for key in &keys {
-        assert!(!to_msl(key).is_empty());
         let (module, info) = module(key);
+        // MSL 2.4 (macOS 12): the oldest version with every simdgroup builtin naga emits.
+        let options = msl::Options { lang_version: (2, 4), ..Default::default() };
+        let pipeline = msl::PipelineOptions {
+            entry_point: Some((naga::ShaderStage::Compute, "main".into())),
+            ..Default::default()
+        };
+        let metal =
+            msl::write_string(&module, &info, &options, &pipeline).unwrap_or_else(|e| panic!("{key}: MSL: {e:?}"));
+        assert!(!metal.0.is_empty());
         let spv_pipeline =
             spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
         let words = spv::write_vec(&module, &info, &spv::Options::default(), Some(&spv_pipeline))
@@ -49,67 +77,219 @@ fn every_specialisation_translates_to_msl_spirv_and_hlsl() {
 }
 
 #[test]
-fn kernels_fit_every_target_adapter() {
-    // 32 KiB of workgroup memory and 1024 invocations: what lavapipe and Apple GPUs offer, the
-    // smallest of the adapters wgquant targets (the H100 has 48 KiB). A device with less (the
-    // WebGPU default is 16 KiB) gets `Error::ExceedsDeviceLimit` from `Gpu::pipeline`.
-    for key in KernelKey::all() {
-        let usage = kernels::resource_usage(&kernels::source(&key), &key.constants(), &wgpu::Features::all())
-            .unwrap_or_else(|e| panic!("{key}: {e}"));
-        assert!(usage.workgroup_memory <= 32 * 1024, "{key}: {usage:?}");
-        assert!(usage.invocations <= 1024, "{key}: {usage:?}");
-    }
-}
-
-#[test]
-fn msl_snapshots() {
-    // One canonical specialisation per kernel: f16, group 64 and 4 bits where the kernel has
-    // them, else the first key `all()` lists for that kernel.
-    let keys = KernelKey::all();
-    let mut seen = Vec::new();
-    let canonical = keys
-        .iter()
-        .filter(|k| {
-            !k.to_string().contains("f32") || !keys.iter().any(|o| same_kernel(o, k) && o.to_string().contains("f16"))
-        })
-        .filter(|k| {
-            let label = k.to_string();
-            // Bits and group size appear as `_b<bits>` and `_gs<size>` in labels.
-            let bits = label.split('_').find(|p| p.len() == 2 && p.starts_with('b') && p[1..].parse::<u32>().is_ok());
-            bits.is_none_or(|b| b == "b4") && (!label.contains("_gs") || label.contains("gs64"))
-        });
-    for key in canonical {
-        if seen.iter().any(|s: &KernelKey| same_kernel(s, key)) {
-            continue;
-        }
-        seen.push(key.clone());
-        insta::assert_snapshot!(key.to_string(), to_msl(key));
-    }
-    assert!(seen.len() >= 10, "{} kernels snapshotted", seen.len());
-}
-
-fn same_kernel(a: &KernelKey, b: &KernelKey) -> bool {
-    std::mem::discriminant(a) == std::mem::discriminant(b)
-}
-
-#[test]
 fn cooperative_kernel_validates_and_translates_to_spirv() {
     // qmv_coop runs only on Vulkan devices with wgpu's experimental cooperative matrices (CI's
-    // lavapipe has none), so naga's check and SPIR-V translation are what CI can give it. It
-    // must also fit NVIDIA's 48 KiB of workgroup memory with room for two workgroups.
-    let key = KernelKey::QmvCoop { subgroups: 8 };
-    let capabilities = CAPABILITIES
-        | Capabilities::SUBGROUP_BARRIER
-        | Capabilities::COOPERATIVE_MATRIX
-        | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-    let (module, info) = kernels::validated_module(&kernels::source(&key), &key.constants(), capabilities)
-        .unwrap_or_else(|e| panic!("{key}: {e}"));
-    let spv_pipeline = spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
-    let words = spv::write_vec(&module, &info, &spv::Options::default(), Some(&spv_pipeline))
-        .unwrap_or_else(|e| panic!("{key}: SPIR-V: {e:?}"));
-    assert_eq!(words[0], 0x0723_0203, "{key}: SPIR-V magic");
-    let usage = kernels::resource_usage(&kernels::source(&key), &key.constants(), &wgpu::Features::all())
-        .unwrap_or_else(|e| panic!("{key}: {e}"));
-    assert!(usage.workgroup_memory <= 24 * 1024, "{key}: {usage:?}");
-    assert_eq!(usage.invocations, 256, "{key}: {usage:?}");
+    // lavapipe has none), so naga's check and SPIR-V translation are what CI can give it.
+    let keys = KernelKey::extension_kernels();
+    assert!(!keys.is_empty());
+    for key in &keys {
+        let (module, info) = module(key);
+        let spv_pipeline =
+            spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
+        let words = spv::write_vec(&module, &info, &spv::Options::default(), Some(&spv_pipeline))
+            .unwrap_or_else(|e| panic!("{key}: SPIR-V: {e:?}"));
+        assert_eq!(words[0], 0x0723_0203, "{key}: SPIR-V magic");
+        // Two workgroups per NVIDIA multiprocessor (48 KiB of workgroup memory).
+        assert!(key.workgroup().workgroup_memory <= 24 * 1024, "{key}: {:?}", key.workgroup());
+    }
+}
+
+/// WGSL's spelling of a naga type (the types kernels bind).
+fn wgsl_type(module: &naga::Module, ty: naga::Handle<naga::Type>) -> String {
+    let scalar = |s: &naga::Scalar| match (s.kind, s.width) {
+        (naga::ScalarKind::Uint, 4) => "u32".to_string(),
+        (naga::ScalarKind::Sint, 4) => "i32".to_string(),
+        (naga::ScalarKind::Float, 4) => "f32".to_string(),
+        (naga::ScalarKind::Float, 2) => "f16".to_string(),
+        other => format!("{other:?}"),
+    };
+    match &module.types[ty].inner {
+        naga::TypeInner::Scalar(s) => scalar(s),
+        naga::TypeInner::Vector { size, scalar: s } => format!("vec{}<{}>", *size as u8, scalar(s)),
+        naga::TypeInner::Atomic(s) => format!("atomic<{}>", scalar(s)),
+        naga::TypeInner::Array { base, size: naga::ArraySize::Dynamic, .. } => {
+            format!("array<{}>", wgsl_type(module, *base))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Checks `key`'s Rust-side contract against naga's reflection of its WGSL; returns what went
+/// wrong.
+fn contract_errors(key: &KernelKey) -> Vec<String> {
+    let (module, _) = module(key);
+    let mut errors = Vec::new();
+    let table = key.bindings();
+    for (i, binding) in table.iter().enumerate() {
+        if binding.index != i as u32 + 1 {
+            errors.push(format!("binding {} is listed at position {} (ops bind in table order)", binding.name, i + 1));
+        }
+    }
+    let mut seen = Vec::new();
+    for (_, var) in module.global_variables.iter() {
+        let Some(res) = &var.binding else { continue };
+        let name = var.name.clone().unwrap_or_default();
+        if res.group != 0 {
+            errors.push(format!("{name} is in group {}", res.group));
+        }
+        if res.binding == 0 {
+            errors.extend(params_errors(key, &module, var));
+            continue;
+        }
+        seen.push(res.binding);
+        let Some(binding) = table.iter().find(|b| b.index == res.binding) else {
+            errors.push(format!("binding {} ({name}) is missing from the Rust table", res.binding));
+            continue;
+        };
+        let access = match var.space {
+            naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE) => {
+                Some(Access::ReadWrite)
+            }
+            naga::AddressSpace::Storage { .. } => Some(Access::Read),
+            _ => None,
+        };
+        let ty = wgsl_type(&module, var.ty);
+        if (binding.name, Some(binding.access), binding.ty) != (name.as_str(), access, ty.as_str()) {
+            errors.push(format!(
+                "binding {}: Rust says {} {:?} {}, WGSL has {name} {access:?} {ty}",
+                res.binding, binding.name, binding.access, binding.ty
+            ));
+        }
+    }
+    for binding in table.iter().filter(|b| !seen.contains(&b.index)) {
+        errors.push(format!("binding {} ({}) is not in the WGSL", binding.index, binding.name));
+    }
+    let usage = kernels::module_usage(&module).unwrap_or_else(|e| panic!("{key}: {e}"));
+    if usage != key.workgroup() {
+        errors.push(format!("workgroup: Rust says {:?}, naga measures {usage:?}", key.workgroup()));
+    }
+    errors
+}
+
+/// The uniform `Params` struct against the Rust layout: the same fields (padding aside) at the
+/// same offsets, and a Rust struct that covers the WGSL one in whole 16-byte rows.
+fn params_errors(key: &KernelKey, module: &naga::Module, var: &naga::GlobalVariable) -> Vec<String> {
+    let mut errors = Vec::new();
+    if var.space != naga::AddressSpace::Uniform {
+        errors.push("binding 0 is not the uniform parameters".to_string());
+    }
+    let naga::TypeInner::Struct { members, span } = &module.types[var.ty].inner else {
+        return vec!["binding 0 is not a struct".to_string()];
+    };
+    let not_pad = |name: &str| !name.starts_with("pad");
+    let wgsl: Vec<(String, usize)> = members
+        .iter()
+        .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+        .filter(|(name, _)| not_pad(name))
+        .collect();
+    let layout = key.params();
+    let rust: Vec<(String, usize)> = layout
+        .fields
+        .iter()
+        .filter(|(name, _)| not_pad(name))
+        .map(|&(name, offset)| (name.to_string(), offset))
+        .collect();
+    if wgsl != rust {
+        errors.push(format!("params: Rust fields {rust:?}, WGSL members {wgsl:?}"));
+    }
+    if layout.size < *span as usize || layout.size % 16 != 0 {
+        errors.push(format!("params: Rust size {} for a WGSL span of {span} (whole 16-byte rows)", layout.size));
+    }
+    errors
+}
+
+#[test]
+fn rust_and_wgsl_agree_on_every_specialisation() {
+    let mut failures = BTreeMap::new();
+    for key in every_key() {
+        let errors = contract_errors(&key);
+        if !errors.is_empty() {
+            failures.insert(key.to_string(), errors);
+        }
+    }
+    assert!(failures.is_empty(), "{} specialisations break the contract: {failures:#?}", failures.len());
+}
+
+/// One canonical specialisation per family: f16, group 64 and 4 bits where the family has
+/// them, the default knobs, else the first key `all()` lists for that family.
+fn canonical_keys() -> Vec<KernelKey> {
+    let mut canonical: Vec<KernelKey> = Vec::new();
+    let family = |key: &KernelKey| std::mem::discriminant(key);
+    let score = |key: &KernelKey| {
+        let label = key.to_string();
+        let f16 = label.contains("f16") && !label.contains("f32") && !label.contains("bf16");
+        let format = !label.contains("_gs") || label.contains("gs64_b4");
+        let knobs = !label.contains("_wg") || label.contains("_wg64");
+        let subgroup = !label.contains("_sg") || label.contains("_sg32") || label.starts_with("qmv_coop");
+        [f16, format, knobs, subgroup].iter().filter(|&&b| b).count()
+    };
+    for key in every_key() {
+        match canonical.iter_mut().find(|k| family(k) == family(&key)) {
+            Some(best) if score(&key) > score(best) => *best = key,
+            Some(_) => {}
+            None => canonical.push(key),
+        }
+    }
+    canonical
+}
+
+/// What wgquant owns of a specialisation: prelude, overrides, parameters, bindings, workgroup.
+fn describe(key: &KernelKey) -> String {
+    let mut text = format!("{key} (op {})\n", key.op());
+    writeln!(text, "prelude:").unwrap();
+    for (name, value) in key.prelude() {
+        writeln!(text, "  const {name}: u32 = {value}u;").unwrap();
+    }
+    writeln!(text, "overrides:").unwrap();
+    for (name, value) in key.constants() {
+        writeln!(text, "  {name} = {value}").unwrap();
+    }
+    let params = key.params();
+    writeln!(text, "params ({} bytes):", params.size).unwrap();
+    for (name, offset) in params.fields {
+        writeln!(text, "  {offset:>3} {name}").unwrap();
+    }
+    writeln!(text, "bindings:").unwrap();
+    for b in key.bindings() {
+        writeln!(text, "  {} {} {:?} {}", b.index, b.name, b.access, b.ty).unwrap();
+    }
+    let usage = key.workgroup();
+    writeln!(
+        text,
+        "workgroup: {} invocations, {} bytes of workgroup memory",
+        usage.invocations, usage.workgroup_memory
+    )
+    .unwrap();
+    text
+}
+
+#[test]
+fn family_snapshots() {
+    let keys = canonical_keys();
+    assert_eq!(keys.len(), 14, "{keys:?}");
+    let text: String = keys.iter().map(|key| describe(key) + "\n").collect();
+    insta::assert_snapshot!("families", text);
+}
+
+#[test]
+fn workgroup_memory_of_every_variant() {
+    // Every tuning variant of the kernels with workgroup memory, at f16, group 64, 4 bits:
+    // what the planner fits to a device's limits.
+    let mut text = String::new();
+    for key in every_key() {
+        let label = key.to_string();
+        let usage = key.workgroup();
+        let canonical_format = !label.contains("_gs")
+            || label.contains("f16_f16_to_f16_gs64_b4")
+            || label.contains("f32_f16_to_f16_gs64_b4");
+        if usage.workgroup_memory > 0
+            && canonical_format
+            && !label.starts_with("matmul_")
+            && !label.contains("rms_norm")
+            && !label.contains("softmax")
+        {
+            writeln!(text, "{label}: {} bytes, {} invocations", usage.workgroup_memory, usage.invocations).unwrap();
+        }
+    }
+    insta::assert_snapshot!("workgroup_memory", text);
 }

@@ -24,17 +24,17 @@ fn load_scale_dtype(group: u32, is_bias: bool) -> f32 {
     return dtype_decode(SCALE_DTYPE, word, element_lane(SCALE_DTYPE, group));
 }
 
-// Code i of the chunk's bitstream. Rows are whole words, so the chunk is one stream; 32 codes
-// always fill exactly BITS words, which keeps the bit index free of overflow.
+// Code i of the chunk's bitstream (codes.wgsl). Rows are whole words, so the chunk is one
+// stream; 32 codes always fill exactly BITS words, which keeps the bit index free of overflow.
 fn load_code(i: u32) -> u32 {
     let first_bit = (i % 32u) * BITS;
     let word = (i / 32u) * BITS + first_bit / 32u;
     let bit = first_bit % 32u;
-    var code = w_q[word] >> bit;
+    var next = 0u;
     if bit + BITS > 32u {
-        code |= w_q[word + 1u] << (32u - bit);
+        next = w_q[word + 1u];
     }
-    return code & ((1u << BITS) - 1u);
+    return window_code(window64(w_q[word], next, bit));
 }
 
 @compute @workgroup_size(WG_SIZE)

@@ -60,10 +60,10 @@ fn stage_x_quad(tile: Tile, m0: u32, k0: u32, local: u32, i: u32, words: vec4<u3
     let in_range = vec4<u32>(k0 + quad.y) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(tile.k_end);
     let row_ok = m0 + quad.x < params.m;
     let v = vec4<f32>(
-        unpack_element(X_DTYPE, words.x, e),
-        unpack_element(X_DTYPE, words.y, e + 1u),
-        unpack_element(X_DTYPE, words.z, e + 2u),
-        unpack_element(X_DTYPE, words.w, e + 3u),
+        dtype_decode(X_DTYPE, words.x, element_lane(X_DTYPE, e)),
+        dtype_decode(X_DTYPE, words.y, element_lane(X_DTYPE, e + 1u)),
+        dtype_decode(X_DTYPE, words.z, element_lane(X_DTYPE, e + 2u)),
+        dtype_decode(X_DTYPE, words.w, element_lane(X_DTYPE, e + 3u)),
     );
     let staged = select(vec4<f32>(0.0), v, in_range & vec4<bool>(row_ok));
     let vec = (quad.y * BM + quad.x) / 4u;
@@ -130,8 +130,8 @@ fn fetch_w_piece(tile: Tile, n0: u32, k0: u32, local: u32, i: u32) -> vec4<u32> 
 fn stage_w_piece(tile: Tile, n0: u32, k0: u32, local: u32, i: u32, words: vec4<u32>) {
     let piece = piece_of(tile, n0, k0, local, i);
     // The codes come scaled by 1 / CODE_SCALE (see `window_codes`).
-    let scale = unpack_element(SCALE_DTYPE, words.z, piece.group) * CODE_SCALE;
-    let bias = vec4<f32>(unpack_element(SCALE_DTYPE, words.w, piece.group));
+    let scale = dtype_decode(SCALE_DTYPE, words.z, element_lane(SCALE_DTYPE, piece.group)) * CODE_SCALE;
+    let bias = vec4<f32>(dtype_decode(SCALE_DTYPE, words.w, element_lane(SCALE_DTYPE, piece.group)));
     let first = (piece.code * BITS) % 32u;
     var lo = fma(scale, window_codes(window64(words.x, words.y, first)), bias);
     var hi = fma(scale, window_codes(window64(words.x, words.y, first + 4u * BITS)), bias);

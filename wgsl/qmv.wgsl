@@ -120,7 +120,7 @@ fn load_x4(e: u32) -> vec4<f32> {
     }
     let words = x[e / 8u];
     let pair = select(words.xy, words.zw, (e / 4u) % 2u == 1u);
-    return vec4<f32>(unpack_pair(X_DTYPE, pair.x), unpack_pair(X_DTYPE, pair.y));
+    return vec4<f32>(dtype_decode_pair(X_DTYPE, pair.x), dtype_decode_pair(X_DTYPE, pair.y));
 }
 
 // A block of one row of x: its 8 quads, times CODE_SCALE, and the sum of its 32 elements.

@@ -1,5 +1,5 @@
 // qmv_prepare.wgsl: lays rows of x out for qmv.wgsl's several-rows path, in f32, each quad
-// times CODE_SCALE (code_scale.wgsl), as prepared_x.wgsl describes: quad-major within chunks
+// times CODE_SCALE (codes.wgsl), as prepared_x.wgsl describes: quad-major within chunks
 // of blocks, with block sums. There, the invocations of a subgroup, which take consecutive
 // blocks, read 16 consecutive bytes each for any quad, where from x as it is they would read 16
 // bytes out of every 64 or 128, and caches serve loads a line (128 bytes) at a time: that is 4

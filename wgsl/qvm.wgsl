@@ -15,7 +15,7 @@ override WG_SIZE: u32 = 64u;
 @group(0) @binding(6) var<storage, read_write> y: array<atomic<u32>>;
 
 fn load_x(e: u32) -> f32 {
-    return unpack_element(X_DTYPE, x[element_word(X_DTYPE, e)], e);
+    return dtype_decode(X_DTYPE, x[element_word(X_DTYPE, e)], element_lane(X_DTYPE, e));
 }
 
 @compute @workgroup_size(WG_SIZE)

@@ -5,14 +5,12 @@
 //! kernels do. Rows of `x` are split into chunks when `x` or the output exceed one storage
 //! binding; `w` and the bias are bound whole.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::launch::{launch_chunks, whole, Launch};
 use super::validate::{fits_binding, float_operand, index_u32, same_device};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::BufferWindow;
-use crate::kernels::{KernelKey, MATMUL_TILE};
+use crate::kernels::{MatmulBindings, MatmulKey, MatmulParams, MATMUL_TILE};
 use crate::tensor::Tensor;
 
 /// `x @ wᵀ` when `transpose` (w is `(N, K)`, the Linear layout), else `x @ w` (w is `(K, N)`).
@@ -72,13 +70,9 @@ fn matrix_product(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor
         return Ok(out);
     }
     index_u32(op, rows.max(n).max(k))?;
-    let key = KernelKey::Matmul {
-        x_dtype: x.dtype(),
-        w_dtype: w.dtype(),
-        bias_dtype: bias.map(Tensor::dtype),
-        out_dtype,
-        transpose,
-    };
+    let key =
+        MatmulKey { x_dtype: x.dtype(), w_dtype: w.dtype(), bias_dtype: bias.map(Tensor::dtype), out_dtype, transpose }
+            .into();
     let w_row = if transpose { k } else { n };
     launch_chunks(op, gpu, rows, &row_bytes, &key, |chunk| {
         let layout = MatmulLayout {
@@ -91,13 +85,12 @@ fn matrix_product(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor
             w: Strides { outer: 0, inner: 0, row: w_row },
             y: Strides { outer: 0, inner: 0, row: n },
         };
-        let windows = [
-            BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
-            whole(w),
-            whole(bias.unwrap_or(w)),
-            BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
-        ];
-        layout.launch(windows)
+        layout.launch(MatmulBindings {
+            x: BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
+            w: whole(w),
+            bias: whole(bias.unwrap_or(w)),
+            y: BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
+        })
     })?;
     Ok(out)
 }
@@ -125,31 +118,9 @@ pub(crate) struct MatmulLayout {
     pub y: Strides,
 }
 
-/// `wgsl/matmul.wgsl`'s uniform parameters.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct MatmulParams {
-    m: u32,
-    n: u32,
-    k: u32,
-    batches: u32,
-    batch_inner: u32,
-    tiles_m: u32,
-    tiles_n: u32,
-    x_outer: u32,
-    x_inner: u32,
-    x_row: u32,
-    w_outer: u32,
-    w_inner: u32,
-    w_row: u32,
-    y_outer: u32,
-    y_inner: u32,
-    y_row: u32,
-}
-
 impl MatmulLayout {
-    /// The launch of this layout; `buffers` are x, w, bias (or w again) and y.
-    fn launch<'a>(&self, buffers: [BufferWindow<'a>; 4]) -> Result<Launch<'a>> {
+    /// The launch of this layout over `bindings` (without a bias, `bias` is w again).
+    fn launch<'a>(&self, bindings: MatmulBindings<BufferWindow<'a>>) -> Result<Launch<'a>> {
         let op = "matmul";
         let tile = MATMUL_TILE as usize;
         let (tiles_m, tiles_n) = (self.m.div_ceil(tile), self.n.div_ceil(tile));
@@ -175,7 +146,7 @@ impl MatmulLayout {
         };
         Ok(Launch {
             params: bytemuck::bytes_of(&params).to_vec(),
-            buffers: buffers.into(),
+            buffers: bindings.into_vec(),
             workgroups: u(batches * tiles_m * tiles_n)?,
         })
     }
@@ -202,9 +173,9 @@ pub(crate) fn batched_matmul(
     if out.is_empty() {
         return Ok(out);
     }
-    let key = KernelKey::Matmul { x_dtype: x.dtype(), w_dtype: w.dtype(), bias_dtype: None, out_dtype, transpose };
-    let pipeline = gpu.pipeline(&key)?;
-    let launch = layout.launch([whole(x), whole(w), whole(w), whole(&out)])?;
+    let key = MatmulKey { x_dtype: x.dtype(), w_dtype: w.dtype(), bias_dtype: None, out_dtype, transpose };
+    let pipeline = gpu.pipeline(&key.into())?;
+    let launch = layout.launch(MatmulBindings { x: whole(x), w: whole(w), bias: whole(w), y: whole(&out) })?;
     gpu.submit(op, &[launch.with(&pipeline)])?;
     Ok(out)
 }

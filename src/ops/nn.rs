@@ -7,15 +7,17 @@
 
 use std::ops::Range;
 
-use bytemuck::{Pod, Zeroable};
-
 use super::launch::{launch_chunks, whole, Launch};
 use super::matmul::{batched_matmul, MatmulLayout, Strides};
 use super::validate::{fits_binding, float_operand, index_u32, same_device};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::BufferWindow;
-use crate::kernels::{BinaryOp, KernelKey, UnaryOp, ELEMENTWISE_WG_SIZE};
+use crate::kernels::{
+    BinaryBindings, BinaryKey, BinaryOp, BinaryParams, GatherBindings, GatherKey, GatherParams, KernelKey,
+    RmsNormBindings, RmsNormKey, RmsNormParams, SoftmaxBindings, SoftmaxKey, SoftmaxParams, UnaryBindings, UnaryKey,
+    UnaryOp, UnaryParams, ELEMENTWISE_WG_SIZE,
+};
 use crate::tensor::Tensor;
 
 /// Rows of `table` picked by `ids`: MLX's `table[ids]` (`mx.take(table, ids, axis=0)`), what an
@@ -55,22 +57,23 @@ pub fn take(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     if width == 0 {
         return Ok(out);
     }
-    let key = KernelKey::Gather { element_bytes: element_bytes as u32 };
+    let key = GatherKey { element_bytes: element_bytes as u32 }.into();
     launch_chunks(op, gpu, ids.len(), &row_bytes, &key, |chunk| {
         let n_elements = chunk.len() * width;
         let params = GatherParams {
             n_elements: index_u32(op, n_elements)?,
             width: index_u32(op, width)?,
             table_rows: index_u32(op, table_rows)?,
-            _pad: 0,
+            ..Default::default()
+        };
+        let bindings = GatherBindings {
+            ids: BufferWindow::rows(ids.buffer(), row_bytes[0], chunk),
+            table: whole(table),
+            out: BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
         };
         Ok(Launch {
             params: bytemuck::bytes_of(&params).to_vec(),
-            buffers: vec![
-                BufferWindow::rows(ids.buffer(), row_bytes[0], chunk),
-                whole(table),
-                BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
-            ],
+            buffers: bindings.into_vec(),
             workgroups: per_word_workgroups(op, n_elements, 4 / element_bytes)?,
         })
     })?;
@@ -100,10 +103,13 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     same_device(op, &[x, weight])?;
     fits_binding(op, weight)?;
     let out_dtype = x.dtype().promote(weight.dtype());
-    let key = KernelKey::RmsNorm { x_dtype: x.dtype(), w_dtype: weight.dtype(), out_dtype };
-    row_kernel(op, x, out_dtype, key, Some(weight), |chunk| {
-        bytemuck::bytes_of(&RmsNormParams { rows: chunk.len() as u32, dims: dims as u32, eps, _pad: 0 }).to_vec()
-    })
+    let key = RmsNormKey { x_dtype: x.dtype(), w_dtype: weight.dtype(), out_dtype }.into();
+    let params =
+        |chunk: &Range<usize>| RmsNormParams { rows: chunk.len() as u32, dims: dims as u32, eps, ..Default::default() };
+    let out = Tensor::zeros(x.gpu(), x.shape(), out_dtype)?;
+    let bind = |x, y| RmsNormBindings { x, w: whole(weight), y }.into_vec();
+    row_kernel(op, x, &out, key, |chunk| bytemuck::bytes_of(&params(chunk)).to_vec(), bind)?;
+    Ok(out)
 }
 
 /// MLX's `softmax(x, axis=-1)`, computed in f32 and rounded to `x`'s dtype.
@@ -124,8 +130,8 @@ fn softmax_rows(s: &Tensor, scale: f32, causal: Option<usize>, out_dtype: DType)
     if let Some(q) = causal.filter(|&q| q > cols) {
         return Err(Error::CausalQueriesExceedKeys { op, queries: q, keys: cols });
     }
-    let key = KernelKey::Softmax { in_dtype: s.dtype(), out_dtype };
-    row_kernel(op, s, out_dtype, key, None, |chunk| {
+    let key = SoftmaxKey { in_dtype: s.dtype(), out_dtype }.into();
+    let params = |chunk: &Range<usize>| {
         let params = SoftmaxParams {
             rows: chunk.len() as u32,
             cols: cols as u32,
@@ -134,37 +140,38 @@ fn softmax_rows(s: &Tensor, scale: f32, causal: Option<usize>, out_dtype: DType)
             causal: u32::from(causal.is_some()),
             first_row: chunk.start as u32,
             scale,
-            _pad: 0,
+            ..Default::default()
         };
         bytemuck::bytes_of(&params).to_vec()
-    })
+    };
+    let out = Tensor::zeros(s.gpu(), s.shape(), out_dtype)?;
+    row_kernel(op, s, &out, key, params, |s, y| SoftmaxBindings { s, y }.into_vec())?;
+    Ok(out)
 }
 
-/// Runs a one-workgroup-per-row kernel over the rows of `x` (binding 1) into a new tensor of
-/// `out_dtype` (the last binding), with `extra` bound whole in between.
-fn row_kernel(
+/// Runs a one-workgroup-per-row kernel over the rows of `x` into `out` (of `x`'s shape):
+/// `bind(x, y)` gives its bindings for a chunk of rows of both.
+fn row_kernel<'a>(
     op: &'static str,
-    x: &Tensor,
-    out_dtype: DType,
+    x: &'a Tensor,
+    out: &'a Tensor,
     key: KernelKey,
-    extra: Option<&Tensor>,
     params: impl Fn(&Range<usize>) -> Vec<u8>,
-) -> Result<Tensor> {
+    bind: impl Fn(BufferWindow<'a>, BufferWindow<'a>) -> Vec<BufferWindow<'a>>,
+) -> Result<()> {
     let (rows, cols) = x.rows_and_width();
     index_u32(op, rows.max(cols))?;
-    let gpu = x.gpu();
-    let out = Tensor::zeros(gpu, x.shape(), out_dtype)?;
-    let row_bytes = [(cols * x.dtype().size_in_bytes()) as u64, (cols * out_dtype.size_in_bytes()) as u64];
+    let row_bytes = [(cols * x.dtype().size_in_bytes()) as u64, (cols * out.dtype().size_in_bytes()) as u64];
     if cols == 0 {
-        return Ok(out);
+        return Ok(());
     }
-    launch_chunks(op, gpu, rows, &row_bytes, &key, |chunk| {
-        let mut buffers = vec![BufferWindow::rows(x.buffer(), row_bytes[0], chunk)];
-        buffers.extend(extra.map(whole));
-        buffers.push(BufferWindow::rows(out.buffer(), row_bytes[1], chunk));
+    launch_chunks(op, x.gpu(), rows, &row_bytes, &key, |chunk| {
+        let buffers = bind(
+            BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
+            BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
+        );
         Ok(Launch { params: params(chunk), buffers, workgroups: chunk.len() as u32 })
-    })?;
-    Ok(out)
+    })
 }
 
 /// MLX's `nn.relu`: `max(x, 0)`.
@@ -204,15 +211,17 @@ fn unary(op: &'static str, unary_op: UnaryOp, x: &Tensor, out_dtype: DType) -> R
     if width == 0 {
         return Ok(out);
     }
-    let key = KernelKey::Unary { op: unary_op, in_dtype: x.dtype(), out_dtype };
+    let key = UnaryKey { op: unary_op, in_dtype: x.dtype(), out_dtype }.into();
     launch_chunks(op, gpu, rows, &row_bytes, &key, |chunk| {
         let n_elements = chunk.len() * width;
+        let params = UnaryParams { n_elements: index_u32(op, n_elements)?, ..Default::default() };
+        let bindings = UnaryBindings {
+            x: BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
+            y: BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
+        };
         Ok(Launch {
-            params: bytemuck::bytes_of(&index_u32(op, n_elements)?).to_vec(),
-            buffers: vec![
-                BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
-                BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
-            ],
+            params: bytemuck::bytes_of(&params).to_vec(),
+            buffers: bindings.into_vec(),
             workgroups: per_word_workgroups(op, n_elements, 4 / out_dtype.size_in_bytes())?,
         })
     })?;
@@ -266,7 +275,7 @@ fn binary(op: &'static str, binary_op: BinaryOp, a: &Tensor, b: &Tensor) -> Resu
     if width == 0 {
         return Ok(out);
     }
-    let key = KernelKey::Binary { op: binary_op, a_dtype: a.dtype(), b_dtype: b.dtype(), out_dtype };
+    let key = BinaryKey { op: binary_op, a_dtype: a.dtype(), b_dtype: b.dtype(), out_dtype }.into();
     launch_chunks(op, gpu, rows, &row_bytes, &key, |chunk| {
         let n_elements = chunk.len() * width;
         // A same-shape b is chunked with a; a row of b is bound whole and repeats.
@@ -275,14 +284,16 @@ fn binary(op: &'static str, binary_op: BinaryOp, a: &Tensor, b: &Tensor) -> Resu
         } else {
             (whole(b), width)
         };
-        let params = BinaryParams { n_elements: index_u32(op, n_elements)?, b_len: index_u32(op, b_len)? };
+        let params =
+            BinaryParams { n_elements: index_u32(op, n_elements)?, b_len: index_u32(op, b_len)?, ..Default::default() };
+        let bindings = BinaryBindings {
+            a: BufferWindow::rows(a.buffer(), row_bytes[0], chunk),
+            b: b_window,
+            y: BufferWindow::rows(out.buffer(), row_bytes[2], chunk),
+        };
         Ok(Launch {
             params: bytemuck::bytes_of(&params).to_vec(),
-            buffers: vec![
-                BufferWindow::rows(a.buffer(), row_bytes[0], chunk),
-                b_window,
-                BufferWindow::rows(out.buffer(), row_bytes[2], chunk),
-            ],
+            buffers: bindings.into_vec(),
             workgroups: per_word_workgroups(op, n_elements, 4 / out_dtype.size_in_bytes())?,
         })
     })?;
@@ -362,46 +373,4 @@ pub fn scaled_dot_product_attention(
 /// Workgroups for a kernel with one invocation per output word of `per_word` elements.
 fn per_word_workgroups(op: &'static str, n_elements: usize, per_word: usize) -> Result<u32> {
     index_u32(op, n_elements.div_ceil(per_word).div_ceil(ELEMENTWISE_WG_SIZE as usize))
-}
-
-/// `wgsl/gather.wgsl`'s uniform parameters.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct GatherParams {
-    n_elements: u32,
-    width: u32,
-    table_rows: u32,
-    _pad: u32,
-}
-
-/// `wgsl/rms_norm.wgsl`'s uniform parameters.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct RmsNormParams {
-    rows: u32,
-    dims: u32,
-    eps: f32,
-    _pad: u32,
-}
-
-/// `wgsl/softmax.wgsl`'s uniform parameters.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct SoftmaxParams {
-    rows: u32,
-    cols: u32,
-    queries: u32,
-    offset: u32,
-    causal: u32,
-    first_row: u32,
-    scale: f32,
-    _pad: u32,
-}
-
-/// `wgsl/binary.wgsl`'s uniform parameters.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct BinaryParams {
-    n_elements: u32,
-    b_len: u32,
 }

@@ -4,7 +4,10 @@ use super::launch::{launch_chunks, Launch};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::BufferWindow;
-use crate::kernels::{KernelKey, ELEMENTWISE_WG_SIZE};
+use crate::kernels::{
+    DequantizeBindings, DequantizeKey, DequantizeParams, QuantizeBindings, QuantizeKey, QuantizeParams,
+    ELEMENTWISE_WG_SIZE,
+};
 use crate::params::QuantParams;
 use crate::tensor::{Quantized, Tensor};
 
@@ -63,19 +66,21 @@ pub fn quantize(w: &Tensor, params: QuantParams) -> Result<Quantized> {
         (groups_per_row * dtype.size_in_bytes()) as u64,
     ];
     if k > 0 {
-        let key = KernelKey::Quantize { dtype, bits: params.bits, group_size: params.group_size };
+        let key = QuantizeKey { dtype, bits: params.bits, group_size: params.group_size }.into();
         let groups_per_invocation = 4 / dtype.size_in_bytes();
         launch_chunks(op, gpu, rows, &row_bytes, &key, |rows| {
             let n_groups = (rows.end - rows.start) * groups_per_row;
             let invocations = n_groups.div_ceil(groups_per_invocation);
+            let bindings = QuantizeBindings {
+                w: BufferWindow::rows(w.buffer(), row_bytes[0], rows),
+                w_q: BufferWindow::rows(weight.buffer(), row_bytes[1], rows),
+                scales: BufferWindow::rows(scales.buffer(), row_bytes[2], rows),
+                biases: BufferWindow::rows(biases.buffer(), row_bytes[2], rows),
+            };
+            let params = QuantizeParams { n_groups: n_groups as u32, ..Default::default() };
             Ok(Launch {
-                params: bytemuck::bytes_of(&(n_groups as u32)).to_vec(),
-                buffers: vec![
-                    BufferWindow::rows(w.buffer(), row_bytes[0], rows),
-                    BufferWindow::rows(weight.buffer(), row_bytes[1], rows),
-                    BufferWindow::rows(scales.buffer(), row_bytes[2], rows),
-                    BufferWindow::rows(biases.buffer(), row_bytes[2], rows),
-                ],
+                params: bytemuck::bytes_of(&params).to_vec(),
+                buffers: bindings.into_vec(),
                 workgroups: invocations.div_ceil(ELEMENTWISE_WG_SIZE as usize) as u32,
             })
         })?;
@@ -111,18 +116,20 @@ pub fn dequantize(q: &Quantized, dtype: Option<DType>) -> Result<Tensor> {
         (k * out_dtype.size_in_bytes()) as u64,
     ];
     if k > 0 {
-        let key = KernelKey::Dequantize { scale_dtype, out_dtype, bits: params.bits, group_size: params.group_size };
+        let key = DequantizeKey { scale_dtype, out_dtype, bits: params.bits, group_size: params.group_size }.into();
         let per_word = 4 / out_dtype.size_in_bytes();
         launch_chunks(op, gpu, rows, &row_bytes, &key, |rows| {
             let n_elements = (rows.end - rows.start) * k;
+            let bindings = DequantizeBindings {
+                w_q: BufferWindow::rows(q.weight.buffer(), row_bytes[0], rows),
+                scales: BufferWindow::rows(q.scales.buffer(), row_bytes[1], rows),
+                biases: BufferWindow::rows(biases.buffer(), row_bytes[1], rows),
+                out: BufferWindow::rows(out.buffer(), row_bytes[2], rows),
+            };
+            let params = DequantizeParams { n_elements: n_elements as u32, ..Default::default() };
             Ok(Launch {
-                params: bytemuck::bytes_of(&(n_elements as u32)).to_vec(),
-                buffers: vec![
-                    BufferWindow::rows(q.weight.buffer(), row_bytes[0], rows),
-                    BufferWindow::rows(q.scales.buffer(), row_bytes[1], rows),
-                    BufferWindow::rows(biases.buffer(), row_bytes[1], rows),
-                    BufferWindow::rows(out.buffer(), row_bytes[2], rows),
-                ],
+                params: bytemuck::bytes_of(&params).to_vec(),
+                buffers: bindings.into_vec(),
                 workgroups: n_elements.div_ceil(per_word).div_ceil(ELEMENTWISE_WG_SIZE as usize) as u32,
             })
         })?;

@@ -1,6 +1,8 @@
 // dtype.wgsl: tensors are arrays of u32 words; these read and write one element of a float
 // dtype inside a word. f32 fills a word; f16 and bf16 take two, element 2k in the low half.
 // Dtype ids match `DType::wgsl_id`. Kernels pass prelude constants, so every switch folds away.
+// The one place elements are decoded (`dtype_decode`, and `dtype_decode_pair` for both halves of
+// a word at once): every kernel reads its float operands through these.
 
 const DTYPE_F32: u32 = 0u;
 const DTYPE_F16: u32 = 1u;
@@ -14,15 +16,20 @@ fn dtype_per_word(dtype: u32) -> u32 {
 fn dtype_decode(dtype: u32, word: u32, lane: u32) -> f32 {
     switch dtype {
         case DTYPE_F16: {
-            return f16_bits_to_f32((word >> (16u * lane)) & 0xffffu);
+            return f16_bits_to_f32(word >> (16u * lane));
         }
         case DTYPE_BF16: {
-            return bf16_bits_to_f32((word >> (16u * lane)) & 0xffffu);
+            return bf16_bits_to_f32(word >> (16u * lane));
         }
         default: {
             return bitcast<f32>(word);
         }
     }
+}
+
+// Both halves of a word of f16 or bf16 values, widened to f32 (exact).
+fn dtype_decode_pair(dtype: u32, word: u32) -> vec2<f32> {
+    return vec2<f32>(dtype_decode(dtype, word, 0u), dtype_decode(dtype, word, 1u));
 }
 
 // The element bits of x rounded to `dtype` (ties to even), in the low bits of the result.

@@ -218,22 +218,26 @@ fn f32_mul_uint(s: f32, q: u32) -> f32 {
     return f32_round_pack(sign, e, p << (24u - lead), false);
 }
 
-// binary16 bits -> f32 (exact, subnormals included).
+// 2^112: rebiases an f16 exponent (bias 15) read as an f32 exponent (bias 127).
+const F16_REBIAS: f32 = 5192296858534827628530496329220096.0;
+// 2^-14, the smallest normal f16.
+const F16_MIN_NORMAL: f32 = 0.00006103515625;
+
+// binary16 bits (the low 16 bits of h, higher bits ignored) -> f32, exact, subnormals, infinities
+// and NaN payloads included. The one f16 decoder: every kernel reads f16 through it, the hot
+// matmul loops included, so it uses full-rate integer and float operations (unpack2x16float is
+// missing on some drivers, Mesa without SHADER_F16, and runs at the slow conversion rate
+// elsewhere). The magnitude's bits go where an f32's would and a multiplication by a power of two
+// rebiases the exponent, which is exact. That would take zero and subnormals through f32
+// subnormals, which drivers may flush (NVIDIA's do), so those use 2^-14 · (1 + m / 1024) - 2^-14
+// = m · 2^-24 instead (exact: both operands are normal). Infinities and NaNs (exponent 31) come
+// out of the multiplication at 2^16 or more, past every finite f16.
 fn f16_bits_to_f32(h: u32) -> f32 {
-    let sign = (h & 0x8000u) << 16u;
-    let e = (h >> 10u) & 0x1fu;
-    let m = h & 0x3ffu;
-    if e == 31u {
-        return bitcast<f32>(sign | F32_INF | (m << 13u));
-    }
-    if e == 0u {
-        if m == 0u {
-            return bitcast<f32>(sign);
-        }
-        let lead = firstLeadingBit(m);
-        return bitcast<f32>(sign | ((lead + 103u) << 23u) | ((m << (23u - lead)) & 0x7fffffu));
-    }
-    return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
+    let magnitude = (h << 13u) & 0x0fffe000u;
+    var v = bitcast<f32>(magnitude) * F16_REBIAS;
+    v = select(v, bitcast<f32>(magnitude | 0x38800000u) - F16_MIN_NORMAL, magnitude < 0x00800000u);
+    v = select(v, bitcast<f32>(magnitude | F32_INF), v >= 65536.0);
+    return bitcast<f32>(bitcast<u32>(v) | ((h << 16u) & F32_SIGN));
 }
 
 // f32 -> binary16 bits, round to nearest even, overflow to infinity, NaN kept quiet.
@@ -273,7 +277,7 @@ fn f32_to_f16_bits(x: f32) -> u32 {
     return sign | kept;
 }
 
-// bfloat16 bits -> f32 (exact).
+// bfloat16 bits (the low 16 bits of h, higher bits ignored) -> f32 (exact).
 fn bf16_bits_to_f32(h: u32) -> f32 {
     return bitcast<f32>(h << 16u);
 }

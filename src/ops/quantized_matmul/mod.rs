@@ -1,0 +1,210 @@
+//! `quantized_matmul` (MLX's `mx.quantized_matmul`, affine mode): MLX's checks and shapes, the
+//! choice of kernel by shape, batching, and splitting operands that do not fit one storage
+//! binding.
+//!
+//! Kernels (one WGSL file each), chosen as MLX chooses (`mlx/backend/metal/quantized.cpp`):
+//! - `qmv` (transpose, M <= 32): a GEMV over up to 8 rows of x at once (MLX's qmv / qmv_wide);
+//!   with more than one row of x, `qmv_prepare` first lays x out for it (f32, quad-major).
+//! - `qvm` (no transpose, M <= 4): a GEMV along the rows of w, with k split over workgroups
+//!   and summed by `qmm_sum_partials` (MLX's qvm / qvm_split_k).
+//! - `qmm` (larger M, both layouts): a tiled GEMM that dequantizes tiles of w into workgroup
+//!   memory (MLX's qmm_t / qmm_n), with k split over workgroups when the tiles are too few to
+//!   fill the GPU (MLX's qmm_t_splitk).
+//! - `qmv_coop` (opt-in, transpose, 2 to 8 rows of f16 x, 4 bits, group 64): tensor cores
+//!   through wgpu's experimental cooperative matrices, k in slices summed by
+//!   `qmm_sum_partials`; only on a device a caller opened with them ([`Caps::cooperative_f16`](crate::gpu::Caps::cooperative_f16)).
+
+mod plan;
+mod problem;
+
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::gpu::{BufferWindow, Dispatch, Gpu};
+use crate::kernels::{KernelKey, PrepareBindings, PrepareParams, QmmShape, ELEMENTWISE_WG_SIZE};
+use crate::ops::launch::{launch_chunks, Launch};
+use crate::tensor::{Quantized, Tensor};
+
+use plan::{prepared_row_bytes, prepared_row_vectors, to_u32, OperandSizes, Plan, PlanCaps, Source};
+use problem::Problem;
+
+const OP: &str = "quantized_matmul";
+
+/// Which kernel family [`quantized_matmul_with`] uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QmmKernel {
+    /// By shape, as MLX chooses: the vector kernels for few rows of x, the tiled one otherwise.
+    #[default]
+    Auto,
+    /// `qmv` (transpose) or `qvm` (no transpose), whatever the number of rows.
+    Vector,
+    /// The tiled `qmm`, whatever the number of rows.
+    Tiled,
+    /// `qmv_coop` on tensor cores, or [`Error::KernelUnavailable`](crate::Error::KernelUnavailable) where it cannot run: it needs
+    /// a device with [`Caps::cooperative_f16`](crate::gpu::Caps::cooperative_f16), transposed 4-bit weights in groups of 64 with
+    /// f16 scales, f16 x of 2 to 8 rows (without batch axes on both sides), k a multiple of
+    /// 512, and operands that fit their bindings. `Auto` takes it where it can run from 5 rows.
+    /// Its weights are `q·s + b` rounded once to f16, where MLX's `dequantize` rounds `q·s`
+    /// first (CPU twin: [`crate::reference::quantized_matmul_fused`]).
+    Cooperative,
+}
+
+/// Kernel choice and tuning knobs of [`quantized_matmul_with`]; `None` means the default for
+/// the shape and device. For tests (every kernel on every shape) and benchmarks (tuning).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QmmOptions {
+    /// The kernel family.
+    pub kernel: QmmKernel,
+    /// `qmv`: invocations per workgroup (they split k); a power of two.
+    pub qmv_wg_size: Option<u32>,
+    /// `qmm`: rows of a tile of y (32, 64 or 128).
+    pub qmm_tile_rows: Option<u32>,
+    /// `qmm`: columns of a tile and of each invocation's part.
+    pub qmm_shape: Option<QmmShape>,
+    /// `qvm` and `qmm`: slices of k, each summed separately into f32 partial sums.
+    pub split_k: Option<u32>,
+}
+
+/// `x @ dequantize(w).T` (`transpose`) or `x @ dequantize(w)`: MLX's `mx.quantized_matmul(x, w,
+/// scales, biases, transpose, group_size, bits)`, affine mode.
+///
+/// With `transpose`, `q.weight` is `(..., N, K·bits/32)` and groups run along K (the layout of a
+/// linear layer's weight); without, it is `(..., K, N·bits/32)` and groups run along N. `x` has
+/// any rank >= 1 and its last axis is K; the result is `x.shape[:-1] + (N,)`. When both `x` and
+/// the weight have rank > 2, their batch axes broadcast (`x (2,1,5,64)` with `w (3,8,·)` gives
+/// `(2,3,5,8)`); a 2-D weight folds all of x's leading axes into rows; a 2-D `x` with a batched
+/// weight uses the first matrix, as MLX does. The result's dtype is `promote(x.dtype,
+/// scales.dtype)`; sums are f32 whatever the dtypes.
+///
+/// The work is recorded and submitted without waiting (or joins a [`Gpu::batch`]); nothing is
+/// read back. Operands larger than one storage binding are split across dispatches.
+///
+/// # Errors
+/// MLX's errors in MLX's words and order: an unsupported mode, missing biases, non-float scales,
+/// a weight that is not `u32`, scales and biases of different shapes, weight and scales with
+/// different batch shapes or incompatible widths for the bits and group size, x's last axis not
+/// matching the weight's inner dimension, batch axes that do not broadcast; then bits or group
+/// sizes outside MLX's lists. wgquant also refuses an `x` that is not f32, f16 or bf16 (MLX would
+/// promote integers), and tensors on different devices. Device errors, including
+/// [`Error::ExceedsDeviceLimit`](crate::Error::ExceedsDeviceLimit) when even one row does not fit a binding.
+///
+/// # Example
+/// ```no_run
+/// # fn main() -> wgquant::Result<()> {
+/// use wgquant::{quantize, quantized_matmul, Gpu, QuantParams, Tensor};
+/// let gpu = Gpu::new()?;
+/// let w = Tensor::from_slice(&gpu, &vec![0.25f32; 8 * 64], &[8, 64])?;
+/// let q = quantize(&w, QuantParams::affine(64, 4))?;
+/// let x = Tensor::from_slice(&gpu, &vec![1.0f32; 3 * 64], &[3, 64])?;
+/// let y = quantized_matmul(&x, &q, true)?; // (3, 8), on the GPU
+/// assert_eq!(y.shape(), &[3, 8]);
+/// # Ok(()) }
+/// ```
+pub fn quantized_matmul(x: &Tensor, q: &Quantized, transpose: bool) -> Result<Tensor> {
+    quantized_matmul_with(x, q, transpose, &QmmOptions::default())
+}
+
+/// [`quantized_matmul`] with an explicit kernel choice and tuning knobs.
+///
+/// # Errors
+/// As [`quantized_matmul`]; a knob no kernel supports (tile rows other than 32, 64 or 128, an
+/// unsupported tile shape, a qmv workgroup size that is not a power of two, `split_k` 0) gives
+/// [`Error::InvalidOption`](crate::Error::InvalidOption); a knob the device cannot run (a tile
+/// over its workgroup memory) gives [`Error::ExceedsDeviceLimit`](crate::Error::ExceedsDeviceLimit);
+/// [`QmmKernel::Cooperative`] where `qmv_coop` cannot run gives
+/// [`Error::KernelUnavailable`](crate::Error::KernelUnavailable). Left to the planner, the kernels
+/// fit any device with WebGPU's default limits.
+pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options: &QmmOptions) -> Result<Tensor> {
+    let problem = Problem::new(x, q, transpose)?;
+    let gpu = x.gpu();
+    let y = Tensor::zeros(gpu, &problem.out_shape, problem.format.out_dtype)?;
+    if problem.is_empty() {
+        return Ok(y);
+    }
+    let biases = q.biases.as_ref().expect("validated");
+    let sizes = OperandSizes {
+        x: x.buffer().size(),
+        weight: q.weight.buffer().size(),
+        scales: q.scales.buffer().size(),
+        biases: biases.buffer().size(),
+        y: y.buffer().size(),
+    };
+    let plan = plan::plan(&problem, &sizes, options, &PlanCaps::of(gpu.caps()))?;
+    let prepared = plan.prepare.as_ref().map(|key| prepare_x(x, key)).transpose()?;
+    let operands = Operands { x: prepared.as_ref().unwrap_or(x), q, biases, y: &y };
+    run(gpu, &operands, &plan)?;
+    Ok(y)
+}
+
+/// The tensors of one call, as the plan's steps read them.
+struct Operands<'a> {
+    x: &'a Tensor,
+    q: &'a Quantized,
+    biases: &'a Tensor,
+    y: &'a Tensor,
+}
+
+/// Every row of x laid out for `qmv` with several rows of weights by the `qmv_prepare` kernel
+/// `key` (see `wgsl/qmv_prepare.wgsl`): f32, [`prepared_row_vectors`] per row.
+fn prepare_x(x: &Tensor, key: &KernelKey) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let (rows, k) = x.rows_and_width();
+    let blocks = k / 32;
+    let prepared = Tensor::zeros(gpu, &[rows, prepared_row_vectors(k) * 4], DType::F32)?;
+    let row_bytes = [(k * x.dtype().size_in_bytes()) as u64, prepared_row_bytes(k)];
+    launch_chunks(OP, gpu, rows, &row_bytes, key, |chunk| {
+        let params = PrepareParams { rows: to_u32(chunk.len())?, blocks: to_u32(blocks)?, ..Default::default() };
+        let bindings = PrepareBindings {
+            x: BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
+            prepared: BufferWindow::rows(prepared.buffer(), row_bytes[1], chunk),
+        };
+        Ok(Launch {
+            params: bytemuck::bytes_of(&params).to_vec(),
+            buffers: bindings.into_vec(),
+            // One invocation per quad; workgroups (a multiple of 8) hold whole blocks.
+            workgroups: to_u32((chunk.len() * k / 4).div_ceil(ELEMENTWISE_WG_SIZE as usize))?,
+        })
+    })?;
+    Ok(prepared)
+}
+
+/// Creates the plan's buffers and pipelines and submits its dispatches in one pass.
+fn run(gpu: &Gpu, ops: &Operands<'_>, plan: &Plan) -> Result<()> {
+    let scratch = plan.partials.map(|count| gpu.scratch(count as u64 * 4)).transpose()?;
+    let tables = plan
+        .steps
+        .iter()
+        .map(|s| {
+            s.table.as_ref().map(|t| gpu.create_buffer_init("wgquant batch table", bytemuck::cast_slice(t))).transpose()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pipelines = plan.steps.iter().map(|s| gpu.pipeline(&s.key)).collect::<Result<Vec<_>>>()?;
+    let dispatches: Vec<Dispatch<'_>> = plan
+        .steps
+        .iter()
+        .zip(&tables)
+        .zip(&pipelines)
+        .map(|((step, table), pipeline)| {
+            let buffers = step
+                .windows
+                .iter()
+                .map(|w| {
+                    let buffer = match w.source {
+                        Source::X => ops.x.buffer(),
+                        Source::Weight => ops.q.weight.buffer(),
+                        Source::Scales => ops.q.scales.buffer(),
+                        Source::Biases => ops.biases.buffer(),
+                        Source::Y => ops.y.buffer(),
+                        Source::Partials => scratch.as_deref().expect("the plan lists its partial sums"),
+                        Source::Table => {
+                            let table = table.as_ref().expect("a step binding its table has one");
+                            return BufferWindow { buffer: table, offset: 0, size: table.size() };
+                        }
+                    };
+                    BufferWindow { buffer, offset: w.offset, size: w.size }
+                })
+                .collect();
+            Dispatch { pipeline, params: step.params.clone(), buffers, workgroups: step.workgroups }
+        })
+        .collect();
+    gpu.submit(OP, &dispatches)
+}

@@ -1,0 +1,187 @@
+//! A validated product: MLX's checks in MLX's order, then the shapes the planner works on.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::kernels::MatmulFormat;
+use crate::params::Mode;
+use crate::tensor::{element_count, Quantized, Tensor};
+
+use super::OP;
+
+/// A validated product: sizes, batch entries and dtypes. Nothing in it changes once built: what
+/// the plan does to x (preparing it for `qmv`) is a step of the plan.
+#[derive(Clone, Debug)]
+pub(super) struct Problem {
+    /// Rows of x per batch entry.
+    pub m: usize,
+    /// Outputs per row.
+    pub n: usize,
+    /// Inner length.
+    pub k: usize,
+    /// Per output batch: the matrix of x and the matrix of w it multiplies.
+    pub batches: Vec<(usize, usize)>,
+    pub out_shape: Vec<usize>,
+    pub format: MatmulFormat,
+    pub transpose: bool,
+    /// Words per row of w_q.
+    pub w_words: usize,
+    /// Groups per row of w_q (scales per row).
+    pub groups: usize,
+    /// Rows of x in all (every batch matrix).
+    pub x_rows: usize,
+}
+
+impl Problem {
+    /// MLX's checks, in MLX's order (`quantized_matmul` and `extract_quantized_matmul_dims` in
+    /// `mlx/ops.cpp`), then the shapes.
+    pub fn new(x: &Tensor, q: &Quantized, transpose: bool) -> Result<Problem> {
+        let params = q.params;
+        if params.mode != Mode::Affine {
+            return Err(Error::UnsupportedMode { op: OP, mode: params.mode });
+        }
+        let biases = q.biases.as_ref().ok_or(Error::MissingBiases { op: OP })?;
+        let (weight, scales) = (&q.weight, &q.scales);
+        if !scales.dtype().is_float() || !biases.dtype().is_float() {
+            return Err(Error::NotFloatingScales { op: OP, scales: scales.dtype(), biases: biases.dtype() });
+        }
+        if weight.dtype() != DType::U32 {
+            return Err(Error::MatmulWeightNotU32 { dtype: weight.dtype() });
+        }
+        if scales.shape() != biases.shape() {
+            return Err(Error::ScalesBiasesShape { scales: scales.shape().to_vec(), biases: biases.shape().to_vec() });
+        }
+        if weight.ndim() < 2 {
+            return Err(Error::NdimTooSmall { op: OP, verb: "multiplied", ndim: weight.ndim() });
+        }
+        let (ws, ss) = (weight.shape(), scales.shape());
+        let batch_dims = ws.len() - 2;
+        if ss.len() != ws.len() || ws[..batch_dims] != ss[..batch_dims] {
+            return Err(Error::WeightScalesBatch { weight: ws.to_vec(), scales: ss.to_vec() });
+        }
+        // MLX divides by the bits here; zero bits are refused first rather than divided by.
+        if params.bits == 0 {
+            return Err(Error::UnsupportedBits { op: OP, bits: 0 });
+        }
+        let (w_rows, w_words) = (ws[batch_dims], ws[batch_dims + 1]);
+        let codes_per_row = w_words * 32 / params.bits as usize;
+        if codes_per_row != ss[batch_dims + 1] * params.group_size as usize {
+            return Err(Error::WeightScalesIncompatible {
+                weight: ws.to_vec(),
+                scales: ss.to_vec(),
+                group_size: params.group_size,
+                bits: params.bits,
+            });
+        }
+        let x_last = *x.shape().last().ok_or(Error::ScalarInput)?;
+        let (k, n) = if transpose { (codes_per_row, w_rows) } else { (w_rows, codes_per_row) };
+        if x_last != k {
+            return Err(Error::InnerDimMismatch {
+                x_last,
+                rows: k,
+                cols: n,
+                weight: ws.to_vec(),
+                group_size: params.group_size,
+                bits: params.bits,
+                transpose,
+            });
+        }
+        if !x.dtype().is_float() {
+            return Err(Error::NotFloatingX { dtype: x.dtype() });
+        }
+        params.check_affine(OP)?;
+        if !x.gpu().same_device(weight.gpu()) || !weight.gpu().same_device(scales.gpu()) {
+            return Err(Error::DeviceMismatch { op: OP });
+        }
+        if !weight.gpu().same_device(biases.gpu()) {
+            return Err(Error::DeviceMismatch { op: OP });
+        }
+
+        let xs = x.shape();
+        let (m, batches, mut out_shape) = if xs.len() > 2 && ws.len() > 2 {
+            let (x_batch, w_batch) = (&xs[..xs.len() - 2], &ws[..batch_dims]);
+            let out_batch = broadcast_shapes(x_batch, w_batch)?;
+            let entries = (0..element_count(&out_batch).unwrap_or(0))
+                .map(|b| (broadcast_index(b, &out_batch, x_batch), broadcast_index(b, &out_batch, w_batch)))
+                .collect();
+            (xs[xs.len() - 2], entries, [out_batch.as_slice(), &[xs[xs.len() - 2]]].concat())
+        } else {
+            // A 2-D weight takes all of x's leading axes as rows (a batched weight with a 2-D x
+            // contributes its first matrix, as in MLX).
+            let lead = &xs[..xs.len() - 1];
+            (element_count(lead).unwrap_or(0), vec![(0, 0)], lead.to_vec())
+        };
+        out_shape.push(n);
+        let format = MatmulFormat {
+            x_dtype: x.dtype(),
+            scale_dtype: scales.dtype(),
+            out_dtype: x.dtype().promote(scales.dtype()),
+            bits: params.bits,
+            group_size: params.group_size,
+        };
+        let x_rows = element_count(&xs[..xs.len() - 1]).unwrap_or(0);
+        Ok(Problem { m, n, k, batches, out_shape, format, transpose, w_words, groups: ss[batch_dims + 1], x_rows })
+    }
+
+    /// Whether the product is empty (nothing to compute; y is all zeros or has no elements).
+    pub fn is_empty(&self) -> bool {
+        self.m == 0 || self.n == 0 || self.k == 0 || self.batches.is_empty()
+    }
+
+    /// Rows of w_q per matrix.
+    pub fn w_rows(&self) -> usize {
+        if self.transpose {
+            self.n
+        } else {
+            self.k
+        }
+    }
+}
+
+/// numpy broadcasting of two shapes (MLX's `broadcast_shapes`).
+fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let dim = |s: &[usize], i: usize| if i + s.len() >= rank { s[i + s.len() - rank] } else { 1 };
+    (0..rank)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (p, q) if p == q || q == 1 => Ok(p),
+            (1, q) => Ok(q),
+            _ => Err(Error::BroadcastShapes { a: a.to_vec(), b: b.to_vec() }),
+        })
+        .collect()
+}
+
+/// The flat index into `shape` of element `flat` of the broadcast shape `out`.
+fn broadcast_index(flat: usize, out: &[usize], shape: &[usize]) -> usize {
+    let mut rest = flat;
+    let mut index = 0;
+    let mut stride = 1;
+    for (i, &extent) in out.iter().enumerate().rev() {
+        let coord = rest % extent;
+        rest /= extent;
+        if let Some(d) = (i + shape.len()).checked_sub(out.len()) {
+            if shape[d] != 1 {
+                index += coord * stride;
+            }
+            stride *= shape[d];
+        }
+    }
+    index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcasting_follows_numpy() {
+        assert_eq!(broadcast_shapes(&[2, 1], &[3]).unwrap(), vec![2, 3]);
+        assert_eq!(broadcast_shapes(&[], &[4]).unwrap(), vec![4]);
+        assert!(broadcast_shapes(&[2], &[3]).is_err());
+        // out (2, 3): x batch (2, 1) ignores the second axis; w batch (3,) ignores the first.
+        let out = [2, 3];
+        let x: Vec<usize> = (0..6).map(|b| broadcast_index(b, &out, &[2, 1])).collect();
+        let w: Vec<usize> = (0..6).map(|b| broadcast_index(b, &out, &[3])).collect();
+        assert_eq!(x, [0, 0, 0, 1, 1, 1]);
+        assert_eq!(w, [0, 1, 2, 0, 1, 2]);
+    }
+}
