@@ -21,7 +21,6 @@
 //! cores where it chooses to, and times `qmv` (`vector`) and `qmv_coop` (`cooperative`) by name
 //! for 2 to 8 rows of f16 x.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use half::{bf16, f16};
@@ -33,62 +32,53 @@ use wgquant::{DType, Gpu, GpuOptions, QmmKernel, QmmOptions, QuantParams, Quanti
 const ROTATION_BYTES: u64 = 256 << 20;
 const GROUP_SIZE: u32 = 64;
 
+#[derive(clap::Parser, Debug)]
+#[command(about = "quantized_matmul on Llama-8B layer shapes against the copy and FMA ceilings")]
 struct Config {
+    /// Small shapes (lavapipe runs them in seconds).
+    #[arg(long)]
     quick: bool,
+    /// Also time the kernel knobs on the large shapes.
+    #[arg(long)]
     sweep: bool,
+    /// Time only the kernel knobs.
+    #[arg(long)]
     sweep_only: bool,
+    /// Timed samples per case (medians are reported).
+    #[arg(long, default_value_t = 50)]
     runs: usize,
     /// Products per timed pass.
-    repeat: usize,
-    /// dtype of x, scales and biases.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    repeat: u64,
+    /// dtype of x, scales and biases: f16 or bf16.
+    #[arg(long, default_value = "f16", value_parser = parse_dtype)]
     dtype: DType,
-    /// Rows of x to time (None: all).
+    /// Rows of x to time, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
     rows: Option<Vec<usize>>,
+    /// Where to write the JSON table.
+    #[arg(long, default_value = "qmm_bench.json")]
     json: String,
-    /// Whether to open the device with cooperative matrices.
+    /// Open the device with cooperative matrices.
+    #[arg(long)]
     cooperative: bool,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
+    match s {
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(format!("{other} is not f16 or bf16")),
+    }
 }
 
 impl Config {
     fn from_args() -> Config {
-        let mut config = Config {
-            quick: false,
-            sweep: false,
-            sweep_only: false,
-            runs: 50,
-            repeat: 8,
-            dtype: DType::F16,
-            rows: None,
-            json: "qmm_bench.json".into(),
-            cooperative: false,
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--quick" => config.quick = true,
-                "--sweep" => config.sweep = true,
-                "--sweep-only" => (config.sweep, config.sweep_only) = (true, true),
-                "--runs" => config.runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
-                "--repeat" => {
-                    config.repeat = args.next().and_then(|v| v.parse().ok()).filter(|&r| r > 0).expect("--repeat N")
-                }
-                "--dtype" => {
-                    config.dtype = match args.next().as_deref() {
-                        Some("f16") => DType::F16,
-                        Some("bf16") => DType::BF16,
-                        _ => panic!("--dtype f16|bf16"),
-                    }
-                }
-                "--rows" => {
-                    let list = args.next().expect("--rows M,M,..");
-                    config.rows = Some(list.split(',').map(|m| m.parse().expect("--rows M,M,..")).collect());
-                }
-                "--json" => config.json = args.next().expect("--json PATH"),
-                "--cooperative" => config.cooperative = true,
-                // cargo bench passes --bench; other harness flags are ignored.
-                _ => {}
-            }
-        }
+        let mut config = <Config as clap::Parser>::parse();
+        config.sweep |= config.sweep_only;
         if config.quick {
             config.runs = config.runs.min(5);
             config.repeat = config.repeat.min(2);
@@ -205,7 +195,7 @@ fn time_matmul(
             }
             // Creating the weights left the GPU idle: bring its clocks back up first.
             heater.heat(gpu)?;
-            let time = median_time(gpu, config.runs, config.repeat, |i| {
+            let time = median_time(gpu, config.runs, config.repeat as usize, |i| {
                 wgquant::quantized_matmul_with(&x, &weights[i % copies], true, option).map(drop)
             })?;
             rows.push(Row { n, k, m, bits, variant: variant.clone(), time, bytes });
@@ -462,33 +452,26 @@ fn main() -> Result<()> {
 
 fn to_json(gpu: &Gpu, copy_gbs: f64, fma_tflops: f64, config: &Config, rows: &[Row]) -> String {
     let info = &gpu.caps().info;
-    let text = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    let mut json = format!(
-        "{{\n  \"adapter\": \"{}\",\n  \"driver\": \"{} {}\",\n  \"runs\": {},\n  \"group_size\": {GROUP_SIZE},\n  \
-         \"x_dtype\": \"{dtype}\",\n  \"scale_dtype\": \"{dtype}\",\n  \"copy_gbs\": {copy_gbs:.1},\n  \
-         \"fma_f32_tflops\": {fma_tflops:.2},\n  \"cooperative_f16\": {},\n  \"rows\": [\n",
-        text(&info.name),
-        text(&info.driver),
-        text(&info.driver_info),
-        config.runs,
-        gpu.caps().cooperative_f16,
-        dtype = config.dtype,
-    );
-    for (i, r) in rows.iter().enumerate() {
-        let _ = writeln!(
-            json,
-            "    {{\"n\": {}, \"k\": {}, \"m\": {}, \"bits\": {}, \"variant\": \"{}\", \"median_us\": {:.2}, \"gbs\": {:.1}, \"tflops\": {:.3}}}{}",
-            r.n,
-            r.k,
-            r.m,
-            r.bits,
-            text(&r.variant),
-            r.time.as_secs_f64() * 1e6,
-            r.gbs(),
-            r.tflops(),
-            if i + 1 < rows.len() { "," } else { "" }
-        );
-    }
-    json.push_str("  ]\n}\n");
-    json
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "n": r.n, "k": r.k, "m": r.m, "bits": r.bits, "variant": r.variant,
+                "median_us": r.time.as_secs_f64() * 1e6, "gbs": r.gbs(), "tflops": r.tflops(),
+            })
+        })
+        .collect();
+    let json = serde_json::json!({
+        "adapter": info.name,
+        "driver": format!("{} {}", info.driver, info.driver_info),
+        "runs": config.runs,
+        "group_size": GROUP_SIZE,
+        "x_dtype": config.dtype.to_string(),
+        "scale_dtype": config.dtype.to_string(),
+        "copy_gbs": copy_gbs,
+        "fma_f32_tflops": fma_tflops,
+        "cooperative_f16": gpu.caps().cooperative_f16,
+        "rows": rows,
+    });
+    serde_json::to_string_pretty(&json).expect("JSON") + "\n"
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use regex::Regex;
-use wgquant::demo::{self, parse_dtype, DemoArgs};
+use wgquant::demo::{self, parse_dtype, DemoArgs, QuantRecipe};
 use wgquant::error::mlx_shape;
 use wgquant::io::{self, ConvertOptions, ModelDir, Recipe, SafetensorsFile, TensorEntry, MAX_SHARD_BYTES};
 use wgquant::{DType, Error, Gpu, Mode, QuantParams, Result};
@@ -21,7 +21,67 @@ pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    demo: DemoArgs,
+    demo: DemoCli,
+}
+
+/// Quantize a small Llama-shaped model with MLX's group quantization (mlx-lm's mixed recipes)
+/// on the default GPU adapter (lavapipe when there is no GPU), and report bits per weight, the
+/// error of the logits and the time per forward pass.
+#[derive(Args, Debug, Clone)]
+pub struct DemoCli {
+    /// How to choose bits per layer: mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (mlx-lm's
+    /// --quant-predicate recipes), or uniform (--bits everywhere).
+    #[arg(long, default_value = "mixed_4_6")]
+    recipe: QuantRecipe,
+    /// Bits per weight code with --recipe uniform: 1, 2, 3, 4, 5, 6 or 8.
+    #[arg(long, default_value_t = 4)]
+    bits: u32,
+    /// Elements per quantization group: 32, 64 or 128.
+    #[arg(long, default_value_t = 64)]
+    group_size: u32,
+    /// Consider only adapters whose name contains this (case-insensitive), e.g. llvmpipe or H100.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Tie the output head to the embedding table (no lm_head; the quantized table serves both).
+    #[arg(long)]
+    tied: bool,
+    /// Element type of the float weights: f32, f16 or bf16.
+    #[arg(long, default_value = "f16", value_parser = parse_dtype)]
+    dtype: DType,
+    /// Transformer blocks (width 256, MLP 512, 4 heads, vocabulary 1024).
+    #[arg(long, default_value_t = 4, value_parser = at_least_one())]
+    layers: usize,
+    /// Tokens in the input sequence.
+    #[arg(long, default_value_t = 32, value_parser = at_least_one())]
+    tokens: usize,
+    /// Timed forward passes per model (after one warm-up pass).
+    #[arg(long, default_value_t = 5, value_parser = at_least_one())]
+    iterations: usize,
+    /// Seed of the weights and tokens.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl DemoCli {
+    fn args(&self) -> DemoArgs {
+        DemoArgs {
+            recipe: self.recipe,
+            bits: self.bits,
+            group_size: self.group_size,
+            adapter: self.adapter.clone(),
+            tied: self.tied,
+            dtype: self.dtype,
+            layers: self.layers,
+            tokens: self.tokens,
+            iterations: self.iterations,
+            seed: self.seed,
+        }
+    }
+}
+
+/// A count of at least one.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 #[derive(Subcommand, Debug)]
@@ -31,7 +91,7 @@ enum Command {
     /// List a model directory's (or one safetensors file's) tensors, layers and bits per weight.
     Inspect(InspectArgs),
     /// Quantize a small Llama-shaped model and report bits per weight, logit error and time (the default).
-    Demo(DemoArgs),
+    Demo(DemoCli),
 }
 
 #[derive(Args, Debug)]
@@ -96,8 +156,8 @@ fn parse_regex(s: &str) -> std::result::Result<Regex, String> {
 /// Whatever the command fails with.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => demo::run(&cli.demo),
-        Some(Command::Demo(args)) => demo::run(&args),
+        None => demo::run(&cli.demo.args()),
+        Some(Command::Demo(args)) => demo::run(&args.args()),
         Some(Command::Convert(args)) => convert(&args),
         Some(Command::Inspect(args)) => inspect(&args.path),
     }

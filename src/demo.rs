@@ -16,41 +16,29 @@ use crate::nn::{self, LlamaConfig, Model, Module, Recipe};
 use crate::params::QuantParams;
 use crate::tensor::Tensor;
 
-/// Quantize a small Llama-shaped model with MLX's group quantization (mlx-lm's mixed recipes)
-/// on the default GPU adapter (lavapipe when there is no GPU), and report bits per weight, the
-/// error of the logits and the time per forward pass.
-#[derive(clap::Args, Debug, Clone)]
+/// The demo's settings (the binary's `wgquant demo` flags, with their defaults there).
+#[derive(Debug, Clone)]
 pub struct DemoArgs {
     /// How to choose bits per layer: mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (mlx-lm's
     /// --quant-predicate recipes), or uniform (--bits everywhere).
-    #[arg(long, default_value = "mixed_4_6")]
     pub recipe: QuantRecipe,
     /// Bits per weight code with --recipe uniform: 1, 2, 3, 4, 5, 6 or 8.
-    #[arg(long, default_value_t = 4)]
     pub bits: u32,
     /// Elements per quantization group: 32, 64 or 128.
-    #[arg(long, default_value_t = 64)]
     pub group_size: u32,
     /// Consider only adapters whose name contains this (case-insensitive), e.g. llvmpipe or H100.
-    #[arg(long)]
     pub adapter: Option<String>,
     /// Tie the output head to the embedding table (no lm_head; the quantized table serves both).
-    #[arg(long)]
     pub tied: bool,
     /// Element type of the float weights: f32, f16 or bf16.
-    #[arg(long, default_value = "f16", value_parser = parse_dtype)]
     pub dtype: DType,
     /// Transformer blocks (width 256, MLP 512, 4 heads, vocabulary 1024).
-    #[arg(long, default_value_t = 4, value_parser = at_least_one())]
     pub layers: usize,
     /// Tokens in the input sequence.
-    #[arg(long, default_value_t = 32, value_parser = at_least_one())]
     pub tokens: usize,
     /// Timed forward passes per model (after one warm-up pass).
-    #[arg(long, default_value_t = 5, value_parser = at_least_one())]
     pub iterations: usize,
     /// Seed of the weights and tokens.
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
@@ -73,11 +61,6 @@ impl FromStr for QuantRecipe {
             s.parse().map(QuantRecipe::Mixed)
         }
     }
-}
-
-/// A count of at least one.
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// Parses `f32`, `f16` or `bf16` (or MLX's long names).

@@ -104,8 +104,19 @@ impl fmt::Display for DType {
     }
 }
 
-/// A Rust type that can be copied into and out of a [`Tensor`](crate::Tensor).
-pub trait Element: bytemuck::Pod + Send + Sync + 'static {
+mod sealed {
+    /// Only the types whose [`DType`](super::DType) they are may be elements.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for u32 {}
+    impl Sealed for u8 {}
+}
+
+/// A Rust type that can be copied into and out of a [`Tensor`](crate::Tensor): `f32`, [`f16`],
+/// [`bf16`], `u32` and `u8` (sealed: the list is wgquant's).
+pub trait Element: sealed::Sealed + bytemuck::Pod + Send + Sync + 'static {
     /// The tensor dtype this type maps to.
     const DTYPE: DType;
 }

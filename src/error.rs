@@ -367,4 +367,15 @@ pub enum Error {
     /// mlx-lm's error for an unknown recipe name.
     #[error("Invalid quant recipe {0}")]
     InvalidRecipe(String),
+
+    // ---- GPU runtime: environment and batches (runtime area) ---------------------------------
+    /// An environment variable wgquant reads holds a value it does not know.
+    #[error("{variable}={value} is not allowed (expected {allowed})")]
+    InvalidEnvironment { variable: &'static str, value: String, allowed: &'static str },
+    /// A caller's buffer is smaller than the tensor it should hold.
+    #[error("{op}: the buffer holds {size} bytes but the tensor needs {needed}")]
+    BufferTooSmall { op: &'static str, size: u64, needed: u64 },
+    /// A caller's buffer lacks the usages tensors need.
+    #[error("{op}: the buffer's usage is {usage}, but tensors need STORAGE | COPY_SRC | COPY_DST")]
+    BufferUsage { op: &'static str, usage: String },
 }

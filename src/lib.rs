@@ -25,11 +25,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The demo behind the `wgquant` binary (not part of the library's API).
+#[doc(hidden)]
 pub mod demo;
 pub mod dtype;
 pub mod error;
 pub mod gpu;
 pub mod io;
+/// Kernel sources and keys, public for the WGSL tests and benches only (not part of the
+/// library's API).
+#[doc(hidden)]
 pub mod kernels;
 pub mod nn;
 pub mod ops;
@@ -40,9 +45,14 @@ pub mod tensor;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Error, Result};
 pub use gpu::{Caps, Gpu, GpuOptions};
+/// The half-precision element types tensors hold, from `half`.
+pub use half::{bf16, f16};
 pub use ops::{dequantize, quantize, quantized_matmul, quantized_matmul_with, QmmKernel, QmmOptions};
 pub use params::{Mode, QuantParams};
 pub use tensor::{Quantized, Tensor};
+/// The wgpu wgquant is built on, so that callers of [`Gpu::from_device`] and
+/// [`Tensor::from_buffer`] use the same version.
+pub use wgpu;
 
 /// The README's example, compiled and run as a doctest.
 #[doc = include_str!("../README.md")]

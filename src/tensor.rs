@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, TensorBuffer};
 use crate::params::{Mode, QuantParams};
 
 /// A row-major array in GPU memory. Clones share the buffer.
 #[derive(Clone)]
 pub struct Tensor {
     gpu: Gpu,
-    buffer: Arc<wgpu::Buffer>,
+    buffer: Arc<TensorBuffer>,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -46,7 +46,7 @@ impl Tensor {
         if element_count(shape) != Some(data.len()) {
             return Err(Error::DataLength { op, len: data.len(), shape: shape.to_vec() });
         }
-        let buffer = gpu.create_buffer_init("wgquant tensor", bytemuck::cast_slice(data))?;
+        let buffer = gpu.upload_buffer("wgquant tensor", bytemuck::cast_slice(data))?;
         Ok(Tensor { gpu: gpu.clone(), buffer: Arc::new(buffer), shape: shape.to_vec(), dtype: T::DTYPE })
     }
 
@@ -56,7 +56,43 @@ impl Tensor {
     /// Device errors when the buffer cannot be created.
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let size = byte_size("Tensor::zeros", shape, dtype)?;
-        let buffer = gpu.create_buffer("wgquant tensor", size)?;
+        let buffer = gpu.output_buffer("wgquant tensor", size, true)?;
+        Ok(Tensor { gpu: gpu.clone(), buffer: Arc::new(buffer), shape: shape.to_vec(), dtype })
+    }
+
+    /// Wraps `buffer`, which the caller created on `gpu`'s device, as a tensor of `shape` and
+    /// `dtype` without copying it: ops read and write the caller's memory. The layout is
+    /// wgquant's ([`DType`]): row-major elements packed into little-endian words.
+    ///
+    /// ```no_run
+    /// # fn main() -> wgquant::Result<()> {
+    /// use wgquant::{wgpu, DType, Gpu, Tensor};
+    /// let gpu = Gpu::new()?;
+    /// let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+    ///     label: Some("activations"),
+    ///     size: 4 * 64 * 4,
+    ///     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+    ///     mapped_at_creation: false,
+    /// });
+    /// let x = Tensor::from_buffer(&gpu, buffer, &[4, 64], DType::F32)?;
+    /// assert_eq!(x.to_vec::<f32>()?, vec![0.0; 256]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::BufferTooSmall`] when the buffer holds fewer bytes than `shape` needs (rounded
+    /// up to a whole word); [`Error::BufferUsage`] without `STORAGE`, `COPY_SRC` and `COPY_DST`.
+    pub fn from_buffer(gpu: &Gpu, buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let op = "Tensor::from_buffer";
+        let needed = byte_size(op, shape, dtype)?.next_multiple_of(4);
+        if buffer.size() < needed {
+            return Err(Error::BufferTooSmall { op, size: buffer.size(), needed });
+        }
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        if !buffer.usage().contains(usage) {
+            return Err(Error::BufferUsage { op, usage: format!("{:?}", buffer.usage()) });
+        }
+        let buffer = gpu.wrap_buffer(buffer);
         Ok(Tensor { gpu: gpu.clone(), buffer: Arc::new(buffer), shape: shape.to_vec(), dtype })
     }
 

@@ -1,0 +1,308 @@
+//! One decode step of Llama-3-8B: 32 blocks of q, k, v, o, gate, up and down projections and
+//! the 128256 x 4096 lm_head, 225 `quantized_matmul`s of M rows recorded in one `gpu.batch`.
+//!
+//! Prints, from one run: the step's GPU time (timestamps around its pass), the host time to
+//! record and submit it (per op), the wall time from recording to finished, the weights' GB/s
+//! against the device's copy ceiling, and the raw-dispatch floor: the host time of a plain
+//! wgpu `dispatch_workgroups` of a trivial kernel with a prebuilt bind group, recorded and
+//! submitted the same way, 225 to a pass.
+//!
+//! ```text
+//! cargo bench --bench decode -- [--quick] [--bits B] [--group-size G] [--rows M] [--steps N] [--json PATH]
+//! ```
+//! `--quick` uses a small model (2 blocks of width 256) that lavapipe runs in seconds.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use wgquant::{f16, wgpu, DType, Gpu, QuantParams, Quantized, Result, Tensor};
+
+#[derive(Parser, Debug)]
+#[command(about = "Llama-3-8B decode step: GPU, host and wall time of 225 quantized_matmuls")]
+struct Args {
+    /// Bits per weight code.
+    #[arg(long, default_value_t = 4)]
+    bits: u32,
+    /// Elements per quantization group.
+    #[arg(long, default_value_t = 64)]
+    group_size: u32,
+    /// Rows of x (tokens per step; more than 1 for speculative decoding).
+    #[arg(long, default_value_t = 1)]
+    rows: usize,
+    /// A small model for software adapters.
+    #[arg(long)]
+    quick: bool,
+    /// Timed steps (medians are reported).
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<String>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// The projections' widths.
+struct Shape {
+    hidden: usize,
+    kv: usize,
+    mlp: usize,
+    vocab: usize,
+    blocks: usize,
+}
+
+const LLAMA_3_8B: Shape = Shape { hidden: 4096, kv: 1024, mlp: 14336, vocab: 128256, blocks: 32 };
+const QUICK: Shape = Shape { hidden: 256, kv: 64, mlp: 512, vocab: 1024, blocks: 2 };
+
+impl Shape {
+    /// `(n, k)` of every product of a step, in order.
+    fn products(&self) -> Vec<(usize, usize)> {
+        let (h, kv, mlp) = (self.hidden, self.kv, self.mlp);
+        let block = [(h, h), (kv, h), (kv, h), (h, h), (mlp, h), (mlp, h), (h, mlp)];
+        (0..self.blocks).flat_map(|_| block).chain(std::iter::once((self.vocab, h))).collect()
+    }
+}
+
+/// SplitMix64: random codes and scales (timing does not depend on the values).
+struct Words(u64);
+
+impl Words {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn halves(&mut self, gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        let values: Vec<f16> = (0..shape.iter().product())
+            .map(|_| f16::from_f32(((self.next() >> 40) as f32 / 16_777_216.0 - 0.5) * 0.1))
+            .collect();
+        Tensor::from_slice(gpu, &values, shape)
+    }
+
+    fn weight(&mut self, gpu: &Gpu, (n, k): (usize, usize), params: QuantParams) -> Result<Quantized> {
+        let width = params.packed_width(k);
+        let packed: Vec<u32> = (0..n * width).map(|_| self.next() as u32).collect();
+        let weight = Tensor::from_slice(gpu, &packed, &[n, width])?;
+        let groups = k / params.group_size as usize;
+        let scales = self.halves(gpu, &[n, groups])?;
+        let biases = self.halves(gpu, &[n, groups])?;
+        Quantized::from_parts(weight, scales, Some(biases), params)
+    }
+}
+
+/// A trivial kernel (the floor) and a grid-stride copy (the bandwidth ceiling).
+const PROBES_WGSL: &str = r#"
+@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;
+
+@compute @workgroup_size(64)
+fn trivial(@builtin(global_invocation_id) id: vec3<u32>) {
+    if id.x == 0u {
+        dst[0] = dst[0] + vec4<u32>(1u);
+    }
+}
+
+@compute @workgroup_size(256)
+fn copy(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let stride = groups.x * 256u;
+    for (var i = id.x; i < arrayLength(&src); i += stride) {
+        dst[i] = src[i];
+    }
+}
+"#;
+
+struct Probes {
+    trivial: wgpu::ComputePipeline,
+    trivial_group: wgpu::BindGroup,
+    copy: wgpu::ComputePipeline,
+    copy_group: wgpu::BindGroup,
+    copy_bytes: u64,
+}
+
+impl Probes {
+    fn new(gpu: &Gpu, copy_bytes: u64) -> Probes {
+        let device = gpu.device();
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("probes"),
+            source: wgpu::ShaderSource::Wgsl(PROBES_WGSL.into()),
+        });
+        let pipeline = |entry: &str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let buffer = |size: u64| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("probes"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let copy_bytes = copy_bytes.min(gpu.caps().max_binding() & !15);
+        let (src, dst, small) = (buffer(copy_bytes), buffer(copy_bytes), buffer(16));
+        let bind = |pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]| {
+            let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
+                .iter()
+                .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
+                .collect();
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            })
+        };
+        let (trivial, copy) = (pipeline("trivial"), pipeline("copy"));
+        let trivial_group = bind(&trivial, &[(1, &small)]);
+        let copy_group = bind(&copy, &[(0, &src), (1, &dst)]);
+        Probes { trivial, trivial_group, copy, copy_group, copy_bytes }
+    }
+
+    /// Host time to record `count` trivial dispatches into one pass and submit them, in plain
+    /// wgpu (the GPU's time is waited for, not counted).
+    fn raw_dispatches(&self, gpu: &Gpu, count: usize) -> Result<Duration> {
+        let start = Instant::now();
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for _ in 0..count {
+                pass.set_pipeline(&self.trivial);
+                pass.set_bind_group(0, &self.trivial_group, &[]);
+                pass.dispatch_workgroups(1, 1, 1);
+            }
+        }
+        gpu.queue().submit([encoder.finish()]);
+        let host = start.elapsed();
+        gpu.synchronize()?;
+        Ok(host)
+    }
+
+    /// Copy GB/s, counting bytes read and written.
+    fn copy_gbs(&self, gpu: &Gpu, runs: usize) -> Result<f64> {
+        let mut times = (0..runs + 3)
+            .map(|_| gpu.time(|| gpu.dispatch("copy", &self.copy, &self.copy_group, (4096, 1, 1))).map(|t| t.1))
+            .collect::<Result<Vec<_>>>()?;
+        let time = median(&mut times[3..]);
+        Ok(2.0 * self.copy_bytes as f64 / time.as_secs_f64() / 1e9)
+    }
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let shape = if args.quick { QUICK } else { LLAMA_3_8B };
+    let params = QuantParams::affine(args.group_size, args.bits);
+    let gpu = Gpu::new()?;
+    println!("adapter: {}", gpu.describe());
+
+    let mut words = Words(7);
+    let products = shape.products();
+    let weights = products.iter().map(|&p| words.weight(&gpu, p, params)).collect::<Result<Vec<_>>>()?;
+    let weight_bytes: u64 = weights.iter().map(Quantized::size_in_bytes).sum();
+    let x_hidden = words.halves(&gpu, &[args.rows, shape.hidden])?;
+    let x_mlp = words.halves(&gpu, &[args.rows, shape.mlp])?;
+    let ops = weights.len();
+    let step = || {
+        weights
+            .iter()
+            .map(|q| {
+                let x = if q.logical_shape()[1] == shape.hidden { &x_hidden } else { &x_mlp };
+                wgquant::quantized_matmul(x, q, true)
+            })
+            .collect::<Result<Vec<Tensor>>>()
+    };
+    let probes = Probes::new(&gpu, if args.quick { 16 << 20 } else { 1 << 30 });
+
+    // Warm-up: pipelines, pooled outputs, cached bind groups, clocks.
+    for _ in 0..5 {
+        drop(gpu.batch(step)?);
+        probes.raw_dispatches(&gpu, ops)?;
+        gpu.synchronize()?;
+    }
+    let (mut host, mut wall, mut raw, mut gpu_times) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.steps {
+        let start = Instant::now();
+        let outputs = gpu.batch(step)?;
+        host.push(start.elapsed());
+        gpu.synchronize()?;
+        wall.push(start.elapsed());
+        drop(outputs);
+        raw.push(probes.raw_dispatches(&gpu, ops)?);
+        if gpu.caps().has_timestamps() {
+            gpu_times.push(gpu.time(step)?.1);
+        }
+    }
+    let (host, wall, raw) = (median(&mut host), median(&mut wall), median(&mut raw));
+    let gpu_time = (!gpu_times.is_empty()).then(|| median(&mut gpu_times));
+    let copy_gbs = if gpu.caps().has_timestamps() { Some(probes.copy_gbs(&gpu, args.steps)?) } else { None };
+    let per_op = host / ops as u32;
+    let raw_per_dispatch = raw / ops as u32;
+    let gbs = gpu_time.map(|t| weight_bytes as f64 / t.as_secs_f64() / 1e9);
+
+    println!(
+        "step: {ops} quantized_matmul, M = {}, {}-bit g{}, {:.2} GB of weights{}",
+        args.rows,
+        args.bits,
+        args.group_size,
+        weight_bytes as f64 / 1e9,
+        if args.quick { " (--quick shapes)" } else { "" }
+    );
+    if let (Some(t), Some(gbs), Some(copy)) = (gpu_time, gbs, copy_gbs) {
+        println!(
+            "GPU time {:.3} ms, {gbs:.0} GB/s ({:.0}% of the {copy:.0} GB/s copy ceiling)",
+            micros(t) / 1e3,
+            100.0 * gbs / copy
+        );
+    }
+    println!(
+        "host record+submit {:.3} ms = {:.2} us per op; raw wgpu dispatch {:.2} us; ratio {:.1}x",
+        micros(host) / 1e3,
+        micros(per_op),
+        micros(raw_per_dispatch),
+        per_op.as_secs_f64() / raw_per_dispatch.as_secs_f64()
+    );
+    match gpu_time {
+        Some(t) => {
+            println!("wall {:.3} ms = {:.2}x the GPU time", micros(wall) / 1e3, wall.as_secs_f64() / t.as_secs_f64())
+        }
+        None => println!("wall {:.3} ms (no timestamps on this adapter)", micros(wall) / 1e3),
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "adapter": gpu.describe(),
+            "quick": args.quick,
+            "ops": ops,
+            "rows": args.rows,
+            "bits": args.bits,
+            "group_size": args.group_size,
+            "x_dtype": DType::F16.to_string(),
+            "weight_bytes": weight_bytes,
+            "gpu_us": gpu_time.map(micros),
+            "gbs": gbs,
+            "copy_gbs": copy_gbs,
+            "host_us": micros(host),
+            "host_us_per_op": micros(per_op),
+            "raw_dispatch_us": micros(raw_per_dispatch),
+            "wall_us": micros(wall),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json).expect("JSON")).expect("write the JSON file");
+    }
+    Ok(())
+}

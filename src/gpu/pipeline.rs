@@ -1,0 +1,185 @@
+//! The pipeline cache and the binding cache: pipelines by kernel key (checked against the
+//! device limits before wgpu sees them), their bind group layouts, uniform parameter buffers by
+//! content, and bind groups by the identity of what they bind.
+
+use std::collections::HashMap;
+
+use super::{Dispatch, Gpu};
+use crate::error::{Error, Result};
+use crate::kernels::{self, KernelKey};
+use std::sync::Arc;
+
+/// Distinct parameter blocks kept as uniform buffers; past it the cache starts over. A decode
+/// step of a 32-block model uses a few dozen.
+const MAX_UNIFORMS: usize = 4096;
+
+/// Bind groups kept; past it the cache starts over.
+const MAX_BIND_GROUPS: usize = 16384;
+
+/// What a bind group binds: its layout, the parameters' uniform buffer and each window.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct BindKey {
+    layout: wgpu::BindGroupLayout,
+    uniform: wgpu::Buffer,
+    windows: Vec<(wgpu::Buffer, u64, u64)>,
+}
+
+/// Cached layouts, uniforms and bind groups. A bind group is cached only when wgquant sees the
+/// end of every buffer it binds (tensors' buffers and the cached uniforms): dropping such a
+/// buffer evicts the groups that bind it, so that the cache never keeps memory alive.
+#[derive(Default)]
+pub(super) struct Bindings {
+    layouts: HashMap<wgpu::ComputePipeline, wgpu::BindGroupLayout>,
+    uniforms: HashMap<Vec<u8>, wgpu::Buffer>,
+    groups: HashMap<BindKey, wgpu::BindGroup>,
+    /// Buffers whose end wgquant sees, with the keys of the cached groups that bind them.
+    tracked: HashMap<wgpu::Buffer, Vec<BindKey>>,
+}
+
+impl Bindings {
+    fn forget_all_groups(&mut self) {
+        self.groups.clear();
+        self.tracked.values_mut().for_each(Vec::clear);
+    }
+}
+
+impl Gpu {
+    /// The compute pipeline for `key`, built on first use. Before wgpu sees the shader, its
+    /// workgroup memory and size are checked against the device limits: wgpu 30 does not check
+    /// workgroup memory, and a kernel over the limit hangs some drivers (the H100) silently.
+    pub(crate) fn pipeline(&self, key: &KernelKey) -> Result<Arc<wgpu::ComputePipeline>> {
+        if let Some(p) = self.inner.pipelines.lock().ok().and_then(|m| m.get(key).cloned()) {
+            return Ok(p);
+        }
+        let label = key.to_string();
+        let source = kernels::source(key);
+        let constants = key.constants();
+        let usage = kernels::resource_usage(&source, &constants, &self.inner.caps.features)
+            .map_err(|message| Error::Validation { what: label.clone(), message })?;
+        let limits = &self.inner.caps.limits;
+        if usage.workgroup_memory > u64::from(limits.max_compute_workgroup_storage_size) {
+            return Err(Error::ExceedsDeviceLimit {
+                op: key.op(),
+                what: "workgroup memory (bytes)",
+                value: usage.workgroup_memory,
+                limit: limits.max_compute_workgroup_storage_size.into(),
+            });
+        }
+        if usage.invocations > u64::from(limits.max_compute_invocations_per_workgroup) {
+            return Err(Error::ExceedsDeviceLimit {
+                op: key.op(),
+                what: "invocations per workgroup",
+                value: usage.invocations,
+                limit: limits.max_compute_invocations_per_workgroup.into(),
+            });
+        }
+        let pipeline = self.scoped(&label, || {
+            let module = self.inner.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            let constants: Vec<(&str, f64)> = constants.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            self.inner.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        })?;
+        let pipeline = Arc::new(pipeline);
+        if let Ok(mut map) = self.inner.pipelines.lock() {
+            map.insert(key.clone(), Arc::clone(&pipeline));
+        }
+        Ok(pipeline)
+    }
+
+    /// The bind group of `d`: its parameters at binding 0, its windows at 1, 2, ... Served
+    /// from the cache when the same layout, parameters and windows were bound before.
+    pub(super) fn bind_group(&self, d: &Dispatch<'_>) -> wgpu::BindGroup {
+        let device = &self.inner.device;
+        let mut b = self.inner.bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let layout = b.layouts.entry(d.pipeline.clone()).or_insert_with(|| d.pipeline.get_bind_group_layout(0)).clone();
+        let uniform = match b.uniforms.get(&d.params) {
+            Some(uniform) => uniform.clone(),
+            None => {
+                if b.uniforms.len() >= MAX_UNIFORMS {
+                    let stale: Vec<wgpu::Buffer> = b.uniforms.drain().map(|(_, u)| u).collect();
+                    stale.iter().for_each(|u| drop(b.tracked.remove(u)));
+                    b.forget_all_groups();
+                }
+                let uniform = self.buffer_holding("wgquant params", &d.params, wgpu::BufferUsages::UNIFORM);
+                b.uniforms.insert(d.params.clone(), uniform.clone());
+                b.tracked.insert(uniform.clone(), Vec::new());
+                uniform
+            }
+        };
+        let key = BindKey {
+            layout,
+            uniform,
+            windows: d.buffers.iter().map(|w| (w.buffer.clone(), w.offset, w.size)).collect(),
+        };
+        if let Some(group) = b.groups.get(&key) {
+            return group.clone();
+        }
+        let mut entries = Vec::with_capacity(key.windows.len() + 1);
+        entries.push(wgpu::BindGroupEntry { binding: 0, resource: key.uniform.as_entire_binding() });
+        for (i, (buffer, offset, size)) in key.windows.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset: *offset,
+                    size: wgpu::BufferSize::new(*size),
+                }),
+            });
+        }
+        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &key.layout,
+            entries: &entries,
+        });
+        let cacheable =
+            b.tracked.contains_key(&key.uniform) && key.windows.iter().all(|w| b.tracked.contains_key(&w.0));
+        if cacheable {
+            if b.groups.len() >= MAX_BIND_GROUPS {
+                b.forget_all_groups();
+            }
+            for buffer in std::iter::once(&key.uniform).chain(key.windows.iter().map(|w| &w.0)) {
+                if let Some(keys) = b.tracked.get_mut(buffer) {
+                    keys.push(key.clone());
+                }
+            }
+            b.groups.insert(key, group.clone());
+        }
+        group
+    }
+
+    /// Lets the binding cache hold bind groups that bind `buffer` (its drop must call
+    /// [`Gpu::forget_bindings`] or keep it in the pool).
+    pub(super) fn track(&self, buffer: &wgpu::Buffer) {
+        let mut b = self.inner.bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.tracked.insert(buffer.clone(), Vec::new());
+    }
+
+    /// Evicts every cached bind group that binds `buffer`, which is going away.
+    pub(super) fn forget_bindings(&self, buffer: &wgpu::Buffer) {
+        let mut b = self.inner.bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(keys) = b.tracked.remove(buffer) else { return };
+        for key in keys {
+            b.groups.remove(&key);
+            // The other buffers' lists must not keep this one alive through the key.
+            for other in std::iter::once(&key.uniform).chain(key.windows.iter().map(|w| &w.0)) {
+                if other != buffer {
+                    if let Some(list) = b.tracked.get_mut(other) {
+                        list.retain(|k| k != &key);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The GPU runtime: batches across threads, errors inside batches, the buffer pool, device
+//! errors (timeout, loss, limits) and devices the caller opens.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::Rng;
+use wgquant::{wgpu, DType, Error, Gpu, GpuOptions, QuantParams, Quantized, Tensor};
+
+/// Threads recording batches at once in `batches_from_threads_equal_serial_results`.
+const THREADS: usize = 8;
+
+/// A device of its own, so that other tests' work does not interleave with what a test counts.
+fn own_gpu() -> Option<Gpu> {
+    common::gpu()?;
+    Some(Gpu::with_options(GpuOptions::from_env().unwrap()).unwrap())
+}
+
+/// A seeded 4-bit g64 weight of `n` x `k` and its quantized form.
+fn weight(gpu: &Gpu, n: usize, k: usize, seed: u64) -> Quantized {
+    let values = Rng::new(seed).normals(n * k, 0.05);
+    let w = Tensor::from_slice(gpu, &values, &[n, k]).unwrap();
+    wgquant::quantize(&w, QuantParams::affine(64, 4)).unwrap()
+}
+
+fn x(gpu: &Gpu, m: usize, k: usize, seed: u64) -> Tensor {
+    Tensor::from_slice(gpu, &Rng::new(seed).normals(m * k, 1.0), &[m, k]).unwrap()
+}
+
+/// The bits of a chain of products through `layers` (each `k` x `k`) from x.
+fn chain(x: &Tensor, layers: &[Quantized]) -> wgquant::Result<Tensor> {
+    layers.iter().try_fold(x.clone(), |h, q| wgquant::quantized_matmul(&h, q, true))
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    common::download(t).into_iter().map(f32::to_bits).collect()
+}
+
+#[test]
+fn batches_from_threads_equal_serial_results() {
+    let Some(gpu) = own_gpu() else { return };
+    let k = 128;
+    let layers: Arc<Vec<Quantized>> = Arc::new((0..4).map(|i| weight(&gpu, k, k, i)).collect());
+    let inputs: Vec<Tensor> = (0..THREADS).map(|t| x(&gpu, 1 + t % 3, k, 100 + t as u64)).collect();
+    let serial: Vec<Vec<u32>> = inputs.iter().map(|x| bits(&chain(x, &layers).unwrap())).collect();
+
+    let start = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = inputs
+        .into_iter()
+        .map(|x| {
+            let (gpu, layers, start) = (gpu.clone(), Arc::clone(&layers), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                (0..3).map(|_| bits(&gpu.batch(|| chain(&x, &layers)).unwrap())).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for (t, (h, want)) in handles.into_iter().zip(&serial).enumerate() {
+        for got in h.join().expect("thread panicked") {
+            assert!(&got == want, "thread {t}: a batched result differs from the serial one");
+        }
+    }
+    assert!(gpu.take_uncaptured_errors().is_empty());
+}
+
+#[test]
+fn validation_error_inside_a_batch_names_the_op() {
+    let Some(gpu) = own_gpu() else { return };
+    let q = weight(&gpu, 64, 128, 1);
+    let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("destroyed x"),
+        size: 128 * 4,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let x = Tensor::from_buffer(&gpu, buffer.clone(), &[1, 128], DType::F32).unwrap();
+    buffer.destroy();
+    let err = gpu.batch(|| wgquant::quantized_matmul(&x, &q, true)).unwrap_err();
+    assert!(matches!(err, Error::Validation { .. }), "{err}");
+    assert!(err.to_string().contains("quantized_matmul"), "the error names the op: {err}");
+    // The device stays usable.
+    let y = gpu.batch(|| wgquant::quantized_matmul(&Tensor::zeros(&gpu, &[1, 128], DType::F32)?, &q, true)).unwrap();
+    assert_eq!(common::download(&y), vec![0.0; 64]);
+}
+
+/// A buffer dropped by its tensor while the batch that used it is still unsubmitted must not be
+/// handed to the next tensor: the reused buffer's clear (at the start of the submission) would
+/// wipe what the batch computes in it. Once the GPU has finished, it is reused, cleared.
+#[test]
+fn the_pool_never_hands_out_a_buffer_in_use() {
+    let Some(gpu) = own_gpu() else { return };
+    let k = 128;
+    let layers: Vec<Quantized> = (0..2).map(|i| weight(&gpu, k, k, 10 + i)).collect();
+    let x = x(&gpu, 1, k, 7);
+    let want = bits(&chain(&x, &layers).unwrap());
+
+    let (y, zeros, first_buffer) = gpu
+        .batch(|| {
+            let h = wgquant::quantized_matmul(&x, &layers[0], true)?;
+            let first_buffer = h.buffer().clone();
+            let y = wgquant::quantized_matmul(&h, &layers[1], true)?;
+            drop(h);
+            let zeros = Tensor::zeros(&gpu, &[1, k], DType::F32)?;
+            Ok((y, zeros, first_buffer))
+        })
+        .unwrap();
+    assert!(zeros.buffer() != &first_buffer, "a buffer still used by the unsubmitted batch was handed out");
+    assert_eq!(bits(&y), want);
+    assert_eq!(common::download(&zeros), vec![0.0; k]);
+
+    // After the GPU is done, the same size class comes back from the pool, cleared.
+    let released = y.buffer().clone();
+    drop(y);
+    gpu.synchronize().unwrap();
+    let again = Tensor::zeros(&gpu, &[1, k], DType::F32).unwrap();
+    assert!(again.buffer() == &released || again.buffer() == &first_buffer, "the pool reuses finished buffers");
+    assert_eq!(common::download(&again), vec![0.0; k]);
+    assert!(gpu.take_uncaptured_errors().is_empty());
+}
+
+#[test]
+fn nested_and_per_thread_batches() {
+    let Some(gpu) = own_gpu() else { return };
+    let k = 128;
+    let layers: Vec<Quantized> = (0..2).map(|i| weight(&gpu, k, k, 20 + i)).collect();
+    let x = x(&gpu, 2, k, 8);
+    let want = bits(&chain(&x, &layers).unwrap());
+
+    // A batch inside a batch joins it: one submission.
+    let before = gpu.submission_count();
+    let y = gpu.batch(|| gpu.batch(|| chain(&x, &layers[..1])).and_then(|h| chain(&h, &layers[1..]))).unwrap();
+    assert_eq!(gpu.submission_count() - before, 1);
+    assert_eq!(bits(&y), want);
+
+    // Another thread's work is its own while this thread's batch is open.
+    let (other_layers, other_x) = (layers.clone(), x.clone());
+    let y = gpu
+        .batch(|| {
+            let other = std::thread::spawn(move || bits(&chain(&other_x, &other_layers).unwrap()));
+            assert_eq!(other.join().expect("thread panicked"), want, "the other thread read its result");
+            chain(&x, &layers)
+        })
+        .unwrap();
+    assert_eq!(bits(&y), want);
+}
+
+/// A kernel that keeps one invocation busy for a while (tenths of a second on lavapipe).
+const BUSY_WGSL: &str = "
+@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(1)
+fn main() {
+    var x = out[0];
+    for (var i = 0u; i < 100000000u; i++) {
+        x = x * 1664525u + 1013904223u;
+    }
+    out[0] = x;
+}
+";
+
+#[test]
+fn a_tiny_deadline_is_a_timeout() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let options = GpuOptions { timeout: Duration::from_nanos(1), ..GpuOptions::from_env().unwrap() };
+    let gpu = Gpu::with_options(options).unwrap();
+    let device = gpu.device();
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("busy"),
+        source: wgpu::ShaderSource::Wgsl(BUSY_WGSL.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("busy"),
+        layout: None,
+        module: &module,
+        entry_point: None,
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let out = Tensor::zeros(&gpu, &[4], DType::U32).unwrap();
+    let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[wgpu::BindGroupEntry { binding: 0, resource: out.buffer().as_entire_binding() }],
+    });
+    gpu.dispatch("busy", &pipeline, &group, (1, 1, 1)).unwrap();
+    let err = gpu.synchronize().unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    let err = out.to_vec::<u32>().unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+}
+
+#[test]
+fn a_destroyed_device_is_lost_not_a_panic() {
+    let Some(gpu) = own_gpu() else { return };
+    let w = Tensor::from_slice(&gpu, &[1.0f32; 64 * 64], &[64, 64]).unwrap();
+    gpu.device().destroy();
+    let err = wgquant::quantize(&w, QuantParams::affine(64, 4))
+        .and_then(|q| q.weight.to_vec::<u32>())
+        .and_then(|_| gpu.synchronize())
+        .unwrap_err();
+    assert!(matches!(err, Error::DeviceLost { .. }), "{err}");
+}
+
+/// A caller's device with little workgroup memory: wgquant refuses a kernel that needs more
+/// before wgpu sees it, and runs what fits.
+#[test]
+fn from_device_with_little_workgroup_memory() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapter = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
+        .into_iter()
+        .min_by_key(|a| a.get_info().device_type == wgpu::DeviceType::Cpu)
+        .expect("an adapter");
+    let limits = wgpu::Limits { max_compute_workgroup_storage_size: 256, ..adapter.limits() };
+    let (device, queue) = pollster::block_on(
+        adapter.request_device(&wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() }),
+    )
+    .unwrap();
+    let options = GpuOptions { timeout: Duration::from_secs(60), ..GpuOptions::default() };
+    let gpu = Gpu::from_device_with_options(&adapter, device, queue, &options);
+    assert_eq!(gpu.caps().limits.max_compute_workgroup_storage_size, 256);
+    let q = weight(&gpu, 64, 256, 4);
+    let err = wgquant::quantized_matmul(&x(&gpu, 64, 256, 5), &q, true).unwrap_err();
+    assert!(
+        matches!(err, Error::ExceedsDeviceLimit { what: "workgroup memory (bytes)", .. }),
+        "the tiled product needs more than 256 bytes of workgroup memory: {err}"
+    );
+}
+
+#[test]
+fn from_buffer_wraps_without_a_copy_and_checks_the_buffer() {
+    let Some(gpu) = common::gpu() else { return };
+    let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("caller's"),
+        size: 64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    gpu.queue().write_buffer(&buffer, 0, bytemuck::cast_slice(&[1.5f32; 16]));
+    let t = Tensor::from_buffer(&gpu, buffer.clone(), &[4, 4], DType::F32).unwrap();
+    assert!(t.buffer() == &buffer, "the tensor is the caller's buffer");
+    assert_eq!(t.to_vec::<f32>().unwrap(), vec![1.5; 16]);
+    let small = Tensor::from_buffer(&gpu, buffer.clone(), &[5, 4], DType::F32).unwrap_err();
+    assert!(matches!(small, Error::BufferTooSmall { needed: 80, .. }), "{small}");
+    let uniform = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 64,
+        usage: wgpu::BufferUsages::UNIFORM,
+        mapped_at_creation: false,
+    });
+    let err = Tensor::from_buffer(&gpu, uniform, &[4, 4], DType::F32).unwrap_err();
+    assert!(matches!(err, Error::BufferUsage { .. }), "{err}");
+}
+
+/// `Gpu`, tensors and quantized matrices cross threads.
+#[test]
+fn handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Gpu>();
+    send_sync::<Tensor>();
+    send_sync::<Quantized>();
+    send_sync::<Error>();
+}
+
+/// On a headless machine without `XDG_RUNTIME_DIR`, the binary's stderr carries no Mesa noise.
+#[test]
+fn headless_runs_print_no_runtime_dir_noise() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wgquant"))
+        .args(["--layers", "1", "--tokens", "2", "--iterations", "1"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .expect("run wgquant");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "stderr: {stderr}");
+}
