@@ -634,7 +634,7 @@ impl MlxCase {
                 got[i],
             );
             assert_eq!(y.to_bits(), self.y[i].to_bits(), "{}: output {i}: MLX's sum is not sequential", self.name);
-            if !((got[i] - y).abs() <= bound) {
+            if !common::within(got[i], y, bound) {
                 return Err(format!(
                     "{}: output {i}: {} against MLX's {y}, |Δ| = {:.3} bounds",
                     self.name,

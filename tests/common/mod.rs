@@ -307,6 +307,11 @@ pub fn mlx_sequential_dot(x: &[f32], w: &[f32], dtype: DType) -> (f32, f32) {
     (y, bound)
 }
 
+/// Whether |got − want| <= bound (false for a NaN `got`).
+pub fn within(got: f32, want: f32, bound: f32) -> bool {
+    (got - want).abs() <= bound
+}
+
 /// The first output where `got` is not within `bounds` of `want` (a non-finite `want` needs a
 /// non-finite `got`; a NaN `got` fails a finite `want`), as (index, got, want, |Δ| / bound);
 /// `None` when every output is within its bound.
@@ -315,7 +320,7 @@ pub fn first_outside_bound(got: &[f32], want: &[f32], bounds: &[f32]) -> Option<
     assert_eq!(got.len(), bounds.len(), "one bound per output");
     (0..got.len())
         .map(|i| (i, got[i], want[i], bounds[i]))
-        .find(|&(_, g, w, b)| if w.is_finite() { !((g - w).abs() <= b) } else { g.is_finite() })
+        .find(|&(_, g, w, b)| if w.is_finite() { !within(g, w, b) } else { g.is_finite() })
         .map(|(i, g, w, b)| (i, g, w, (g - w).abs() / b))
 }
 
