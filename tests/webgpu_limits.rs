@@ -36,6 +36,7 @@ fn devices() -> Option<(Gpu, Gpu)> {
 
 fn bits_of(t: &Tensor) -> Vec<u32> {
     match t.dtype() {
+        DType::U32 => t.to_vec::<u32>().unwrap(),
         DType::F32 => t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect(),
         _ => common::download(t).iter().map(|v| v.to_bits()).collect(),
     }

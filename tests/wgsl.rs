@@ -41,8 +41,33 @@ fn module(key: &KernelKey) -> (naga::Module, naga::valid::ModuleInfo) {
         .unwrap_or_else(|e| panic!("{key}: {e}"))
 }
 
-fn every_key() -> Vec<KernelKey> {
+/// Every source wgquant builds (with default overrides), the extension kernels last.
+fn every_source() -> Vec<KernelKey> {
     KernelKey::all().into_iter().chain(KernelKey::extension_kernels()).collect()
+}
+
+/// Every specialisation: each source's key and its override variants.
+fn every_key() -> Vec<KernelKey> {
+    every_source().into_iter().flat_map(|key| [key.clone()].into_iter().chain(key.override_variants())).collect()
+}
+
+/// Calls `check` with every specialisation's module, overrides resolved: each source is parsed
+/// and validated once, then resolved for its key and each override variant.
+fn for_every_resolved_module(mut check: impl FnMut(&KernelKey, &naga::Module)) {
+    for source_key in every_source() {
+        let source = kernels::source(&source_key);
+        let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{source_key}: {e}"));
+        let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities(&source_key));
+        let info =
+            validator.validate(&module).unwrap_or_else(|e| panic!("{source_key}: {}", e.emit_to_string(&source)));
+        for key in [source_key.clone()].into_iter().chain(source_key.override_variants()) {
+            let constants: naga::back::PipelineConstants = key.constants().into_iter().collect();
+            let entry = Some((naga::ShaderStage::Compute, "main"));
+            let (resolved, _) = naga::back::pipeline_constants::process_overrides(&module, &info, entry, &constants)
+                .unwrap_or_else(|e| panic!("{key}: {e:?}"));
+            check(&key, &resolved);
+        }
+    }
 }
 
 #[test]
@@ -114,10 +139,9 @@ fn wgsl_type(module: &naga::Module, ty: naga::Handle<naga::Type>) -> String {
     }
 }
 
-/// Checks `key`'s Rust-side contract against naga's reflection of its WGSL; returns what went
-/// wrong.
-fn contract_errors(key: &KernelKey) -> Vec<String> {
-    let (module, _) = module(key);
+/// Checks `key`'s Rust-side contract against naga's reflection of its WGSL (`module`, overrides
+/// resolved); returns what went wrong.
+fn contract_errors(key: &KernelKey, module: &naga::Module) -> Vec<String> {
     let mut errors = Vec::new();
     let table = key.bindings();
     for (i, binding) in table.iter().enumerate() {
@@ -133,7 +157,7 @@ fn contract_errors(key: &KernelKey) -> Vec<String> {
             errors.push(format!("{name} is in group {}", res.group));
         }
         if res.binding == 0 {
-            errors.extend(params_errors(key, &module, var));
+            errors.extend(params_errors(key, module, var));
             continue;
         }
         seen.push(res.binding);
@@ -148,7 +172,7 @@ fn contract_errors(key: &KernelKey) -> Vec<String> {
             naga::AddressSpace::Storage { .. } => Some(Access::Read),
             _ => None,
         };
-        let ty = wgsl_type(&module, var.ty);
+        let ty = wgsl_type(module, var.ty);
         if (binding.name, Some(binding.access), binding.ty) != (name.as_str(), access, ty.as_str()) {
             errors.push(format!(
                 "binding {}: Rust says {} {:?} {}, WGSL has {name} {access:?} {ty}",
@@ -159,7 +183,7 @@ fn contract_errors(key: &KernelKey) -> Vec<String> {
     for binding in table.iter().filter(|b| !seen.contains(&b.index)) {
         errors.push(format!("binding {} ({}) is not in the WGSL", binding.index, binding.name));
     }
-    let usage = kernels::module_usage(&module).unwrap_or_else(|e| panic!("{key}: {e}"));
+    let usage = kernels::module_usage(module).unwrap_or_else(|e| panic!("{key}: {e}"));
     if usage != key.workgroup() {
         errors.push(format!("workgroup: Rust says {:?}, naga measures {usage:?}", key.workgroup()));
     }
@@ -201,13 +225,16 @@ fn params_errors(key: &KernelKey, module: &naga::Module, var: &naga::GlobalVaria
 #[test]
 fn rust_and_wgsl_agree_on_every_specialisation() {
     let mut failures = BTreeMap::new();
-    for key in every_key() {
-        let errors = contract_errors(&key);
+    let mut checked = 0;
+    for_every_resolved_module(|key, module| {
+        let errors = contract_errors(key, module);
         if !errors.is_empty() {
             failures.insert(key.to_string(), errors);
         }
-    }
+        checked += 1;
+    });
     assert!(failures.is_empty(), "{} specialisations break the contract: {failures:#?}", failures.len());
+    assert_eq!(checked, every_key().len());
 }
 
 /// One canonical specialisation per family: f16, group 64 and 4 bits where the family has

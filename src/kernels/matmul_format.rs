@@ -18,6 +18,10 @@ pub(super) const QMM_OPERANDS: Snippet =
 /// Quantized weights bound as words (qvm, qmm).
 pub(super) const QMM_WORDS: Snippet = ("common/qmm_words.wgsl", include_str!("../../wgsl/common/qmm_words.wgsl"));
 
+/// The format tuning variants are built for (the knobs do not depend on the format).
+pub(super) const F16_4_64: MatmulFormat =
+    MatmulFormat { x_dtype: DType::F16, scale_dtype: DType::F16, out_dtype: DType::F16, bits: 4, group_size: 64 };
+
 /// The element types and quantization format a quantized-matmul kernel is specialised for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MatmulFormat {
@@ -98,8 +102,14 @@ impl MatmulFormat {
     }
 
     /// The same format with `x` read in `x_dtype`.
-    pub(crate) fn with_x(self, x_dtype: DType) -> MatmulFormat {
-        MatmulFormat { x_dtype, ..self }
+    pub(crate) const fn with_x(self, x_dtype: DType) -> MatmulFormat {
+        MatmulFormat {
+            x_dtype,
+            scale_dtype: self.scale_dtype,
+            out_dtype: self.out_dtype,
+            bits: self.bits,
+            group_size: self.group_size,
+        }
     }
 }
 

@@ -182,8 +182,14 @@ pub(crate) trait Family: Copy + Eq + Hash + fmt::Display {
     fn params(&self) -> ParamsLayout;
     /// Its storage bindings.
     fn bindings(&self) -> &'static [Binding];
-    /// Every specialisation the ops can build.
+    /// Every specialisation the ops can build whose source differs, with its default
+    /// overrides.
     fn keys() -> Vec<Self>;
+    /// The other specialisations of the same source: every override value the planner may
+    /// pick ([`KernelKey::override_variants`]).
+    fn override_variants(&self) -> Vec<Self> {
+        Vec::new()
+    }
 }
 
 /// Lists the families: the [`KernelKey`] enum, one variant per family, delegating to it.
@@ -211,8 +217,20 @@ macro_rules! families {
                 }
             }
 
-            /// Every specialisation the ops can build on a device with the features wgquant
-            /// requests itself, family by family (the shader tests validate each; the
+            /// The specialisations that share this one's source and differ only in overrides
+            /// (pipeline constants) the planner may pick: the shader tests resolve each, the
+            /// planner's tests check that it emits no other.
+            pub fn override_variants(&self) -> Vec<KernelKey> {
+                match self {
+                    $(KernelKey::$variant(key) => {
+                        key.override_variants().into_iter().map(KernelKey::$variant).collect()
+                    }),*
+                }
+            }
+
+            /// Every source the ops can build on a device with the features wgquant requests
+            /// itself, family by family, each with its default overrides (the shader tests
+            /// validate and translate each; with their [`KernelKey::override_variants`], the
             /// planner's tests check that it emits no other). [`KernelKey::extension_kernels`]
             /// lists the rest.
             pub fn all() -> Vec<KernelKey> {

@@ -3,10 +3,11 @@
 
 use std::fmt;
 
-use super::matmul_format::{CODES, QMM_IO, QMM_OPERANDS, QMM_WORDS};
+use super::matmul_format::{CODES, F16_4_64, QMM_IO, QMM_OPERANDS, QMM_WORDS};
 use super::{
     Binding, Family, MatmulFormat, ParamsLayout, QuantizedMatmulBindings, QuantizedMatmulParams, ResourceUsage, Snippet,
 };
+use crate::dtype::DType;
 
 /// The rows of y per tile the kernel supports.
 pub const QMM_TILE_ROWS: [u32; 3] = [32, 64, 128];
@@ -119,14 +120,20 @@ impl Family for QmmKey {
         QuantizedMatmulBindings::<()>::TABLE
     }
 
-    /// Every format (with f32 out for partial sums) with every tile rows and shape, in both
-    /// layouts.
+    /// Every format (with f32 out for partial sums) in both layouts, with every tile the
+    /// planner picks by itself: each tile rows with its default shape, and that shape narrowed
+    /// to 128 columns (devices with 16 KiB of workgroup memory); at f16, 4 bits, group 64 (and
+    /// its f32 partial sums), every tile a caller may ask for.
     fn keys() -> Vec<Self> {
         let mut keys = Vec::new();
         for format in MatmulFormat::all_with_partials() {
+            let canonical = format == F16_4_64 || format == MatmulFormat { out_dtype: DType::F32, ..F16_4_64 };
             for transpose in [true, false] {
                 for bm in QMM_TILE_ROWS {
-                    keys.extend(QmmShape::ALL.map(|shape| QmmKey { format, transpose, bm, shape }));
+                    let default = QmmShape::default_for(bm);
+                    let shapes =
+                        if canonical { QmmShape::ALL.to_vec() } else { vec![default, QmmShape { bn: 128, ..default }] };
+                    keys.extend(shapes.into_iter().map(|shape| QmmKey { format, transpose, bm, shape }));
                 }
             }
         }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::matmul_format::F16_4_64;
 use super::matmul_format::{CODES, PREPARED_X, QMM_IO, QMM_OPERANDS, QMV_BINDINGS};
 use super::{Binding, Family, MatmulFormat, ParamsLayout, QuantizedMatmulParams, ResourceUsage, Snippet};
 use crate::dtype::DType;
@@ -115,21 +116,16 @@ impl Family for QmvKey {
         QMV_BINDINGS
     }
 
-    /// Every format at the default workgroup size, for every subgroup minimum; and one format
-    /// for every workgroup size a caller may ask for. One row of x reads x as it comes; several
-    /// read it prepared (f32).
+    /// Every format, for every rows of x and both reductions (the subgroup minimum and the
+    /// workgroup size are overrides: [`Family::override_variants`]). One row of x reads x as
+    /// it comes; several read it prepared (f32).
     fn keys() -> Vec<Self> {
-        let reductions = || {
-            QmvKey::SUBGROUP_SIZES
-                .map(|min_size| Reduction::Subgroup { min_size })
-                .into_iter()
-                .chain([Reduction::Workgroup])
-        };
+        let reductions = [Reduction::Subgroup { min_size: QmvKey::SUBGROUP_SIZES[0] }, Reduction::Workgroup];
         let mut keys = Vec::new();
         for format in MatmulFormat::all() {
             for vecs in 1..=8 {
                 let format = if vecs > 1 { format.with_x(DType::F32) } else { format };
-                for reduction in reductions() {
+                for reduction in reductions {
                     let key = QmvKey { format, vecs, wg_size: QMV_WG_SIZE, reduction };
                     if !keys.contains(&key) {
                         keys.push(key);
@@ -137,19 +133,29 @@ impl Family for QmvKey {
                 }
             }
         }
-        let format = MatmulFormat {
-            x_dtype: DType::F16,
-            scale_dtype: DType::F16,
-            out_dtype: DType::F16,
-            bits: 4,
-            group_size: 64,
+        keys
+    }
+
+    /// Every subgroup minimum at the default workgroup size; at f16, 4 bits, group 64 (and its
+    /// prepared form), every workgroup size a caller may ask for too.
+    fn override_variants(&self) -> Vec<Self> {
+        let canonical = [F16_4_64, F16_4_64.with_x(DType::F32)].contains(&self.format);
+        let sizes = if canonical { QmvKey::WG_SIZES.to_vec() } else { vec![QMV_WG_SIZE] };
+        let reductions: Vec<Reduction> = match self.reduction {
+            Reduction::Subgroup { .. } => {
+                QmvKey::SUBGROUP_SIZES.iter().map(|&min_size| Reduction::Subgroup { min_size }).collect()
+            }
+            Reduction::Workgroup => vec![Reduction::Workgroup],
         };
-        for vecs in 1..=8 {
-            let format = if vecs > 1 { format.with_x(DType::F32) } else { format };
-            for wg_size in QmvKey::WG_SIZES.into_iter().filter(|&s| s != QMV_WG_SIZE) {
-                keys.extend(reductions().map(|reduction| QmvKey { format, vecs, wg_size, reduction }));
+        let mut variants = Vec::new();
+        for wg_size in sizes {
+            for &reduction in &reductions {
+                let key = QmvKey { wg_size, reduction, ..*self };
+                if key != *self {
+                    variants.push(key);
+                }
             }
         }
-        keys
+        variants
     }
 }

@@ -3,7 +3,8 @@
 // group (groups are 32, 64 or 128 codes). Codes are read from a 32-bit window of the stream
 // (`window64`); 4 codes of at most 8 bits fit one window. `window_code` gives one code as an
 // integer (dequantize's exact arithmetic); `window_codes` gives four as floats, scaled by
-// 1 / CODE_SCALE (the matmul kernels' hot loops).
+// 1 / CODE_SCALE (the matmul kernels' hot loops). The one exception is qmv_coop.wgsl, the
+// tensor-core path, which turns 4-bit codes into f16 with a magic-number trick of its own.
 // Expects: const BITS.
 
 const CODE_MASK: u32 = (1u << BITS) - 1u;

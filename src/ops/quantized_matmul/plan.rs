@@ -1147,8 +1147,11 @@ mod tests {
     fn every_key_the_planner_emits_is_validated() {
         // The shader tests validate `KernelKey::all()` (and the extension kernels); the planner,
         // over every device shape, shape class, format and option, must emit nothing else.
-        let validated: HashSet<KernelKey> =
-            KernelKey::all().into_iter().chain(KernelKey::extension_kernels()).collect();
+        let validated: HashSet<KernelKey> = KernelKey::all()
+            .into_iter()
+            .chain(KernelKey::extension_kernels())
+            .flat_map(|key| key.override_variants().into_iter().chain([key]))
+            .collect();
         let mut caps_list = Vec::new();
         for limits in [webgpu(), desktop(true)] {
             for min in [4, 8, 16, 32, 64, 128] {
