@@ -204,7 +204,7 @@ pub enum Error {
     InvalidTensorName { path: PathBuf, name: String, reason: &'static str },
     /// A dtype string wgquant does not read.
     #[error(
-        "{}: tensor \"{tensor}\" has dtype {dtype}, which wgquant does not read (supported: F32, F16, BF16, U32, U8)",
+        "{}: tensor \"{tensor}\" has dtype {dtype}, which wgquant does not read (it reads every whole-byte dtype: BOOL, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, I16, U16, F16, BF16, I32, U32, F32, C64, F64, I64, U64)",
         .path.display()
     )]
     UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },

@@ -334,6 +334,7 @@ fn save_refuses_or_replaces_an_existing_output() {
 fn save_model_for_mlx() {
     let dir =
         std::path::PathBuf::from(std::env::var_os("WGQUANT_SAVE_DIR").expect("WGQUANT_SAVE_DIR names the output"));
+    std::fs::create_dir_all(&dir).unwrap();
     let gpu = common::gpu().expect("a GPU");
     let mut model = Model::random(&gpu, &config(), DType::F16, 5).unwrap();
     save_model(&dir.join("float"), &model, &[], &config_json(), &SaveOptions::default()).unwrap();

@@ -371,9 +371,7 @@ impl Checkpoint {
     pub fn take_layer(&mut self, path: &str) -> Result<Layer> {
         let weight = format!("{path}.weight");
         self.not_on_gpu(&weight)?;
-        self.layers
-            .remove(path)
-            .ok_or_else(|| Error::MissingTensor { tensor: weight, reason: "the model has this layer" })
+        self.layers.remove(path).ok_or(Error::MissingTensor { tensor: weight, reason: "the model has this layer" })
     }
 
     /// Removes and returns the plain tensor `name`.
