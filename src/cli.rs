@@ -127,6 +127,9 @@ struct ConvertArgs {
     /// Largest shard, in bytes of tensor data.
     #[arg(long, default_value_t = MAX_SHARD_BYTES)]
     max_shard_bytes: u64,
+    /// Refuse float tensors holding NaN or infinite values, read or made by the cast to --dtype.
+    #[arg(long)]
+    strict: bool,
     /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
@@ -172,8 +175,8 @@ fn convert(args: &ConvertArgs) -> Result<()> {
         params.bits = args.bits.unwrap_or(params.bits);
         io::Conversion::Quantize { params, recipe: args.recipe, skip: args.skip.clone() }
     };
-    let options =
-        ConvertOptions { conversion, dtype: args.dtype, force: args.force, max_shard_bytes: args.max_shard_bytes };
+    let (dtype, force, max_shard_bytes, strict) = (args.dtype, args.force, args.max_shard_bytes, args.strict);
+    let options = ConvertOptions { conversion, dtype, force, max_shard_bytes, strict };
     let gpu = Gpu::new()?;
     let say = |line: String| if args.quiet { Ok(()) } else { emit(&(line + "\n")) };
     say(format!("converting {} -> {} on {}", args.input.display(), args.output.display(), gpu.describe()))?;
@@ -208,6 +211,7 @@ fn convert(args: &ConvertArgs) -> Result<()> {
         lines.push(format!("copied {}", report.copied_files.join(", ")));
     }
     lines.push(format!("bits per weight: {:.3}", report.bits_per_weight));
+    lines.extend(report.non_finite.iter().map(|t| format!("warning: {t} (pass --strict to refuse)")));
     say(lines.join("\n"))
 }
 

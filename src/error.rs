@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use crate::dtype::DType;
+use crate::io::FileDType;
 use crate::params::Mode;
 
 /// `Result` with this crate's [`Error`].
@@ -208,7 +209,7 @@ pub enum Error {
     InvalidTensorName { path: PathBuf, name: String, reason: &'static str },
     /// A dtype string wgquant does not read.
     #[error(
-        "{}: tensor \"{tensor}\" has dtype {dtype}, which wgquant does not read (supported: F32, F16, BF16, U32, U8)",
+        "{}: tensor \"{tensor}\" has dtype {dtype}, which wgquant does not read (it reads every whole-byte dtype: BOOL, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, I16, U16, F16, BF16, I32, U32, F32, C64, F64, I64, U64)",
         .path.display()
     )]
     UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
@@ -227,7 +228,7 @@ pub enum Error {
         .path.display(),
         mlx_shape(.shape)
     )]
-    TensorSize { path: PathBuf, tensor: String, dtype: DType, shape: Vec<usize>, expected: u64, actual: u64 },
+    TensorSize { path: PathBuf, tensor: String, dtype: FileDType, shape: Vec<usize>, expected: u64, actual: u64 },
     /// A file shorter than its header says.
     #[error("{}: the header describes {expected} bytes but the file has {actual} (truncated)", .path.display())]
     Truncated { path: PathBuf, expected: u64, actual: u64 },
@@ -271,7 +272,7 @@ pub enum Error {
     UnusedTensors { tensors: Vec<String> },
     /// A tensor whose dtype does not fit its role.
     #[error("tensor \"{tensor}\" is {got}, but {expected} is expected ({role})")]
-    TensorDType { tensor: String, expected: &'static str, got: DType, role: &'static str },
+    TensorDType { tensor: String, expected: &'static str, got: FileDType, role: &'static str },
     /// A tensor whose shape is not the one expected.
     #[error("tensor \"{tensor}\" has shape {} but shape {} is expected", mlx_shape(.got), mlx_shape(.expected))]
     TensorShape { tensor: String, expected: Vec<usize>, got: Vec<usize> },
@@ -378,4 +379,12 @@ pub enum Error {
     /// A caller's buffer lacks the usages tensors need.
     #[error("{op}: the buffer's usage is {usage}, but tensors need STORAGE | COPY_SRC | COPY_DST")]
     BufferUsage { op: &'static str, usage: String },
+
+    // ---- io: checkpoint dtypes and values (branch ioa) ---------------------------------------
+    /// A tensor of a type GPU tensors do not have, asked onto the GPU.
+    #[error("{dtype} tensors cannot go to the GPU (GPU tensors are float32, float16, bfloat16, uint32 or uint8)")]
+    NotOnGpu { dtype: FileDType },
+    /// A conversion in strict mode met NaN or infinite values, in the input or made by the cast.
+    #[error("tensor \"{tensor}\": {non_finite} values are NaN or infinite in the input and {overflowed} overflowed to infinity in the cast to {dtype} (strict mode refuses them)")]
+    NonFiniteValues { tensor: String, dtype: FileDType, non_finite: u64, overflowed: u64 },
 }

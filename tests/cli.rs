@@ -176,11 +176,11 @@ fn malformed_inputs_fail_with_a_named_error_and_no_output() {
             breaks: |d| {
                 write_file(
                     &d.join("model.safetensors"),
-                    &safetensors_bytes(r#"{"ids":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#, &[0; 8]),
+                    &safetensors_bytes(r#"{"ids":{"dtype":"F4","shape":[2],"data_offsets":[0,1]}}"#, &[0; 1]),
                 )
             },
             args: &[],
-            message: "tensor \"ids\" has dtype I64, which wgquant does not read",
+            message: "tensor \"ids\" has dtype F4, which wgquant does not read",
         },
         Case {
             name: "index listing a missing shard",

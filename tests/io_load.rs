@@ -1,6 +1,7 @@
 //! Loading checkpoints into `nn` module trees (`io::load_weights`, mlx-lm's `load_model`):
 //! round trips through `convert` (single file and sharded) that must reproduce `nn::quantize`
-//! in memory, and the strict key and shape checks.
+//! in memory, and the strict key and shape checks; saving trees (`io::save_model`, mlx-lm's
+//! `save_model` and `save_config`) and loading them back.
 
 mod common;
 mod io_common;
@@ -8,7 +9,10 @@ mod io_common;
 use std::path::Path;
 
 use io_common::{quantized_layer, temp_dir, write_model};
-use wgquant::io::{convert, load_checkpoint, load_weights, Conversion, ConvertOptions, HostTensor, ModelDir, Recipe};
+use wgquant::io::{
+    convert, load_checkpoint, load_weights, save_model, Conversion, ConvertOptions, HostTensor, LayerQuantization,
+    ModelDir, Recipe, SaveOptions,
+};
 use wgquant::nn::{self, Layer, LlamaConfig, Model, Module};
 use wgquant::{DType, Error, Gpu, QuantParams, Result, Tensor};
 
@@ -30,10 +34,8 @@ fn config() -> LlamaConfig {
     }
 }
 
-/// Writes `model`'s parameters as a float checkpoint: config.json and model.safetensors.
-fn save(model: &dyn Module, dir: &Path) {
-    let tensors: Vec<(String, HostTensor)> =
-        model.parameters().into_iter().map(|(name, t)| (name, HostTensor::from_gpu(t).unwrap())).collect();
+/// config.json for [`config`]: what mlx-lm's `llama` model needs to load it.
+fn config_json() -> serde_json::Map<String, serde_json::Value> {
     let c = config();
     let json = serde_json::json!({
         "model_type": "llama",
@@ -42,10 +44,18 @@ fn save(model: &dyn Module, dir: &Path) {
         "intermediate_size": c.intermediate_size,
         "num_hidden_layers": c.num_hidden_layers,
         "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_attention_heads,
         "rms_norm_eps": c.rms_norm_eps,
+        "tie_word_embeddings": c.tie_word_embeddings,
         "torch_dtype": "float32",
+        "_name_or_path": "a local experiment",
     });
-    write_model(dir, &json, &tensors);
+    json.as_object().unwrap().clone()
+}
+
+/// Writes `model`'s parameters as a float checkpoint: config.json and model.safetensors.
+fn save(model: &dyn Module, dir: &Path) {
+    save_model(dir, model, &[], &config_json(), &SaveOptions::default()).unwrap();
 }
 
 fn logits(gpu: &Gpu, model: &dyn Module) -> Vec<f32> {
@@ -237,4 +247,100 @@ fn quantized_layers_only_for_linear_and_embedding_leaves() {
     write_model(dir.path(), &quantization, &tensors);
     let err = load_weights(&mut net(), load_checkpoint(dir.path(), &gpu).unwrap()).unwrap_err();
     assert_eq!(err.to_string(), "tensor \"proj.weight\" has shape (8,32) but shape (8,64) is expected");
+}
+
+/// A tree quantized in memory with a mixed recipe, saved sharded, loads back (load_checkpoint,
+/// load_weights) into a fresh model with the same layers, parameters and logits; config.json
+/// holds mlx-lm's section: defaults plus an entry for each path the recipe chose.
+#[test]
+fn saved_quantized_model_loads_back() {
+    let gpu = gpu_or_skip!();
+    let dir = temp_dir();
+    let params = QuantParams::affine(GROUP_SIZE, 4);
+    let mut model = Model::random(&gpu, &config(), DType::F32, 1).unwrap();
+    let mixed = nn::mixed_4_6(&model, GROUP_SIZE).unwrap();
+    let mut predicate = nn::mlx_lm_predicate(GROUP_SIZE, |path, m| mixed.decide(path, m));
+    let quantized = nn::quantize(&mut model, params, Some(&mut predicate)).unwrap();
+
+    let output = dir.path().join("saved");
+    let options = SaveOptions { max_shard_bytes: 20_000, ..SaveOptions::default() };
+    let report = save_model(&output, &model, &quantized, &config_json(), &options).unwrap();
+    assert!(report.shards > 1, "sharded");
+    assert_eq!(report.tensors, model.parameters().len());
+
+    let opened = ModelDir::open(&output).unwrap();
+    assert_eq!(opened.weights().files().len(), report.shards);
+    let section = opened.quantization().unwrap();
+    assert_eq!(section.defaults, params);
+    let explicit: Vec<&str> = quantized.iter().filter(|q| q.explicit).map(|q| q.path.as_str()).collect();
+    assert_eq!(section.layers.keys().map(String::as_str).collect::<Vec<_>>(), {
+        let mut sorted = explicit.clone();
+        sorted.sort_unstable();
+        sorted
+    });
+    for q in &quantized {
+        assert_eq!(section.params_for(&q.path, true), Some(q.params), "{}", q.path);
+        if q.explicit {
+            assert_eq!(section.layers[&q.path], LayerQuantization::Quantized(q.params));
+        }
+    }
+    let fields = opened.config().fields();
+    assert_eq!(fields["quantization"], fields["quantization_config"]);
+    assert!(!fields.contains_key("_name_or_path"), "dropped as mlx-lm's save_config drops it");
+    assert_eq!(fields["model_type"], "llama");
+
+    let mut loaded = Model::random(&gpu, &config(), DType::F32, 2).unwrap();
+    let loaded_paths = load_weights(&mut loaded, load_checkpoint(&output, &gpu).unwrap()).unwrap();
+    assert_eq!(loaded_paths, quantized);
+    assert_eq!(loaded.to_string(), model.to_string());
+    assert_eq!(logits(&gpu, &loaded), logits(&gpu, &model), "the same packed words, scales and biases");
+    assert_eq!(gpu.take_uncaptured_errors(), Vec::<String>::new());
+}
+
+/// Saving is atomic: an existing output is refused (and kept) without `force`, replaced whole
+/// with it, and nothing is left beside it.
+#[test]
+fn save_refuses_or_replaces_an_existing_output() {
+    let gpu = gpu_or_skip!();
+    let dir = temp_dir();
+    let model = Model::random(&gpu, &config(), DType::F32, 1).unwrap();
+    let output = dir.path().join("saved");
+    std::fs::create_dir(&output).unwrap();
+    std::fs::write(output.join("notes.txt"), "mine").unwrap();
+    let err = save_model(&output, &model, &[], &config_json(), &SaveOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::OutputExists { .. }), "{err}");
+    assert_eq!(std::fs::read_to_string(output.join("notes.txt")).unwrap(), "mine");
+
+    let force = SaveOptions { force: true, ..SaveOptions::default() };
+    let report = save_model(&output, &model, &[], &config_json(), &force).unwrap();
+    assert_eq!((report.shards, report.quantization), (1, None));
+    assert_eq!(io_common::listing(dir.path()), ["saved"]);
+    assert_eq!(io_common::listing(&output), ["config.json", "model.safetensors", "model.safetensors.index.json"]);
+    assert!(!ModelDir::open(&output).unwrap().config().fields().contains_key("quantization"));
+
+    // A QuantizedPath that is not a quantized layer of the tree is refused before writing.
+    let stray = nn::QuantizedPath { path: "model.norm".into(), params: QuantParams::affine(64, 4), explicit: true };
+    let err = save_model(&dir.path().join("other"), &model, &[stray], &config_json(), &force).unwrap_err();
+    assert!(matches!(&err, Error::UnknownLayerEntry { layer } if layer == "model.norm"), "{err}");
+    assert_eq!(io_common::listing(dir.path()), ["saved"]);
+}
+
+/// Writes a float model and the same model quantized with a mixed recipe, both with
+/// `save_model`, under `$WGQUANT_SAVE_DIR` (`float/`, `quantized/`), for `.ci/run`'s interop
+/// step: real MLX then loads `quantized/` with mlx-lm's `load_model` and checks it bit for bit
+/// against `mx.quantize` of `float/` (tests/interop/mlx_interop.py check-saved).
+#[test]
+#[ignore = "run by .ci/run's interop step, which checks the output with MLX"]
+fn save_model_for_mlx() {
+    let dir =
+        std::path::PathBuf::from(std::env::var_os("WGQUANT_SAVE_DIR").expect("WGQUANT_SAVE_DIR names the output"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gpu = common::gpu().expect("a GPU");
+    let mut model = Model::random(&gpu, &config(), DType::F16, 5).unwrap();
+    save_model(&dir.join("float"), &model, &[], &config_json(), &SaveOptions::default()).unwrap();
+    let mixed = nn::mixed_3_6(&model, GROUP_SIZE).unwrap();
+    let mut predicate = nn::mlx_lm_predicate(GROUP_SIZE, |path, m| mixed.decide(path, m));
+    let quantized = nn::quantize(&mut model, QuantParams::affine(GROUP_SIZE, 4), Some(&mut predicate)).unwrap();
+    let options = SaveOptions { max_shard_bytes: 30_000, ..SaveOptions::default() };
+    save_model(&dir.join("quantized"), &model, &quantized, &config_json(), &options).unwrap();
 }

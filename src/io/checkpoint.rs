@@ -15,6 +15,8 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::config::{ModelConfig, QuantizationConfig, CONFIG_FILE};
+use crate::io::file_dtype::FileDType;
+use crate::io::host::HostTensor;
 use crate::io::safetensors::TensorEntry;
 use crate::io::shards::WeightFiles;
 use crate::params::{Mode, QuantParams};
@@ -227,9 +229,10 @@ fn check_quantized(layer: &LayerInfo, params: QuantParams) -> Result<()> {
         .as_ref()
         .ok_or_else(|| Error::MissingTensor { tensor: format!("{path}.scales"), reason: "the layer is quantized" })?;
     let affine = params.mode == Mode::Affine;
-    if affine != scales.dtype.is_float() {
+    let gpu_float = scales.dtype.to_dtype().is_some_and(DType::is_float);
+    if (affine && !gpu_float) || (!affine && scales.dtype != FileDType::U8) {
         let (expected, role) = if affine {
-            ("a float dtype", "the scales of an affine-quantized layer")
+            ("float32, float16 or bfloat16", "the scales of an affine-quantized layer")
         } else {
             ("uint8", "the scales of an fp-quantized layer")
         };
@@ -340,6 +343,7 @@ pub struct Checkpoint {
     pub quantization: Option<QuantizationConfig>,
     layers: BTreeMap<String, Layer>,
     tensors: BTreeMap<String, Tensor>,
+    host_tensors: BTreeMap<String, HostTensor>,
 }
 
 impl Checkpoint {
@@ -353,25 +357,54 @@ impl Checkpoint {
         &self.tensors
     }
 
+    /// The tensors of types GPU tensors do not have (`int64` position ids, `bool` masks,
+    /// `float64`, fp8), not yet taken, by name, byte for byte as stored.
+    pub fn host_tensors(&self) -> &BTreeMap<String, HostTensor> {
+        &self.host_tensors
+    }
+
     /// Removes and returns the layer at `path`.
     ///
     /// # Errors
-    /// [`Error::MissingTensor`] naming `<path>.weight`.
+    /// [`Error::MissingTensor`] naming `<path>.weight`; [`Error::NotOnGpu`] when the layer's
+    /// tensors are of a type the GPU does not hold.
     pub fn take_layer(&mut self, path: &str) -> Result<Layer> {
-        self.layers.remove(path).ok_or_else(|| Error::MissingTensor {
-            tensor: format!("{path}.weight"),
-            reason: "the model has this layer",
-        })
+        let weight = format!("{path}.weight");
+        self.not_on_gpu(&weight)?;
+        self.layers.remove(path).ok_or(Error::MissingTensor { tensor: weight, reason: "the model has this layer" })
     }
 
     /// Removes and returns the plain tensor `name`.
     ///
     /// # Errors
-    /// [`Error::MissingTensor`].
+    /// [`Error::MissingTensor`]; [`Error::NotOnGpu`] for a tensor of a type the GPU does not hold
+    /// (take it with [`Checkpoint::take_host_tensor`]).
     pub fn take_tensor(&mut self, name: &str) -> Result<Tensor> {
+        self.not_on_gpu(name)?;
         self.tensors
             .remove(name)
             .ok_or_else(|| Error::MissingTensor { tensor: name.to_string(), reason: "the model has this parameter" })
+    }
+
+    /// Removes and returns the tensor `name` as stored, in host memory: any tensor of a type
+    /// the GPU does not hold, whether plain or part of a layer.
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`].
+    pub fn take_host_tensor(&mut self, name: &str) -> Result<HostTensor> {
+        self.host_tensors
+            .remove(name)
+            .ok_or_else(|| Error::MissingTensor { tensor: name.to_string(), reason: "not a host-only tensor" })
+    }
+
+    fn not_on_gpu(&self, name: &str) -> Result<()> {
+        match self.host_tensors.get(name) {
+            Some(tensor) => Err(Error::AtPath {
+                path: name.to_string(),
+                source: Box::new(Error::NotOnGpu { dtype: tensor.dtype() }),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Succeeds when every layer and tensor was taken.
@@ -381,6 +414,7 @@ impl Checkpoint {
     pub fn finish(self) -> Result<()> {
         let mut unused: Vec<String> = self.layers.keys().map(|path| format!("{path}.weight")).collect();
         unused.extend(self.tensors.into_keys());
+        unused.extend(self.host_tensors.into_keys());
         if unused.is_empty() {
             Ok(())
         } else {
@@ -391,7 +425,9 @@ impl Checkpoint {
 }
 
 /// Loads the checkpoint in `dir` onto `gpu`, one tensor at a time: quantized layers become
-/// [`Quantized`] (checked like `mx.dequantize`'s inputs), the rest stay as read.
+/// [`Quantized`] (checked like `mx.dequantize`'s inputs), the rest stay as read. Tensors of
+/// types GPU tensors do not have ([`FileDType::to_dtype`] is `None`), and the float layers
+/// holding one, stay in host memory byte for byte ([`Checkpoint::host_tensors`]).
 ///
 /// # Errors
 /// The errors of [`ModelDir::open`]; the checks of [`Quantized::from_parts`]; [`Error::Io`];
@@ -400,8 +436,17 @@ pub fn load_checkpoint(dir: &Path, gpu: &Gpu) -> Result<Checkpoint> {
     let model = ModelDir::open(dir)?;
     let weights = model.weights();
     let upload = |entry: &TensorEntry| weights.read(&entry.name)?.to_gpu(gpu);
+    let on_gpu = |entry: &TensorEntry| entry.dtype.to_dtype().is_some();
     let mut layers = BTreeMap::new();
+    let mut host_tensors = BTreeMap::new();
     for (path, info) in model.layers() {
+        // Quantized layers were checked to hold GPU types only (check_quantized).
+        if info.quantization.is_none() && !info.tensors().all(on_gpu) {
+            for entry in info.tensors() {
+                host_tensors.insert(entry.name.clone(), weights.read(&entry.name)?);
+            }
+            continue;
+        }
         let weight = upload(&info.weight)?;
         let weight = match (info.quantization, &info.scales) {
             (Some(params), Some(scales)) => {
@@ -413,10 +458,20 @@ pub fn load_checkpoint(dir: &Path, gpu: &Gpu) -> Result<Checkpoint> {
         let bias = info.bias.as_ref().map(upload).transpose()?;
         layers.insert(path.clone(), Layer { weight, bias });
     }
-    let tensors = model
-        .plain_tensors()
-        .iter()
-        .map(|name| Ok((name.clone(), weights.read(name)?.to_gpu(gpu)?)))
-        .collect::<Result<_>>()?;
-    Ok(Checkpoint { config: model.config.clone(), quantization: model.quantization.clone(), layers, tensors })
+    let mut tensors = BTreeMap::new();
+    for name in model.plain_tensors() {
+        let tensor = weights.read(name)?;
+        if tensor.dtype().to_dtype().is_some() {
+            tensors.insert(name.clone(), tensor.to_gpu(gpu)?);
+        } else {
+            host_tensors.insert(name.clone(), tensor);
+        }
+    }
+    Ok(Checkpoint {
+        config: model.config.clone(),
+        quantization: model.quantization.clone(),
+        layers,
+        tensors,
+        host_tensors,
+    })
 }

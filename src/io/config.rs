@@ -48,6 +48,12 @@ impl ModelConfig {
         Ok(ModelConfig { path: path.to_path_buf(), fields })
     }
 
+    /// A configuration made in memory (mlx-lm's `save_config` of a dict), to be written to
+    /// `config.json`.
+    pub fn from_fields(fields: Map<String, Value>) -> ModelConfig {
+        ModelConfig { path: PathBuf::from(CONFIG_FILE), fields }
+    }
+
     /// The file this configuration was read from.
     pub fn path(&self) -> &Path {
         &self.path

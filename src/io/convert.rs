@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::checkpoint::{bits_per_weight, LayerInfo, ModelDir};
 use crate::io::config::{LayerQuantization, QuantizationConfig, CONFIG_FILE};
+use crate::io::file_dtype::FileDType;
 use crate::io::host::HostTensor;
 use crate::io::recipe::Recipe;
 use crate::io::safetensors::{SafetensorsWriter, TensorSpec};
@@ -54,6 +55,9 @@ pub struct ConvertOptions {
     pub force: bool,
     /// The largest shard, in bytes of tensor data (mlx-lm: 5 GiB).
     pub max_shard_bytes: u64,
+    /// Refuse ([`Error::NonFiniteValues`]) a float tensor holding NaN or infinite values,
+    /// read or made by the cast to `dtype` (MLX quantizes them silently into NaN scales).
+    pub strict: bool,
 }
 
 impl ConvertOptions {
@@ -64,6 +68,7 @@ impl ConvertOptions {
             dtype: None,
             force: false,
             max_shard_bytes: MAX_SHARD_BYTES,
+            strict: false,
         }
     }
 
@@ -74,6 +79,7 @@ impl ConvertOptions {
             dtype: None,
             force: false,
             max_shard_bytes: MAX_SHARD_BYTES,
+            strict: false,
         }
     }
 }
@@ -99,6 +105,8 @@ pub struct ConvertReport {
     pub bits_per_weight: f64,
     /// Other files copied from the input (tokenizer, generation config, ...).
     pub copied_files: Vec<String>,
+    /// The float tensors that hold NaN or infinite values, in input order.
+    pub non_finite: Vec<NonFiniteTensor>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -165,6 +173,7 @@ pub fn convert(
 
     let total = steps.iter().fold(0u64, |sum, s| sum.saturating_add(s.input_bytes));
     progress(0, total);
+    let mut non_finite = Vec::new();
     // A reader thread reads (and casts) the next step's tensors while this one runs on the GPU
     // and is written: at most two steps' inputs are in memory.
     std::thread::scope(|scope| -> Result<()> {
@@ -182,7 +191,12 @@ pub fn convert(
         });
         let mut done = 0;
         for (step, inputs) in steps.iter().zip(receiver) {
-            for (name, tensor) in compute(gpu, &step.action, inputs?)? {
+            let (inputs, counts) = inputs?;
+            if let Some(count) = counts.iter().find(|_| options.strict) {
+                return Err(count.to_error());
+            }
+            non_finite.extend(counts);
+            for (name, tensor) in compute(gpu, &step.action, inputs)? {
                 writers[shard_of[&name].0].write(&name, &tensor)?;
             }
             done += step.input_bytes;
@@ -213,6 +227,7 @@ pub fn convert(
         parameters,
         bits_per_weight: bits_per_weight(output_bytes, parameters),
         copied_files,
+        non_finite,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -224,7 +239,7 @@ fn plan(
     dtype: Option<DType>,
 ) -> Result<(Vec<Step>, Option<QuantizationConfig>)> {
     let weights = model.weights();
-    let float_dtype = |d: DType| if d.is_float() { dtype.unwrap_or(d) } else { d };
+    let float_dtype = |d: FileDType| if d.is_float() { dtype.map_or(d, FileDType::from) } else { d };
     let copy = |name: &str| {
         let entry = weights.get(name).expect("planned from the model's own tensors");
         Step {
@@ -255,8 +270,8 @@ fn plan(
             let mut quantization = QuantizationConfig::new(*params);
             let mut steps = Vec::new();
             for entry in weights.tensors() {
-                let layer =
-                    layer_of_weight(&entry.name).filter(|l| is_quantizable(l, params.group_size, skip.as_ref()));
+                let layer = layer_of_weight(&entry.name)
+                    .filter(|l| is_quantizable(l, float_dtype(l.weight.dtype), params.group_size, skip.as_ref()));
                 let Some(layer) = layer else {
                     steps.push(copy(&entry.name));
                     continue;
@@ -279,7 +294,7 @@ fn plan(
                     outputs: vec![
                         TensorSpec {
                             name: entry.name.clone(),
-                            dtype: DType::U32,
+                            dtype: FileDType::U32,
                             shape: with_last(layer_params.packed_width(*k)),
                         },
                         TensorSpec {
@@ -326,10 +341,11 @@ fn plan(
 }
 
 /// mlx-lm's choice for standard transformers (`Linear`/`Embedding` with `to_quantized`, and
-/// `weight.shape[-1] % group_size == 0`), on tensor names: a float weight of rank >= 2.
-fn is_quantizable(layer: &LayerInfo, group_size: u32, skip: Option<&Regex>) -> bool {
+/// `weight.shape[-1] % group_size == 0`), on tensor names: a float weight of rank >= 2, whose
+/// dtype after the cast (`dtype`) the GPU quantizes (an uncast `float64` weight stays as it is).
+fn is_quantizable(layer: &LayerInfo, dtype: FileDType, group_size: u32, skip: Option<&Regex>) -> bool {
     let weight = &layer.weight;
-    weight.dtype.is_float()
+    dtype.to_dtype().is_some_and(DType::is_float)
         && weight.shape.len() >= 2
         && weight.shape.last().is_some_and(|k| k % group_size as usize == 0)
         && !skip.is_some_and(|re| re.is_match(&layer.path))
@@ -344,21 +360,84 @@ fn is_companion_of_quantized(model: &ModelDir, name: &str) -> bool {
 /// Reads a step's inputs, cast to the target dtype: the tensor to copy, the weight to quantize,
 /// or the packed weight (uint32, which the cast leaves alone), scales and biases to dequantize.
 /// mlx-lm casts scales and biases before dequantizing, so the result is computed in that dtype.
-fn read_inputs(model: &ModelDir, action: &Action, dtype: Option<DType>) -> Result<Vec<HostTensor>> {
-    let read = |name: String| -> Result<HostTensor> {
-        let tensor = model.weights().read(&name)?;
-        match dtype {
-            Some(dtype) => tensor.cast(dtype),
-            None => Ok(tensor),
-        }
+/// Also returns the non-finite counts of the inputs that have any.
+fn read_inputs(
+    model: &ModelDir,
+    action: &Action,
+    dtype: Option<DType>,
+) -> Result<(Vec<HostTensor>, Vec<NonFiniteTensor>)> {
+    let names = match action {
+        Action::Copy(name) => vec![name.clone()],
+        Action::Quantize { layer, .. } => vec![format!("{layer}.weight")],
+        Action::Dequantize { layer, .. } => ["weight", "scales", "biases"].map(|part| format!("{layer}.{part}")).into(),
     };
-    match action {
-        Action::Copy(name) => Ok(vec![read(name.clone())?]),
-        Action::Quantize { layer, .. } => Ok(vec![read(format!("{layer}.weight"))?]),
-        Action::Dequantize { layer, .. } => {
-            ["weight", "scales", "biases"].into_iter().map(|part| read(format!("{layer}.{part}"))).collect()
+    let mut inputs = Vec::with_capacity(names.len());
+    let mut counts = Vec::new();
+    for name in names {
+        let tensor = model.weights().read(&name)?;
+        let (tensor, count) = cast_counted(name, tensor, dtype)?;
+        inputs.push(tensor);
+        counts.extend(count);
+    }
+    Ok((inputs, counts))
+}
+
+// ---- Non-finite values (issue 18 item 3) ----------------------------------------------------
+
+/// A float tensor of the conversion that holds NaN or infinite values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NonFiniteTensor {
+    /// The tensor's name.
+    pub tensor: String,
+    /// Its dtype as converted.
+    pub dtype: FileDType,
+    /// Values NaN or infinite in the input.
+    pub non_finite: u64,
+    /// Finite input values that the cast to `dtype` made infinite (f32 1e6 to float16).
+    pub overflowed: u64,
+}
+
+impl std::fmt::Display for NonFiniteTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (tensor, dtype) = (&self.tensor, self.dtype);
+        write!(f, "tensor \"{tensor}\" ({dtype}): {} values NaN or infinite in the input", self.non_finite)?;
+        write!(f, ", {} overflowed to infinity in the cast", self.overflowed)
+    }
+}
+
+impl NonFiniteTensor {
+    /// The strict mode's refusal.
+    pub fn to_error(&self) -> Error {
+        Error::NonFiniteValues {
+            tensor: self.tensor.clone(),
+            dtype: self.dtype,
+            non_finite: self.non_finite,
+            overflowed: self.overflowed,
         }
     }
+}
+
+/// `tensor` cast to `dtype` (when given), with its counts when it holds non-finite values. A
+/// cast rounds to nearest, so it never makes NaN or infinity finite: every non-finite value
+/// after it that was not one before overflowed.
+fn cast_counted(
+    name: String,
+    tensor: HostTensor,
+    dtype: Option<DType>,
+) -> Result<(HostTensor, Option<NonFiniteTensor>)> {
+    let non_finite = tensor.non_finite_count();
+    let cast = match dtype {
+        Some(dtype) => tensor.cast(dtype)?,
+        None => tensor,
+    };
+    let after = cast.non_finite_count();
+    let count = (after > 0).then(|| NonFiniteTensor {
+        tensor: name,
+        dtype: cast.dtype(),
+        non_finite,
+        overflowed: after - non_finite,
+    });
+    Ok((cast, count))
 }
 
 /// Runs a step on its inputs: the named output tensors.
@@ -386,7 +465,7 @@ fn compute(gpu: &Gpu, action: &Action, inputs: Vec<HostTensor>) -> Result<Vec<(S
 }
 
 /// The checked output location.
-struct OutputTarget {
+pub(crate) struct OutputTarget {
     /// The output as given.
     path: PathBuf,
     /// Its existing parent directory.
@@ -402,6 +481,16 @@ impl OutputTarget {
         let input = input
             .canonicalize()
             .map_err(|_| Error::MissingFile { path: input.to_path_buf(), what: "the input model directory" })?;
+        let target = OutputTarget::locate(output)?;
+        if target.path.starts_with(&input) || input.starts_with(&target.path) {
+            return Err(Error::OutputOverlapsInput { output: output.to_path_buf(), input });
+        }
+        target.check_replaceable(output, force)?;
+        Ok(target)
+    }
+
+    /// Where `output` goes: its existing parent directory and its name.
+    pub(crate) fn locate(output: &Path) -> Result<OutputTarget> {
         let parent = match output.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -414,32 +503,33 @@ impl OutputTarget {
             .and_then(|n| n.to_str())
             .ok_or_else(|| Error::OutputExists { path: output.to_path_buf() })?
             .to_string();
-        let absolute = parent.join(&name);
-        if absolute.starts_with(&input) || input.starts_with(&absolute) {
-            return Err(Error::OutputOverlapsInput { output: output.to_path_buf(), input });
-        }
-        if let Ok(meta) = std::fs::symlink_metadata(&absolute) {
+        Ok(OutputTarget { path: parent.join(&name), parent, name })
+    }
+
+    /// Refuses an output that exists and is not an empty directory, unless `force`.
+    pub(crate) fn check_replaceable(&self, output: &Path, force: bool) -> Result<()> {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
             let empty_dir = meta.is_dir()
-                && std::fs::read_dir(&absolute)
-                    .map_err(|source| Error::Io { path: absolute.clone(), source })?
+                && std::fs::read_dir(&self.path)
+                    .map_err(|source| Error::Io { path: self.path.clone(), source })?
                     .next()
                     .is_none();
             if !empty_dir && !force {
                 return Err(Error::OutputExists { path: output.to_path_buf() });
             }
         }
-        Ok(OutputTarget { path: absolute, parent, name })
+        Ok(())
     }
 }
 
 /// A temporary directory beside the output, removed on drop unless committed.
-struct TempDir {
-    path: PathBuf,
+pub(crate) struct TempDir {
+    pub(crate) path: PathBuf,
     committed: bool,
 }
 
 impl TempDir {
-    fn create(target: &OutputTarget) -> Result<TempDir> {
+    pub(crate) fn create(target: &OutputTarget) -> Result<TempDir> {
         let path = target.parent.join(format!(".{}.wgquant-tmp-{}", target.name, std::process::id()));
         let io_error = |source| Error::Io { path: path.clone(), source };
         if path.exists() {
@@ -452,7 +542,7 @@ impl TempDir {
 
     /// Syncs the directory and renames it to the output, moving an existing output aside first
     /// and removing it after (only reached with `force` or an empty directory).
-    fn commit(mut self, target: &OutputTarget) -> Result<()> {
+    pub(crate) fn commit(mut self, target: &OutputTarget) -> Result<()> {
         sync_dir(&self.path)?;
         let io_error = |path: &Path| {
             let path = path.to_path_buf();

@@ -5,6 +5,7 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::io::file_dtype::FileDType;
 use crate::tensor::{element_count, Tensor};
 
 /// A row-major tensor in host memory, little-endian as safetensors stores it.
@@ -13,7 +14,7 @@ use crate::tensor::{element_count, Tensor};
 /// need no alignment beyond 4 bytes); the words past `len` bytes are padding.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HostTensor {
-    dtype: DType,
+    dtype: FileDType,
     shape: Vec<usize>,
     words: Vec<u32>,
     len: usize,
@@ -26,7 +27,7 @@ impl std::fmt::Debug for HostTensor {
 }
 
 /// Bytes a tensor of `shape` and `dtype` takes, or `None` on overflow.
-pub(crate) fn byte_count(shape: &[usize], dtype: DType) -> Option<usize> {
+pub(crate) fn byte_count(shape: &[usize], dtype: FileDType) -> Option<usize> {
     element_count(shape)?.checked_mul(dtype.size_in_bytes())
 }
 
@@ -35,7 +36,7 @@ impl HostTensor {
     ///
     /// # Errors
     /// [`Error::ShapeOverflow`] when the size overflows.
-    pub(crate) fn zeroed(dtype: DType, shape: &[usize]) -> Result<HostTensor> {
+    pub(crate) fn zeroed(dtype: FileDType, shape: &[usize]) -> Result<HostTensor> {
         let len = byte_count(shape, dtype)
             .ok_or_else(|| Error::ShapeOverflow { op: "HostTensor::zeroed", shape: shape.to_vec() })?;
         Ok(HostTensor { dtype, shape: shape.to_vec(), words: vec![0; len.div_ceil(4)], len })
@@ -50,8 +51,23 @@ impl HostTensor {
         if element_count(shape) != Some(values.len()) {
             return Err(Error::DataLength { op, len: values.len(), shape: shape.to_vec() });
         }
-        let mut tensor = HostTensor::zeroed(T::DTYPE, shape)?;
+        let mut tensor = HostTensor::zeroed(T::DTYPE.into(), shape)?;
         tensor.bytes_mut().copy_from_slice(bytemuck::cast_slice(values));
+        Ok(tensor)
+    }
+
+    /// A tensor of `dtype` holding `bytes` as they are (little-endian, as safetensors stores
+    /// them), for the types with no Rust element type here (`int64`, `bool`, fp8, ...).
+    ///
+    /// # Errors
+    /// [`Error::DataLength`] when `bytes` is not the size of `shape` in `dtype`.
+    pub fn from_bytes(dtype: FileDType, bytes: &[u8], shape: &[usize]) -> Result<HostTensor> {
+        if byte_count(shape, dtype) != Some(bytes.len()) {
+            let len = bytes.len() / dtype.size_in_bytes();
+            return Err(Error::DataLength { op: "HostTensor::from_bytes", len, shape: shape.to_vec() });
+        }
+        let mut tensor = HostTensor::zeroed(dtype, shape)?;
+        tensor.bytes_mut().copy_from_slice(bytes);
         Ok(tensor)
     }
 
@@ -72,19 +88,21 @@ impl HostTensor {
     /// Copies the tensor to the GPU.
     ///
     /// # Errors
-    /// Device errors (buffer too large, out of memory).
+    /// [`Error::NotOnGpu`] for a type GPU tensors do not have (`int64`, `float64`, ...); device
+    /// errors (buffer too large, out of memory).
     pub fn to_gpu(&self, gpu: &Gpu) -> Result<Tensor> {
-        match self.dtype {
-            DType::F32 => Tensor::from_slice(gpu, self.values::<f32>(), &self.shape),
-            DType::F16 => Tensor::from_slice(gpu, self.values::<f16>(), &self.shape),
-            DType::BF16 => Tensor::from_slice(gpu, self.values::<bf16>(), &self.shape),
-            DType::U32 => Tensor::from_slice(gpu, self.values::<u32>(), &self.shape),
-            DType::U8 => Tensor::from_slice(gpu, self.values::<u8>(), &self.shape),
+        match self.dtype.to_dtype() {
+            Some(DType::F32) => Tensor::from_slice(gpu, self.values::<f32>(), &self.shape),
+            Some(DType::F16) => Tensor::from_slice(gpu, self.values::<f16>(), &self.shape),
+            Some(DType::BF16) => Tensor::from_slice(gpu, self.values::<bf16>(), &self.shape),
+            Some(DType::U32) => Tensor::from_slice(gpu, self.values::<u32>(), &self.shape),
+            Some(DType::U8) => Tensor::from_slice(gpu, self.values::<u8>(), &self.shape),
+            None => Err(Error::NotOnGpu { dtype: self.dtype }),
         }
     }
 
     /// The element type.
-    pub fn dtype(&self) -> DType {
+    pub fn dtype(&self) -> FileDType {
         self.dtype
     }
 
@@ -113,13 +131,32 @@ impl HostTensor {
         &bytemuck::cast_slice(&self.words)[..n]
     }
 
-    /// Float values widened to f32 (exact), or `None` for integer tensors.
+    /// Float values as f32, or `None` for non-float tensors. Exact for f16, bf16 and f32;
+    /// f64 rounds to nearest even, as MLX's `astype(float32)` does.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         match self.dtype {
-            DType::F32 => Some(self.values::<f32>().to_vec()),
-            DType::F16 => Some(self.values::<f16>().to_f32_vec()),
-            DType::BF16 => Some(self.values::<bf16>().to_f32_vec()),
-            DType::U32 | DType::U8 => None,
+            FileDType::F32 => Some(self.values::<f32>().to_vec()),
+            FileDType::F16 => Some(self.values::<f16>().to_f32_vec()),
+            FileDType::BF16 => Some(self.values::<bf16>().to_f32_vec()),
+            FileDType::F64 => Some(self.f64_values().map(|x| x as f32).collect()),
+            _ => None,
+        }
+    }
+
+    /// The elements of an f64 tensor.
+    fn f64_values(&self) -> impl Iterator<Item = f64> + '_ {
+        self.bytes().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("chunks of 8")))
+    }
+
+    /// How many elements are NaN or infinite (0 for non-float tensors).
+    pub fn non_finite_count(&self) -> u64 {
+        let count = |it: &mut dyn Iterator<Item = bool>| it.filter(|finite| !finite).count() as u64;
+        match self.dtype {
+            FileDType::F32 => count(&mut self.values::<f32>().iter().map(|x| x.is_finite())),
+            FileDType::F16 => count(&mut self.values::<f16>().iter().map(|x| x.is_finite())),
+            FileDType::BF16 => count(&mut self.values::<bf16>().iter().map(|x| x.is_finite())),
+            FileDType::F64 => count(&mut self.f64_values().map(f64::is_finite)),
+            _ => 0,
         }
     }
 
@@ -134,7 +171,8 @@ impl HostTensor {
     }
 
     /// The tensor converted to the float type `dtype`, rounding to nearest even as MLX's
-    /// `astype` does. Integer tensors, and tensors already of `dtype`, come back unchanged.
+    /// `astype` does (f64 through f32, as MLX rounds it). Non-float tensors (integers, bool,
+    /// fp8), and tensors already of `dtype`, come back unchanged.
     ///
     /// # Errors
     /// [`Error::ShapeOverflow`] when the converted tensor's size overflows.
@@ -143,7 +181,7 @@ impl HostTensor {
             return Ok(self);
         }
         let Some(values) = self.to_f32() else { return Ok(self) };
-        let mut cast = HostTensor::zeroed(dtype, &self.shape)?;
+        let mut cast = HostTensor::zeroed(dtype.into(), &self.shape)?;
         match dtype {
             DType::F16 => cast.values_mut::<f16>().convert_from_f32_slice(&values),
             DType::BF16 => cast.values_mut::<bf16>().convert_from_f32_slice(&values),

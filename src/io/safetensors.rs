@@ -8,17 +8,16 @@
 //! read on request with positioned reads, so peak memory is one tensor, and a file truncated
 //! under us is an I/O error, never a `SIGBUS` as with a memory map.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::io::file_dtype::FileDType;
 use crate::io::host::{byte_count, HostTensor};
-use crate::io::json::ObjectEntries;
 
 /// The largest header accepted or written, as in the safetensors crate (`MAX_HEADER_SIZE`).
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -33,7 +32,7 @@ pub struct TensorEntry {
     /// The tensor's name (`model.layers.0.mlp.down_proj.weight`).
     pub name: String,
     /// The element type.
-    pub dtype: DType,
+    pub dtype: FileDType,
     /// The dimensions.
     pub shape: Vec<usize>,
     /// Where the data starts in the file (after the header).
@@ -148,29 +147,69 @@ struct Header {
     data_len: u64,
 }
 
+/// A header as JSON states it: tensors in file order, metadata, and the first name that
+/// appeared twice (serde_json would keep the last silently).
+struct RawHeader {
+    tensors: Vec<(String, RawEntry)>,
+    metadata: BTreeMap<String, String>,
+    first_duplicate: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawHeader {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_map(RawHeaderVisitor)
+    }
+}
+
+/// Reads each entry straight into its typed form (no `serde_json::Value` tree), so parsing
+/// costs time and memory linear in the header's length with small constants.
+struct RawHeaderVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RawHeaderVisitor {
+    type Value = RawHeader;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawHeader, A::Error> {
+        use serde::de::Error as _;
+        let mut header = RawHeader { tensors: Vec::new(), metadata: BTreeMap::new(), first_duplicate: None };
+        let mut seen = HashSet::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if !seen.insert(name.clone()) && header.first_duplicate.is_none() {
+                header.first_duplicate = Some(name.clone());
+            }
+            if name == METADATA_KEY {
+                // `null` is what the safetensors crate and MLX write for no metadata.
+                let strings: Option<BTreeMap<String, String>> = map
+                    .next_value()
+                    .map_err(|e| A::Error::custom(format!("{METADATA_KEY} must map strings to strings: {e}")))?;
+                header.metadata = strings.unwrap_or_default();
+            } else {
+                let raw: RawEntry =
+                    map.next_value().map_err(|e| A::Error::custom(format!("tensor \"{name}\": {e}")))?;
+                header.tensors.push((name, raw));
+            }
+        }
+        Ok(header)
+    }
+}
+
 /// Parses and validates a header; `data_start` is the file offset of the data section.
 fn parse_header(path: &Path, header: &[u8], data_start: u64) -> Result<Header> {
     let json_error = |message: String| Error::HeaderJson { path: path.to_path_buf(), message };
     let text = std::str::from_utf8(header).map_err(|e| json_error(format!("not UTF-8 ({e})")))?;
-    let object: ObjectEntries<serde_json::Value> =
-        serde_json::from_str(text).map_err(|e| json_error(format!("{e} (expected a JSON object)")))?;
-    if let Some(name) = object.first_duplicate {
+    let raw: RawHeader = serde_json::from_str(text).map_err(|e| json_error(format!("{e} (expected a JSON object)")))?;
+    if let Some(name) = raw.first_duplicate {
         return Err(Error::DuplicateTensor { path: path.to_path_buf(), tensor: name });
     }
 
-    let mut metadata = BTreeMap::new();
-    let mut tensors = Vec::with_capacity(object.entries.len());
-    for (name, value) in object.entries {
-        if name == METADATA_KEY {
-            // `null` is what the safetensors crate and MLX write for no metadata.
-            let strings: Option<BTreeMap<String, String>> = serde_json::from_value(value)
-                .map_err(|e| json_error(format!("{METADATA_KEY} must map strings to strings: {e}")))?;
-            metadata = strings.unwrap_or_default();
-            continue;
-        }
+    let metadata = raw.metadata;
+    let mut tensors = Vec::with_capacity(raw.tensors.len());
+    for (name, raw) in raw.tensors {
         check_name(path, &name)?;
-        let raw: RawEntry = serde_json::from_value(value).map_err(|e| json_error(format!("tensor \"{name}\": {e}")))?;
-        let Some(dtype) = dtype_from_name(&raw.dtype) else {
+        let Some(dtype) = FileDType::from_safetensors_name(&raw.dtype) else {
             return Err(Error::UnsupportedDtype { path: path.to_path_buf(), tensor: name, dtype: raw.dtype });
         };
         let expected = byte_count(&raw.shape, dtype).ok_or_else(|| Error::TensorTooLarge {
@@ -235,27 +274,26 @@ fn check_name(path: &Path, name: &str) -> Result<()> {
     Err(Error::InvalidTensorName { path: path.to_path_buf(), name: shown, reason })
 }
 
-/// The wgquant dtype named by a safetensors dtype string (`"BF16"`), for the five dtypes
-/// wgquant reads; the names are the safetensors crate's.
-fn dtype_from_name(name: &str) -> Option<DType> {
-    match serde_json::from_value(serde_json::Value::String(name.to_string())).ok()? {
-        safetensors::Dtype::F32 => Some(DType::F32),
-        safetensors::Dtype::F16 => Some(DType::F16),
-        safetensors::Dtype::BF16 => Some(DType::BF16),
-        safetensors::Dtype::U32 => Some(DType::U32),
-        safetensors::Dtype::U8 => Some(DType::U8),
-        _ => None,
-    }
-}
-
-/// The safetensors dtype of a wgquant dtype.
-pub(crate) fn dtype_to_safetensors(dtype: DType) -> safetensors::Dtype {
+/// The safetensors crate's dtype, whose order is the file layout's.
+fn dtype_to_safetensors(dtype: FileDType) -> safetensors::Dtype {
     match dtype {
-        DType::F32 => safetensors::Dtype::F32,
-        DType::F16 => safetensors::Dtype::F16,
-        DType::BF16 => safetensors::Dtype::BF16,
-        DType::U32 => safetensors::Dtype::U32,
-        DType::U8 => safetensors::Dtype::U8,
+        FileDType::Bool => safetensors::Dtype::BOOL,
+        FileDType::U8 => safetensors::Dtype::U8,
+        FileDType::I8 => safetensors::Dtype::I8,
+        FileDType::F8E5M2 => safetensors::Dtype::F8_E5M2,
+        FileDType::F8E4M3 => safetensors::Dtype::F8_E4M3,
+        FileDType::F8E8M0 => safetensors::Dtype::F8_E8M0,
+        FileDType::I16 => safetensors::Dtype::I16,
+        FileDType::U16 => safetensors::Dtype::U16,
+        FileDType::F16 => safetensors::Dtype::F16,
+        FileDType::BF16 => safetensors::Dtype::BF16,
+        FileDType::I32 => safetensors::Dtype::I32,
+        FileDType::U32 => safetensors::Dtype::U32,
+        FileDType::F32 => safetensors::Dtype::F32,
+        FileDType::C64 => safetensors::Dtype::C64,
+        FileDType::F64 => safetensors::Dtype::F64,
+        FileDType::I64 => safetensors::Dtype::I64,
+        FileDType::U64 => safetensors::Dtype::U64,
     }
 }
 
@@ -265,7 +303,7 @@ pub struct TensorSpec {
     /// The tensor's name.
     pub name: String,
     /// The element type.
-    pub dtype: DType,
+    pub dtype: FileDType,
     /// The dimensions.
     pub shape: Vec<usize>,
 }
@@ -395,10 +433,11 @@ impl SafetensorsWriter {
                 reason: "not planned for this file",
             })?;
         if tensor.dtype() != slot.spec.dtype {
-            return Err(Error::DTypeMismatch {
-                op: "SafetensorsWriter::write",
-                actual: tensor.dtype(),
-                requested: slot.spec.dtype,
+            return Err(Error::TensorDType {
+                tensor: name.to_string(),
+                expected: slot.spec.dtype.safetensors_name(),
+                got: tensor.dtype(),
+                role: "the dtype planned for it in the output file",
             });
         }
         if tensor.shape() != slot.spec.shape {

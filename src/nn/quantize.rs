@@ -143,6 +143,12 @@ where
 /// `weight.size * 32 / bits` weights (plus its bias) and any other leaf all its elements.
 pub fn bits_per_weight(model: &dyn Module) -> f64 {
     let bytes: u64 = model.parameters().iter().map(|(_, t)| t.size_in_bytes()).sum();
+    bytes as f64 * 8.0 / parameter_count(model).max(1) as f64
+}
+
+/// mlx-lm's `get_total_parameters`: a quantized layer counts `weight.size * 32 / bits` weights
+/// (plus its bias), any other leaf all its elements.
+pub(crate) fn parameter_count(model: &dyn Module) -> u64 {
     let weights: usize = model
         .leaf_modules()
         .iter()
@@ -161,7 +167,7 @@ pub fn bits_per_weight(model: &dyn Module) -> f64 {
             }
         })
         .sum();
-    bytes as f64 * 8.0 / weights.max(1) as f64
+    weights as u64
 }
 
 /// Replaces every [`QuantizedLinear`] with a [`Linear`](super::Linear) and every

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Real MLX on the other side of wgquant's checkpoint I/O.
 
-Run with mlx[cpu]==0.32.4 and numpy (CI: `.ci/run` makes the virtualenv):
+Run with mlx[cpu]==0.32.4, mlx-lm==0.32.2 and numpy (CI: `.ci/run` makes the virtualenv):
 
     python tests/interop/mlx_interop.py make-float DIR [--layers N] [--hidden H] [--dtype bf16]
         A small float model in Hugging Face layout (config.json, model.safetensors,
@@ -13,16 +13,23 @@ Run with mlx[cpu]==0.32.4 and numpy (CI: `.ci/run` makes the virtualenv):
         every key, dtype and shape; packed weights, scales and biases bit-identical to
         mx.quantize of the original tensors; the other tensors equal to the originals cast
         to the dtype; config.json's "quantization" (and its "quantization_config" copy)
-        with mlx-lm's per-layer entries for recipes (the rule transcribed from mlx-lm's
-        convert.py, independently of wgquant's); the index (sorted weight_map, total_size)
+        with mlx-lm's per-layer entries for recipes (mlx-lm's own mixed_quant_predicate_builder,
+        so mlx-lm==0.32.2 must be installed for --recipe); the index (sorted weight_map, total_size)
         and the {"format": "mlx"} metadata of every shard.
 
-    python tests/interop/mlx_interop.py make-quantized DIR
+    python tests/interop/mlx_interop.py check-saved FLOAT_DIR SAVED_DIR
+        wgquant's `io::save_model` output (tests/io_load.rs save_model_for_mlx): mlx-lm's
+        `load_model` loads it (quantization rule, strict load_weights) with the arrays as
+        written; every quantized layer bit-identical to mx.quantize of FLOAT_DIR's weight with
+        its per-path or default parameters, the rest equal to FLOAT_DIR; index and metadata.
+
+    python tests/interop/mlx_interop.py make-quantized DIR [--seed 1]
         An MLX-quantized checkpoint, as mlx_lm.convert would save it: two shards with an
         index, a mixed per-layer "quantization" section (2, 3, 4, 5, 6 and 8 bits, group
         sizes 32, 64 and 128, a layer left in float), plus `mlx_expected.safetensors` with
         mx.dequantize of every quantized layer and mx.quantized_matmul of a fixed input.
-        `tests/io_convert.rs` loads it (tests/fixtures/mlx_checkpoint is this output).
+        `tests/io_convert.rs` loads it (tests/fixtures/mlx_checkpoint is this output with the
+        default seed; CI also makes one with another seed, so the live check sees new data).
 
 Every MLX call runs on the CPU stream. Exit status 0 means every check passed.
 """
@@ -117,33 +124,27 @@ def load_dir(path):
     return tensors, metadata
 
 
-def mixed_bits_rule(recipe, layer_paths):
-    """mlx-lm's mixed_quant_predicate_builder (convert.py), transcribed on paths."""
-    low, high = {"mixed_2_6": (2, 6), "mixed_3_4": (3, 4), "mixed_3_6": (3, 6), "mixed_4_6": (4, 6)}[recipe]
+def mixed_bits_rule(recipe, layer_paths, group_size):
+    """mlx-lm's own mixed_quant_predicate_builder (convert.py), asked about each layer path."""
+    from mlx_lm.convert import mixed_quant_predicate_builder
+
     down_keys = [k for k in layer_paths if "down_proj" in k]
-    for layer_location, k in enumerate(down_keys[0].split(".")):
-        if k.isdigit():
-            break
+    layer_location = next((i for i, k in enumerate(down_keys[0].split(".")) if k.isdigit()), 0) if down_keys else 0
     # len(model.layers): the largest index in the list that holds the first down_proj, plus one.
-    prefix = down_keys[0].split(".")[:layer_location]
+    prefix = down_keys[0].split(".")[:layer_location] if down_keys else []
     indices = [p.split(".")[layer_location] for p in layer_paths
                if p.split(".")[:layer_location] == prefix and len(p.split(".")) > layer_location]
-    num_layers = max(int(i) for i in indices if i.isdigit()) + 1
 
-    def bits(path):
-        index = int(path.split(".")[layer_location]) if len(path.split(".")) > layer_location else 0
-        use_more_bits = (
-            index < num_layers // 8 or index >= 7 * num_layers // 8 or (index - num_layers // 8) % 3 == 2
-        )
-        if ("v_proj" in path or "v_a_proj" in path or "v_b_proj" in path) and use_more_bits:
-            return high
-        if "down_proj" in path and use_more_bits:
-            return high
-        if "lm_head" in path:
-            return high
-        return low
+    class Paths:
+        """What the builder reads of a model: its module paths and the number of layers."""
 
-    return bits
+        layers = range(max((int(i) for i in indices if i.isdigit()), default=-1) + 1)
+
+        def named_modules(self):
+            return [(p, None) for p in layer_paths]
+
+    predicate = mixed_quant_predicate_builder(recipe, Paths(), group_size)
+    return lambda path: predicate(path, None)["bits"]
 
 
 def raw_bits(a):
@@ -185,7 +186,7 @@ def check(args):
     expect(config["model_type"] == float_config["model_type"], "config.json lost its keys")
 
     layer_paths = sorted(k[: -len(".weight")] for k in float_tensors if k.endswith(".weight"))
-    rule = mixed_bits_rule(args.recipe, layer_paths) if args.recipe else None
+    rule = mixed_bits_rule(args.recipe, layer_paths, args.group_size) if args.recipe else None
     skip = re.compile(args.skip) if args.skip else None
     expected_keys = set()
     quantized = 0
@@ -240,10 +241,65 @@ def check(args):
     for file, (meta, names) in shard_meta.items():
         expect(meta.get("format") == "mlx", f"{file}: metadata {meta}")
         expect(all(weight_map.get(n) == file for n in names), f"{file}: index disagrees with the file")
-    for name in ["tokenizer.json", "tokenizer_config.json"]:
-        expect(os.path.exists(os.path.join(args.converted_dir, name)), f"{name} was not copied")
+    for name in ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"]:
+        if os.path.exists(os.path.join(args.float_dir, name)):
+            expect(os.path.exists(os.path.join(args.converted_dir, name)), f"{name} was not copied")
 
     print(f"checked {len(ours)} tensors in {len(shard_meta)} file(s); {quantized} layers bit-identical to mx.quantize")
+    for message in failures:
+        print("FAIL:", message)
+    return 1 if failures else 0
+
+
+def check_saved(args):
+    """wgquant's `io::save_model` output (tests/io_load.rs save_model_for_mlx), as mlx-lm loads it."""
+    from pathlib import Path
+
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import load_model
+
+    failures = []
+
+    def expect(ok, message):
+        if not ok:
+            failures.append(message)
+
+    float_tensors, _ = load_dir(args.float_dir)
+    ours, shard_meta = load_dir(args.saved_dir)
+    with open(os.path.join(args.saved_dir, "config.json")) as f:
+        config = json.load(f)
+    q = config.get("quantization") or {}
+    expect(q and config.get("quantization_config") == q, f"quantization sections {q}")
+    expect("_name_or_path" not in config, "_name_or_path was kept")
+
+    # mlx-lm loads it: its rule quantizes the layers that have scales, with the per-path entries
+    # or the defaults, then load_weights(strict=True) takes every array.
+    model, _ = load_model(Path(args.saved_dir))
+    loaded = dict(tree_flatten(model.parameters()))
+    expect(set(loaded) == set(ours), f"mlx-lm's model has {sorted(set(loaded) ^ set(ours))} differently")
+    for key in set(loaded) & set(ours):
+        expect(bits_equal(loaded[key], ours[key]), f"{key}: mlx-lm loaded other values")
+
+    quantized = 0
+    for key, original in float_tensors.items():
+        path = key[: -len(".weight")]
+        if key.endswith(".weight") and f"{path}.scales" in ours:
+            entry = q.get(path, q)
+            gs, bits = entry["group_size"], entry["bits"]
+            reference = mx.quantize(original, group_size=gs, bits=bits)
+            for name, want in zip([key, f"{path}.scales", f"{path}.biases"], reference):
+                expect(name in ours and bits_equal(ours[name], want), f"{name}: not bit-identical to mx.quantize")
+            quantized += 1
+        else:
+            expect(key in ours and bits_equal(ours[key], original), f"{key}: differs from the float model")
+
+    with open(os.path.join(args.saved_dir, "model.safetensors.index.json")) as f:
+        index = json.load(f)
+    expect(set(index["weight_map"]) == set(ours), "weight_map does not list exactly the tensors")
+    expect(index["metadata"]["total_size"] == sum(a.nbytes for a in ours.values()), "total_size is wrong")
+    for file, (meta, names) in shard_meta.items():
+        expect(meta.get("format") == "mlx", f"{file}: metadata {meta}")
+    print(f"mlx-lm loaded {len(loaded)} arrays from {len(shard_meta)} file(s); {quantized} layers bit-identical to mx.quantize")
     for message in failures:
         print("FAIL:", message)
     return 1 if failures else 0
@@ -334,12 +390,17 @@ def main():
     p = sub.add_parser("make-quantized")
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=1)
+    p = sub.add_parser("check-saved")
+    p.add_argument("float_dir")
+    p.add_argument("saved_dir")
     args = parser.parse_args()
     if args.command == "make-float":
         make_float(args)
         return 0
     if args.command == "check":
         return check(args)
+    if args.command == "check-saved":
+        return check_saved(args)
     return make_quantized(args)
 
 
