@@ -18,6 +18,7 @@
 mod checkpoint;
 mod config;
 mod convert;
+mod files;
 mod host;
 mod json;
 mod model;
