@@ -376,7 +376,10 @@ fn the_output_is_all_or_nothing() {
         std::fs::write(output.join(name), "old").unwrap();
     }
     convert(&input, &output, &gpu, &forced, &mut quiet).unwrap();
-    assert_eq!(listing(&output), ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
+    assert_eq!(
+        listing(&output),
+        ["config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"]
+    );
     ModelDir::open(&output).unwrap();
     assert_eq!(listing(dir.path()), ["in", "out"]);
 
