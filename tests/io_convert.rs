@@ -450,7 +450,10 @@ fn checkpoints_wgquant_could_not_read_back_are_refused() {
     };
     // No tensors at all: there is nothing to convert (and an output without tensors is not a
     // checkpoint).
-    let empty = write("empty", &[]);
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("config.json"), "{}").unwrap();
+    std::fs::write(empty.join("model.safetensors"), io_common::safetensors_bytes("{}", &[])).unwrap();
     let err =
         convert(&empty, &dir.path().join("out"), &gpu, &ConvertOptions::quantize(QuantParams::default()), &mut quiet);
     assert!(matches!(err, Err(Error::NoTensors { .. })), "{err:?}");

@@ -88,9 +88,9 @@ pub struct QuantizedPath {
 /// says yes for a module that cannot be quantized; [`Error::AtPath`] around the layer's own
 /// error, such as MLX's `[quantize] ... divisible ...` for an input size that does not split
 /// into groups, or an unsupported bit width; [`Error::NotReplaceable`] for a layer held by type;
-/// [`Error::UndeclaredChildren`] for a module (the root included) with no parameters and no
-/// declared children, the sign of a forgotten [`module_children!`](crate::module_children),
-/// before anything is replaced.
+/// [`Error::UndeclaredChildren`] for a module (the root included) with no parameters, no
+/// declared children and no quantized form, the sign of a forgotten
+/// [`module_children!`](crate::module_children), before anything is replaced.
 ///
 /// # Example
 /// ```no_run
@@ -141,13 +141,17 @@ pub fn quantize(
     Ok(done)
 }
 
-/// The first module of the tree, the root included, that has no parameters, no children, and
-/// did not declare that it has none ([`Module::declares_children`]).
+/// The first module of the tree, the root included, of unknown kind: no parameters, no
+/// children, not declared to have none ([`Module::declares_children`]), and neither
+/// quantizable nor quantized.
 fn undeclared_children(model: &dyn Module) -> Option<(String, &dyn Module)> {
-    model
-        .named_modules()
-        .into_iter()
-        .find(|(_, m)| !m.declares_children() && m.children().is_empty() && m.own_parameters().is_empty())
+    model.named_modules().into_iter().find(|(_, m)| {
+        !m.declares_children()
+            && m.children().is_empty()
+            && m.own_parameters().is_empty()
+            && m.as_quantizable().is_none()
+            && m.quant_params().is_none()
+    })
 }
 
 /// MLX's default predicate: quantize every module that can be (`hasattr(m, "to_quantized")`).
