@@ -123,6 +123,8 @@ fn convert(args: &ConvertArgs) -> Result<()> {
         io::Conversion::Quantize { params, recipe: args.recipe, skip: args.skip.clone() }
     };
     if !args.input.is_dir() {
+        // Fails at once with the input's error (missing, or a file given as the directory);
+        // a directory's contents are read once, by the conversion itself.
         ModelDir::open(&args.input)?;
     }
     let interrupt = Interrupt::install()?;

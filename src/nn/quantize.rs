@@ -193,7 +193,7 @@ pub fn bits_per_weight(model: &dyn Module) -> f64 {
                 Some(params) => parameters
                     .iter()
                     .map(|&(key, t)| match key {
-                        "weight" => t.len() * 32 / params.bits as usize,
+                        "weight" => t.len().saturating_mul(32) / params.bits as usize,
                         "bias" => t.len(),
                         _ => 0,
                     })
