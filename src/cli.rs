@@ -10,7 +10,7 @@ use regex::Regex;
 use wgquant::demo::{self, parse_dtype, DemoArgs, QuantRecipe};
 use wgquant::error::mlx_shape;
 use wgquant::io::{self, ConvertOptions, ModelDir, Recipe, SafetensorsFile, TensorEntry, MAX_SHARD_BYTES};
-use wgquant::{DType, Error, Gpu, Mode, QuantParams, Result};
+use wgquant::{DType, Error, Gpu, GpuOptions, Mode, QuantParams, Result};
 
 /// MLX group quantization on any GPU. Without a subcommand, runs the demo: quantizes a small
 /// Llama-shaped model with mlx-lm's mixed recipes on the default adapter (lavapipe when there is
@@ -100,8 +100,9 @@ struct ConvertArgs {
     input: PathBuf,
     /// The directory to create (written beside it, then renamed into place when complete).
     output: PathBuf,
-    /// Bits per weight code: 1, 2, 3, 4, 5, 6 or 8 [default: the mode's, 4 for affine].
-    #[arg(long)]
+    /// Bits per weight code: 1, 2, 3, 4, 5, 6 or 8 [default: the mode's, 4 for affine]. A
+    /// recipe sets each layer's bits itself.
+    #[arg(long, conflicts_with = "recipe")]
     bits: Option<u32>,
     /// Elements per group: 32, 64 or 128 [default: the mode's, 64 for affine].
     #[arg(long)]
@@ -124,12 +125,16 @@ struct ConvertArgs {
     /// Replace the output if it exists and is not empty.
     #[arg(long)]
     force: bool,
-    /// Largest shard, in bytes of tensor data.
-    #[arg(long, default_value_t = MAX_SHARD_BYTES)]
+    /// Largest shard, in bytes of tensor data (at least 1).
+    #[arg(long, default_value_t = MAX_SHARD_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
     max_shard_bytes: u64,
     /// Refuse float tensors holding NaN or infinite values, read or made by the cast to --dtype.
     #[arg(long)]
     strict: bool,
+    /// Consider only adapters whose name contains this (case-insensitive), e.g. llvmpipe or H100
+    /// [default: WGQUANT_ADAPTER, else the best adapter].
+    #[arg(long)]
+    adapter: Option<String>,
     /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
@@ -167,30 +172,58 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn convert(args: &ConvertArgs) -> Result<()> {
+    // Everything that can be checked without a GPU is checked before one is opened.
     let conversion = if args.dequantize {
         io::Conversion::Dequantize
     } else {
         let mut params = QuantParams::for_mode(args.mode);
         params.group_size = args.group_size.unwrap_or(params.group_size);
         params.bits = args.bits.unwrap_or(params.bits);
+        params.validate("convert")?;
+        if args.recipe.is_some() && args.mode != Mode::Affine {
+            return Err(Error::RecipeNeedsAffine);
+        }
         io::Conversion::Quantize { params, recipe: args.recipe, skip: args.skip.clone() }
     };
-    let (dtype, force, max_shard_bytes, strict) = (args.dtype, args.force, args.max_shard_bytes, args.strict);
-    let options = ConvertOptions { conversion, dtype, force, max_shard_bytes, strict };
-    let gpu = Gpu::new()?;
+    if !args.input.is_dir() {
+        // Fails at once with the input's error (missing, or a file given as the directory);
+        // a directory's contents are read once, by the conversion itself.
+        ModelDir::open(&args.input)?;
+    }
+    let interrupt = Interrupt::install()?;
+    let options = ConvertOptions {
+        conversion,
+        dtype: args.dtype,
+        force: args.force,
+        max_shard_bytes: args.max_shard_bytes,
+        strict: args.strict,
+        cancel: Some(interrupt.flag()),
+    };
+    let mut gpu_options = GpuOptions::from_env()?;
+    if let Some(name) = &args.adapter {
+        gpu_options.adapter_name = Some(name.clone());
+    }
+    let gpu = Gpu::with_options(gpu_options)?;
     let say = |line: String| if args.quiet { Ok(()) } else { emit(&(line + "\n")) };
     say(format!("converting {} -> {} on {}", args.input.display(), args.output.display(), gpu.describe()))?;
 
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("a valid template"),
+        // Decimal units, as every other size wgquant prints (1 MB = 10^6 bytes).
+        ProgressStyle::with_template(
+            "{bar:40} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} eta {eta}",
+        )
+        .expect("a valid template"),
     );
     let report = io::convert(&args.input, &args.output, &gpu, &options, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });
     bar.finish_and_clear();
+    if let Err(error @ Error::Interrupted { .. }) = report {
+        eprintln!("error: {}", escape_controls(&error.to_string()));
+        std::process::exit(interrupt.exit_code());
+    }
     let report = report?;
 
     let what = if args.dequantize { "dequantized" } else { "quantized" };
@@ -225,6 +258,57 @@ fn emit(text: &str) -> Result<()> {
     }
 }
 
+/// Cancels a conversion on SIGINT or SIGTERM: the first signal sets the flag that
+/// [`ConvertOptions::cancel`] watches (the conversion stops at the next tensor and removes its
+/// temporary output); a second one ends the process at once, and the next conversion to the
+/// same output removes what it left.
+struct Interrupt {
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    #[cfg(unix)]
+    signal: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Interrupt {
+    fn install() -> Result<Interrupt> {
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        #[cfg(unix)]
+        {
+            use signal_hook::consts::{SIGINT, SIGTERM};
+            let signal = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            for number in [SIGINT, SIGTERM] {
+                // Registered first, so it sees the flag as it was before this signal.
+                signal_hook::flag::register_conditional_shutdown(number, 128 + number, flag.clone())?;
+                signal_hook::flag::register(number, flag.clone())?;
+                signal_hook::flag::register_usize(number, signal.clone(), number as usize)?;
+            }
+            Ok(Interrupt { flag, signal })
+        }
+        #[cfg(not(unix))]
+        Ok(Interrupt { flag })
+    }
+
+    fn flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.flag.clone()
+    }
+
+    /// The shell's code for death by the signal received: 128 + its number.
+    fn exit_code(&self) -> i32 {
+        #[cfg(unix)]
+        let number = self.signal.load(std::sync::atomic::Ordering::Relaxed) as i32;
+        #[cfg(not(unix))]
+        let number = 2;
+        128 + number
+    }
+}
+
+/// `text` with every control character but the line feed escaped (`\u{1b}`), so names read
+/// from a crafted file cannot move the cursor or rewrite the terminal.
+pub fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\n' { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
+}
+
 fn megabytes(bytes: u64) -> String {
     format!("{:.2} MB", bytes as f64 / 1e6)
 }
@@ -240,7 +324,8 @@ fn inspect(path: &Path) -> Result<()> {
         out.push("(one file: the quantization parameters are in the model directory's config.json)".into());
     }
     out.push(String::new());
-    emit(&out.join("\n"))
+    let lines: Vec<String> = out.iter().map(|line| escape_controls(line)).collect();
+    emit(&lines.join("\n"))
 }
 
 fn metadata_line(metadata: &BTreeMap<String, String>) -> String {
@@ -310,6 +395,9 @@ fn tensor_table<'a>(tensors: impl Iterator<Item = (&'a TensorEntry, Option<Strin
 /// Left-aligned columns two spaces apart; the last column is not padded.
 fn table(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
     let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    // Escaped before measuring, so the columns line up as printed.
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|row| row.iter().map(|cell| escape_controls(cell)).collect()).collect();
     let widths: Vec<usize> =
         (0..header.len()).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
     [header]

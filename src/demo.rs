@@ -137,8 +137,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         "bits per weight: {:.2} -> {:.2} (mlx-lm's count); parameters {} -> {}",
         nn::bits_per_weight(&float),
         nn::bits_per_weight(&quantized),
-        mebibytes(&float),
-        mebibytes(&quantized)
+        megabytes(&float),
+        megabytes(&quantized)
     );
 
     let tokens = random_tokens(&gpu, args.tokens, config.vocab_size, args.seed)?;
@@ -216,7 +216,8 @@ fn millis(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-fn mebibytes(model: &dyn Module) -> String {
+fn megabytes(model: &dyn Module) -> String {
     let bytes: u64 = model.parameters().iter().map(|(_, t)| t.size_in_bytes()).sum();
-    format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64)
+    // Decimal, as every size wgquant prints (1 MB = 10^6 bytes).
+    format!("{:.2} MB", bytes as f64 / 1e6)
 }

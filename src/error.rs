@@ -387,4 +387,55 @@ pub enum Error {
     /// A conversion in strict mode met NaN or infinite values, in the input or made by the cast.
     #[error("tensor \"{tensor}\": {non_finite} values are NaN or infinite in the input and {overflowed} overflowed to infinity in the cast to {dtype} (strict mode refuses them)")]
     NonFiniteValues { tensor: String, dtype: FileDType, non_finite: u64, overflowed: u64 },
+
+    // ---- hostile and careless input: files, outputs, conversion requests --------------------
+    /// A path that must be a regular file is a FIFO, socket, device or directory (reading one
+    /// could block forever).
+    #[error("{}: is a {kind}, not a regular file (wgquant reads only regular files)", .path.display())]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+    /// A path that must be a directory exists but is something else.
+    #[error("{}: is a {kind}, not a directory ({what})", .path.display())]
+    NotADirectory { path: PathBuf, what: &'static str, kind: &'static str },
+    /// `--force` was given, but the existing output holds more than a checkpoint.
+    #[error(
+        "{}: --force replaces only a checkpoint (config.json, weights, their index, tokenizer and other files the input also has), but the output also holds {}; move them away or choose another output",
+        .path.display(),
+        .others.join(", ")
+    )]
+    OutputNotACheckpoint { path: PathBuf, others: Vec<String> },
+    /// An output path that does not end in a name (`..`, `/`).
+    #[error("{}: the output must end in a directory name", .path.display())]
+    OutputName { path: PathBuf },
+    /// The existing output is not a directory, so `--force` cannot treat it as a checkpoint.
+    #[error("{}: the output exists and is a {kind}; --force replaces only a checkpoint directory", .path.display())]
+    OutputNotADirectory { path: PathBuf, kind: &'static str },
+    /// The conversion was cancelled ([`ConvertOptions::cancel`](crate::io::ConvertOptions)).
+    #[error("{}: the conversion was interrupted; nothing was written", .output.display())]
+    Interrupted { output: PathBuf },
+    /// A checkpoint without a single tensor.
+    #[error("{}: the checkpoint has no tensors, so there is nothing to convert", .path.display())]
+    NoTensors { path: PathBuf },
+    /// `--dequantize` on a checkpoint that is not quantized.
+    #[error("{}: the checkpoint is not quantized, so --dequantize has nothing to do", .path.display())]
+    NotQuantized { path: PathBuf },
+    /// A shard size limit of zero bytes.
+    #[error("convert: max_shard_bytes must be at least 1, but is {value}")]
+    InvalidShardSize { value: u64 },
+    /// The output's file system has less free space than the conversion writes.
+    #[error(
+        "{}: the conversion writes {needed} bytes ({:.1} MB), but only {available} bytes ({:.1} MB) are free there",
+        .path.display(),
+        *.needed as f64 / 1e6,
+        *.available as f64 / 1e6
+    )]
+    InsufficientSpace { path: PathBuf, needed: u64, available: u64 },
+    /// A module with no parameters and no declared children, in a tree given to
+    /// `nn::quantize`: most likely a forgotten `module_children!`, which would hide its layers.
+    #[error(
+        "\"{path}\": {type_name} has no parameters and declares no children; list them with `wgquant::module_children!(...)` in its `impl Module` (`module_children!()` for a layer that has none)"
+    )]
+    UndeclaredChildren { path: String, type_name: String },
+    /// An I/O error without a path (what `?` makes of a [`std::io::Error`] in caller code).
+    #[error("I/O error: {0}")]
+    OtherIo(#[from] std::io::Error),
 }

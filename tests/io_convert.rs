@@ -377,14 +377,24 @@ fn the_output_is_all_or_nothing() {
     let options = ConvertOptions::quantize(QuantParams::default());
     let output = dir.path().join("out");
 
-    // An existing, non-empty output is refused, then replaced with force.
+    // An existing, non-empty output is refused; force replaces only a checkpoint's files.
+    let forced = ConvertOptions { force: true, ..options.clone() };
     std::fs::create_dir(&output).unwrap();
     std::fs::write(output.join("keep.txt"), "mine").unwrap();
     let err = convert(&input, &output, &gpu, &options, &mut quiet).unwrap_err();
     assert!(matches!(&err, Error::OutputExists { path } if path == &output), "{err}");
+    let err = convert(&input, &output, &gpu, &forced, &mut quiet).unwrap_err();
+    assert!(matches!(&err, Error::OutputNotACheckpoint { others, .. } if others == &["keep.txt"]), "{err}");
     assert_eq!(listing(&output), ["keep.txt"]);
-    convert(&input, &output, &gpu, &ConvertOptions { force: true, ..options.clone() }, &mut quiet).unwrap();
-    assert!(!output.join("keep.txt").exists());
+    std::fs::remove_file(output.join("keep.txt")).unwrap();
+    for name in ["config.json", "model-00001-of-00002.safetensors", "tokenizer.json", "generation_config.json"] {
+        std::fs::write(output.join(name), "old").unwrap();
+    }
+    convert(&input, &output, &gpu, &forced, &mut quiet).unwrap();
+    assert_eq!(
+        listing(&output),
+        ["config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"]
+    );
     ModelDir::open(&output).unwrap();
     assert_eq!(listing(dir.path()), ["in", "out"]);
 
@@ -399,8 +409,39 @@ fn the_output_is_all_or_nothing() {
         assert!(matches!(err, Err(Error::OutputOverlapsInput { .. })), "{}: {err:?}", bad.display());
     }
 
-    // A failure after the shards are written (an unreadable extra file: a dangling symlink)
-    // leaves no output and no temporary directory.
+    // A conversion cancelled after its first tensor is written (what the CLI does on SIGINT
+    // and SIGTERM) leaves no output and no temporary directory.
+    std::fs::remove_dir_all(&output).unwrap();
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cancellable = ConvertOptions { cancel: Some(cancel.clone()), ..options.clone() };
+    let mut tensors_written = 0;
+    let err = convert(&input, &output, &gpu, &cancellable, &mut |done, _| {
+        if done > 0 {
+            tensors_written += 1;
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(&err, Error::Interrupted { output: o } if o == &output), "{err}");
+    assert_eq!(tensors_written, 1);
+    assert_eq!(listing(dir.path()), ["in"]);
+
+    // A temporary directory that a killed run left (its process is gone) is removed by the
+    // next conversion to the same output; one of a live process is not.
+    let stale = dir.path().join(".out.wgquant-tmp-2147483646");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("model.safetensors"), "partial").unwrap();
+    #[cfg(unix)]
+    std::fs::create_dir(dir.path().join(".out.wgquant-tmp-1")).unwrap(); // init: always running
+    convert(&input, &output, &gpu, &options, &mut quiet).unwrap();
+    #[cfg(unix)]
+    {
+        assert_eq!(listing(dir.path()), [".out.wgquant-tmp-1", "in", "out"]);
+        std::fs::remove_dir(dir.path().join(".out.wgquant-tmp-1")).unwrap();
+    }
+    assert_eq!(listing(dir.path()), ["in", "out"]);
+
+    // An unreadable extra file (a dangling symlink) is found before anything is written.
     #[cfg(unix)]
     {
         std::fs::remove_dir_all(&output).unwrap();
@@ -409,5 +450,35 @@ fn the_output_is_all_or_nothing() {
         let err = convert(&input, &output, &gpu, &options, &mut quiet).unwrap_err();
         assert!(matches!(&err, Error::Io { path, .. } if path == &dangling), "{err}");
         assert_eq!(listing(dir.path()), ["in"]);
+        std::fs::remove_file(&dangling).unwrap();
     }
+}
+
+#[test]
+fn checkpoints_wgquant_could_not_read_back_are_refused() {
+    let gpu = gpu_or_skip!();
+    let dir = temp_dir();
+    let write = |name: &str, tensors: &[(String, HostTensor)]| {
+        let input = dir.path().join(name);
+        io_common::write_model(&input, &serde_json::json!({}), tensors);
+        input
+    };
+    // No tensors at all: there is nothing to convert (and an output without tensors is not a
+    // checkpoint).
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("config.json"), "{}").unwrap();
+    std::fs::write(empty.join("model.safetensors"), io_common::safetensors_bytes("{}", &[])).unwrap();
+    let err =
+        convert(&empty, &dir.path().join("out"), &gpu, &ConvertOptions::quantize(QuantParams::default()), &mut quiet);
+    assert!(matches!(err, Err(Error::NoTensors { .. })), "{err:?}");
+    // Dequantizing a float checkpoint would copy it under a misleading name.
+    let float = write("float", &[("fc.weight".to_string(), io_common::host(&[0.5; 128], &[2, 64], DType::F32))]);
+    let err = convert(&float, &dir.path().join("out"), &gpu, &ConvertOptions::dequantize(), &mut quiet);
+    assert!(matches!(err, Err(Error::NotQuantized { .. })), "{err:?}");
+    // A shard limit of zero bytes.
+    let zero = ConvertOptions { max_shard_bytes: 0, ..ConvertOptions::quantize(QuantParams::default()) };
+    let err = convert(&float, &dir.path().join("out"), &gpu, &zero, &mut quiet);
+    assert!(matches!(err, Err(Error::InvalidShardSize { value: 0 })), "{err:?}");
+    assert_eq!(listing(dir.path()), ["empty", "float"]);
 }

@@ -505,6 +505,58 @@ fn user_modules_quantize_through_their_own_to_quantized() {
     );
 }
 
+/// A user module that forgot `module_children!`: its layer is invisible to every walk.
+struct Forgetful {
+    proj: Layer,
+}
+
+impl Module for Forgetful {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.proj.forward(x)
+    }
+}
+
+/// The ergonomics of user code: a forgotten `module_children!` is an error rather than a
+/// model quantized silently not at all, any module prints with `display()`, a predicate kept
+/// in a variable needs no annotations, and `?` works on `std::io::Error`.
+#[test]
+fn user_code_mistakes_are_caught_and_conveniences_work() {
+    let mut root = Forgetful { proj: Box::new(ReLU) };
+    let err = nn::quantize(&mut root, QuantParams::default(), None).unwrap_err();
+    assert!(
+        matches!(&err, Error::UndeclaredChildren { path, type_name } if path.is_empty() && type_name == "Forgetful")
+    );
+    let mut nested = Sequential::new(vec![Box::new(ReLU), Box::new(Forgetful { proj: Box::new(ReLU) })]);
+    let err = nn::quantize(&mut nested, QuantParams::default(), None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "\"layers.1\": Forgetful has no parameters and declares no children; list them with \
+         `wgquant::module_children!(...)` in its `impl Module` (`module_children!()` for a layer that has none)"
+    );
+    // ReLU declares that it has no children; so does a user activation that says so.
+    struct Swish;
+    impl Module for Swish {
+        fn forward(&self, x: &Tensor) -> Result<Tensor> {
+            ops::silu(x)
+        }
+        wgquant::module_children!();
+    }
+    let mut fine = Sequential::new(vec![Box::new(ReLU), Box::new(Swish)]);
+    let mut keep_all = nn::predicate(|path, m| if path.is_empty() { Decision::Skip } else { nn::quantizable(path, m) });
+    assert_eq!(nn::quantize(&mut fine, QuantParams::default(), Some(&mut keep_all)).unwrap(), []);
+
+    assert_eq!(root.display().to_string(), "Forgetful()");
+    assert_eq!(Swish.display().to_string(), "Swish()");
+    assert_eq!(fine.display().to_string(), fine.to_string());
+
+    fn read_missing() -> wgquant::Result<Vec<u8>> {
+        Ok(std::fs::read("/no/such/wgquant/file")?)
+    }
+    let err = read_missing().unwrap_err();
+    assert!(matches!(&err, Error::OtherIo(e) if e.kind() == std::io::ErrorKind::NotFound), "{err}");
+    assert!(err.to_string().starts_with("I/O error: "), "{err}");
+}
+
 /// A quantizable module with children is not a leaf: only its children are visited (MLX).
 #[test]
 fn modules_with_children_are_not_leaves() {

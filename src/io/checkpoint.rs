@@ -85,9 +85,7 @@ impl ModelDir {
     /// [`Error::TensorShape`], [`Error::QuantizedRank`], [`Error::QuantizedShape`],
     /// [`Error::UnknownLayerEntry`].
     pub fn open(dir: &Path) -> Result<ModelDir> {
-        if !dir.is_dir() {
-            return Err(Error::MissingFile { path: dir.to_path_buf(), what: "the model directory" });
-        }
+        crate::io::files::check_dir(dir, "the model directory")?;
         let config = ModelConfig::read(&dir.join(CONFIG_FILE))?;
         let quantization = config.quantization()?;
         let weights = WeightFiles::open(dir)?;

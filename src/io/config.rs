@@ -39,7 +39,7 @@ impl ModelConfig {
         if !path.exists() {
             return Err(Error::MissingFile { path: path.to_path_buf(), what: "the model's config.json" });
         }
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let bytes = crate::io::files::read_regular(path)?;
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::ConfigJson { path: path.to_path_buf(), message: format!("not valid JSON: {e}") })?;
         let Value::Object(fields) = value else {

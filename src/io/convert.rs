@@ -8,7 +8,10 @@
 //! only ever read.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use regex::Regex;
@@ -19,10 +22,11 @@ use crate::gpu::Gpu;
 use crate::io::checkpoint::{bits_per_weight, LayerInfo, ModelDir};
 use crate::io::config::{LayerQuantization, QuantizationConfig, CONFIG_FILE};
 use crate::io::file_dtype::FileDType;
+use crate::io::files::{available_bytes, check_dir, open_regular, process_exists};
 use crate::io::host::HostTensor;
 use crate::io::recipe::Recipe;
 use crate::io::safetensors::{SafetensorsWriter, TensorSpec};
-use crate::io::shards::{plan_shards, shard_file_name, write_index, MAX_SHARD_BYTES};
+use crate::io::shards::{is_weight_file, plan_shards, shard_file_name, write_index, INDEX_FILE, MAX_SHARD_BYTES};
 use crate::params::{Mode, QuantParams};
 use crate::tensor::Quantized;
 
@@ -51,13 +55,16 @@ pub struct ConvertOptions {
     /// The float dtype of every float tensor written (and so of the scales and biases). `None`
     /// means config.json's `torch_dtype` when it names one, else each tensor's own dtype.
     pub dtype: Option<DType>,
-    /// Replace an existing, non-empty output.
+    /// Replace an existing, non-empty output, when it holds nothing but a checkpoint.
     pub force: bool,
-    /// The largest shard, in bytes of tensor data (mlx-lm: 5 GiB).
+    /// The largest shard, in bytes of tensor data (mlx-lm: 5 GiB); at least 1.
     pub max_shard_bytes: u64,
     /// Refuse ([`Error::NonFiniteValues`]) a float tensor holding NaN or infinite values,
     /// read or made by the cast to `dtype` (MLX quantizes them silently into NaN scales).
     pub strict: bool,
+    /// Set to stop the conversion at the next tensor (a signal handler's flag): it then fails
+    /// with [`Error::Interrupted`] and removes what it wrote.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl ConvertOptions {
@@ -69,6 +76,7 @@ impl ConvertOptions {
             force: false,
             max_shard_bytes: MAX_SHARD_BYTES,
             strict: false,
+            cancel: None,
         }
     }
 
@@ -80,6 +88,7 @@ impl ConvertOptions {
             force: false,
             max_shard_bytes: MAX_SHARD_BYTES,
             strict: false,
+            cancel: None,
         }
     }
 }
@@ -131,12 +140,17 @@ struct Step {
 ///
 /// `progress(done, total)` is called after each tensor with bytes of input data.
 ///
-/// # Errors
-/// [`Error::OutputExists`] (unless `force`), [`Error::OutputOverlapsInput`],
-/// [`Error::AlreadyQuantized`] when quantizing a quantized model; the errors of
-/// [`ModelDir::open`]; parameter errors ([`QuantParams::validate`]), recipe errors; I/O and
+/// Before anything is written: [`Error::InvalidShardSize`]; [`Error::MissingFile`] or
+/// [`Error::NotADirectory`] for the input; [`Error::OutputName`], [`Error::OutputOverlapsInput`],
+/// [`Error::OutputExists`] (unless `force`), [`Error::OutputNotADirectory`] and
+/// [`Error::OutputNotACheckpoint`] (`force` replaces only a checkpoint's files); the errors of
+/// [`ModelDir::open`] (which reads only regular files); [`Error::NoTensors`];
+/// [`Error::AlreadyQuantized`] when quantizing a quantized model, [`Error::NotQuantized`] when
+/// dequantizing a float one; parameter errors ([`QuantParams::validate`]), recipe errors;
+/// [`Error::TensorTooLarge`] for an output whose size would overflow;
+/// [`Error::InsufficientSpace`]. Then [`Error::Interrupted`] when `cancel` is set, and I/O and
 /// device errors. On any error the output is left as it was and the temporary directory is
-/// removed.
+/// removed; temporary directories that killed runs left beside the output are removed too.
 pub fn convert(
     input: &Path,
     output: &Path,
@@ -145,7 +159,14 @@ pub fn convert(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ConvertReport> {
     let start = Instant::now();
-    let target = OutputTarget::check(input, output, options.force)?;
+    if options.max_shard_bytes == 0 {
+        return Err(Error::InvalidShardSize { value: options.max_shard_bytes });
+    }
+    let cancelled = || options.cancel.as_ref().is_some_and(|flag| flag.load(Ordering::Relaxed));
+    let interrupted = || Error::Interrupted { output: output.to_path_buf() };
+    check_dir(input, "the input model directory")?;
+    let others = other_files(input)?;
+    let target = OutputTarget::check(input, output, options.force, &others)?;
     let model = ModelDir::open(input)?;
     let dtype = options.dtype.or_else(|| model.config().conversion_dtype());
     let (steps, quantization) = plan(&model, &options.conversion, dtype)?;
@@ -154,11 +175,19 @@ pub fn convert(
     let specs: Vec<(TensorSpec, u64)> = steps
         .iter()
         .flat_map(|s| &s.outputs)
-        .map(|spec| (spec.clone(), spec.size_in_bytes().unwrap_or(u64::MAX)))
+        .map(|spec| (spec.clone(), spec.size_in_bytes().expect("sizes are checked by plan")))
         .collect();
+    // Saturating: a sum past u64 cannot fit on any disk, and the space check says so.
     let output_bytes = specs.iter().fold(0u64, |sum, (_, bytes)| sum.saturating_add(*bytes));
+    let needed = others.iter().fold(output_bytes, |sum, file| sum.saturating_add(file.bytes));
+    if let Some(available) = available_bytes(&target.parent).filter(|&free| free < needed) {
+        return Err(Error::InsufficientSpace { path: target.parent.clone(), needed, available });
+    }
     let shards = plan_shards(specs, options.max_shard_bytes);
     let shard_count = shards.len();
+    if cancelled() {
+        return Err(interrupted());
+    }
     let temp = TempDir::create(&target)?;
     let mut writers = Vec::with_capacity(shard_count);
     let mut shard_of = BTreeMap::new();
@@ -201,6 +230,9 @@ pub fn convert(
             }
             done += step.input_bytes;
             progress(done, total);
+            if cancelled() {
+                return Err(interrupted());
+            }
         }
         Ok(())
     })?;
@@ -214,7 +246,10 @@ pub fn convert(
     let mut config = model.config().clone();
     config.set_quantization(quantization.as_ref());
     config.write(&temp.path.join(CONFIG_FILE))?;
-    let copied_files = copy_other_files(input, &temp.path)?;
+    let copied_files = copy_other_files(&others, &temp.path)?;
+    if cancelled() {
+        return Err(interrupted());
+    }
     temp.commit(&target)?;
 
     Ok(ConvertReport {
@@ -233,7 +268,33 @@ pub fn convert(
 }
 
 /// The output tensors of every step, in input order, and the output's quantization section.
+///
+/// Every output's byte count is known to fit (`TensorSpec::size_in_bytes` is `Some`), and so is
+/// every quantized layer's unpacked width (`weight.shape[-1] * 32`, which readers compute, is
+/// checked by `plan_steps`), so nothing is written that wgquant itself would refuse to read.
 fn plan(
+    model: &ModelDir,
+    conversion: &Conversion,
+    dtype: Option<DType>,
+) -> Result<(Vec<Step>, Option<QuantizationConfig>)> {
+    let weights = model.weights();
+    if weights.tensors().next().is_none() {
+        return Err(Error::NoTensors { path: model.dir().to_path_buf() });
+    }
+    let (steps, quantization) = plan_steps(model, conversion, dtype)?;
+    for spec in steps.iter().flat_map(|s| &s.outputs) {
+        if spec.size_in_bytes().is_none() {
+            return Err(Error::TensorTooLarge {
+                path: model.dir().to_path_buf(),
+                tensor: spec.name.clone(),
+                shape: spec.shape.clone(),
+            });
+        }
+    }
+    Ok((steps, quantization))
+}
+
+fn plan_steps(
     model: &ModelDir,
     conversion: &Conversion,
     dtype: Option<DType>,
@@ -287,6 +348,14 @@ fn plan(
                 layer_params.validate("convert")?;
                 let scale_dtype = float_dtype(entry.dtype);
                 let (k, lead) = entry.shape.split_last().expect("quantizable weights have rank >= 2");
+                // The packed width is `k * bits / 32`, and readers unpack `width * 32`.
+                if k.checked_mul(32).is_none() {
+                    return Err(Error::TensorTooLarge {
+                        path: model.dir().to_path_buf(),
+                        tensor: entry.name.clone(),
+                        shape: entry.shape.clone(),
+                    });
+                }
                 let with_last = |last: usize| lead.iter().copied().chain([last]).collect::<Vec<_>>();
                 let path = &layer.path;
                 steps.push(Step {
@@ -314,6 +383,9 @@ fn plan(
             Ok((steps, Some(quantization)))
         }
         Conversion::Dequantize => {
+            if !model.is_quantized() {
+                return Err(Error::NotQuantized { path: model.dir().to_path_buf() });
+            }
             let mut steps = Vec::new();
             for entry in weights.tensors() {
                 let quantized = |l: &&LayerInfo| l.quantization.is_some();
@@ -472,25 +544,46 @@ pub(crate) struct OutputTarget {
     parent: PathBuf,
     /// Its file name.
     name: String,
+    /// Whether an existing checkpoint may be replaced.
+    force: bool,
+    /// Files an existing output may hold and still be replaced: the input's other files.
+    replaceable: Vec<String>,
 }
+
+/// Files of the tokenizer and generation settings that Hugging Face and mlx-lm checkpoints
+/// carry beside the weights: `--force` may replace them even when the new input lacks them.
+const CHECKPOINT_COMPANIONS: [&str; 10] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+];
 
 impl OutputTarget {
     /// Refuses an output that overlaps the input, or that exists and is not an empty
-    /// directory (unless `force`).
-    fn check(input: &Path, output: &Path, force: bool) -> Result<OutputTarget> {
+    /// directory; with `force`, one that holds anything but a checkpoint.
+    fn check(input: &Path, output: &Path, force: bool, others: &[OtherFile]) -> Result<OutputTarget> {
         let input = input
             .canonicalize()
             .map_err(|_| Error::MissingFile { path: input.to_path_buf(), what: "the input model directory" })?;
-        let target = OutputTarget::locate(output)?;
+        let replaceable = others.iter().map(|f| f.name.clone()).collect();
+        let target = OutputTarget::locate(output, force, replaceable)?;
         if target.path.starts_with(&input) || input.starts_with(&target.path) {
             return Err(Error::OutputOverlapsInput { output: output.to_path_buf(), input });
         }
-        target.check_replaceable(output, force)?;
+        target.check_existing(output)?;
         Ok(target)
     }
 
-    /// Where `output` goes: its existing parent directory and its name.
-    pub(crate) fn locate(output: &Path) -> Result<OutputTarget> {
+    /// Where `output` goes: its existing parent directory and its name. `replaceable` names
+    /// the files besides a checkpoint's own that `force` may replace there.
+    pub(crate) fn locate(output: &Path, force: bool, replaceable: Vec<String>) -> Result<OutputTarget> {
         let parent = match output.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -501,24 +594,46 @@ impl OutputTarget {
         let name = output
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| Error::OutputExists { path: output.to_path_buf() })?
+            .ok_or_else(|| Error::OutputName { path: output.to_path_buf() })?
             .to_string();
-        Ok(OutputTarget { path: parent.join(&name), parent, name })
+        Ok(OutputTarget { path: parent.join(&name), parent, name, force, replaceable })
     }
 
-    /// Refuses an output that exists and is not an empty directory, unless `force`.
-    pub(crate) fn check_replaceable(&self, output: &Path, force: bool) -> Result<()> {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            let empty_dir = meta.is_dir()
-                && std::fs::read_dir(&self.path)
-                    .map_err(|source| Error::Io { path: self.path.clone(), source })?
-                    .next()
-                    .is_none();
-            if !empty_dir && !force {
-                return Err(Error::OutputExists { path: output.to_path_buf() });
+    /// Whether an output exists to be replaced. It may be an empty directory, or, with `force`,
+    /// a directory holding nothing but a checkpoint's files; anything else is refused.
+    pub(crate) fn check_existing(&self, shown: &Path) -> Result<bool> {
+        let io_error = |source| Error::Io { path: self.path.clone(), source };
+        let meta = match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(io_error(source)),
+        };
+        if !meta.is_dir() {
+            let kind = if meta.is_symlink() { "symbolic link" } else { "file, not a directory" };
+            return Err(Error::OutputNotADirectory { path: shown.to_path_buf(), kind });
+        }
+        let mut others = Vec::new();
+        for entry in std::fs::read_dir(&self.path).map_err(io_error)? {
+            let entry = entry.map_err(io_error)?;
+            if !self.force {
+                return Err(Error::OutputExists { path: shown.to_path_buf() });
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_file = entry.file_type().map_err(io_error)?.is_file();
+            let belongs = name == CONFIG_FILE
+                || name == INDEX_FILE
+                || is_weight_file(&name)
+                || CHECKPOINT_COMPANIONS.contains(&name.as_str())
+                || self.replaceable.contains(&name);
+            if !is_file || !belongs {
+                others.push(if is_file { name } else { format!("{name}/") });
             }
         }
-        Ok(())
+        if !others.is_empty() {
+            others.sort();
+            return Err(Error::OutputNotACheckpoint { path: shown.to_path_buf(), others });
+        }
+        Ok(true)
     }
 }
 
@@ -529,42 +644,49 @@ pub(crate) struct TempDir {
 }
 
 impl TempDir {
+    /// Creates `.<output>.wgquant-tmp-<pid>` beside the output, first removing the ones that
+    /// processes which no longer run left behind (killed with SIGKILL, or by a power cut).
     pub(crate) fn create(target: &OutputTarget) -> Result<TempDir> {
-        let path = target.parent.join(format!(".{}.wgquant-tmp-{}", target.name, std::process::id()));
-        let io_error = |source| Error::Io { path: path.clone(), source };
-        if path.exists() {
-            // Left by a killed run that had our process id; nothing else writes this name.
-            std::fs::remove_dir_all(&path).map_err(io_error)?;
+        let prefix = format!(".{}.wgquant-tmp-", target.name);
+        let listing =
+            std::fs::read_dir(&target.parent).map_err(|source| Error::Io { path: target.parent.clone(), source })?;
+        for entry in listing.flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix(&prefix)).and_then(|pid| pid.parse::<u32>().ok());
+            if pid.is_some_and(|pid| pid == std::process::id() || !process_exists(pid)) {
+                let stale = entry.path();
+                std::fs::remove_dir_all(&stale).map_err(|source| Error::Io { path: stale, source })?;
+            }
         }
-        std::fs::create_dir(&path).map_err(io_error)?;
+        let path = target.parent.join(format!("{prefix}{}", std::process::id()));
+        std::fs::create_dir(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         Ok(TempDir { path, committed: false })
     }
 
     /// Syncs the directory and renames it to the output, moving an existing output aside first
-    /// and removing it after (only reached with `force` or an empty directory).
+    /// and removing it after (only reached with `force` or an empty directory, and checked
+    /// again here: the output may have changed while the conversion ran).
     pub(crate) fn commit(mut self, target: &OutputTarget) -> Result<()> {
         sync_dir(&self.path)?;
         let io_error = |path: &Path| {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
+        let replaced = target.check_existing(&target.path)?;
         let old = target.parent.join(format!(".{}.wgquant-old-{}", target.name, std::process::id()));
-        let replaced = std::fs::symlink_metadata(&target.path).ok();
-        if replaced.is_some() {
+        if replaced {
             std::fs::rename(&target.path, &old).map_err(io_error(&target.path))?;
         }
         if let Err(source) = std::fs::rename(&self.path, &target.path) {
-            if replaced.is_some() {
+            if replaced {
                 // Put the old output back; the new one is removed on drop.
                 let _ = std::fs::rename(&old, &target.path);
             }
             return Err(Error::Io { path: target.path.clone(), source });
         }
         self.committed = true;
-        if let Some(meta) = replaced {
-            // Not following a symlink: a replaced link is removed, never what it points to.
-            let removed = if meta.is_dir() { std::fs::remove_dir_all(&old) } else { std::fs::remove_file(&old) };
-            removed.map_err(io_error(&old))?;
+        if replaced {
+            std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
         }
         sync_dir(&target.parent)
     }
@@ -592,27 +714,60 @@ fn sync_dir(dir: &Path) -> Result<()> {
 const NOT_COPIED: [&str; 11] =
     [".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".npz", ".h5", ".msgpack", ".onnx", ".index.json"];
 
-/// Copies the input's other top-level files (tokenizer, generation config, chat template, ...)
-/// and returns their names. Subdirectories and hidden files are not copied.
-fn copy_other_files(input: &Path, output: &Path) -> Result<Vec<String>> {
+/// One of the input's other files, copied into the output.
+struct OtherFile {
+    name: String,
+    source: PathBuf,
+    bytes: u64,
+}
+
+/// The input's other top-level regular files (tokenizer, generation config, chat template, ...).
+/// Subdirectories, hidden files and anything but regular files (a FIFO would block the copy)
+/// are not copied.
+fn other_files(input: &Path) -> Result<Vec<OtherFile>> {
     let io_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
     };
-    let mut copied = Vec::new();
+    let mut others = Vec::new();
     for entry in std::fs::read_dir(input).map_err(io_error(input))? {
         let entry = entry.map_err(io_error(input))?;
         let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
         let source = entry.path();
-        let is_file = std::fs::metadata(&source).map_err(io_error(&source))?.is_file();
-        if !is_file || name.starts_with('.') || name == CONFIG_FILE || NOT_COPIED.iter().any(|s| name.ends_with(s)) {
+        let meta = std::fs::metadata(&source).map_err(io_error(&source))?;
+        if !meta.is_file()
+            || name.starts_with('.')
+            || name == CONFIG_FILE
+            || NOT_COPIED.iter().any(|s| name.ends_with(s))
+        {
             continue;
         }
-        let destination = output.join(&name);
-        std::fs::copy(&source, &destination).map_err(io_error(&source))?;
-        std::fs::File::open(&destination).and_then(|f| f.sync_all()).map_err(io_error(&destination))?;
-        copied.push(name);
+        others.push(OtherFile { name, source, bytes: meta.len() });
     }
-    copied.sort();
-    Ok(copied)
+    others.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(others)
+}
+
+/// Copies `others` into `output` and returns their names. A failed read names the input file,
+/// a failed write (a full disk) the output file.
+fn copy_other_files(others: &[OtherFile], output: &Path) -> Result<Vec<String>> {
+    let mut buffer = vec![0u8; 1 << 20];
+    for file in others {
+        let read_error = |source| Error::Io { path: file.source.clone(), source };
+        let destination = output.join(&file.name);
+        let write_error = |source| Error::Io { path: destination.clone(), source };
+        let mut source = open_regular(&file.source)?;
+        let mut copy = std::fs::File::create(&destination).map_err(write_error)?;
+        loop {
+            let n = match source.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_error(e)),
+            };
+            copy.write_all(&buffer[..n]).map_err(write_error)?;
+        }
+        copy.sync_all().map_err(write_error)?;
+    }
+    Ok(others.iter().map(|f| f.name.clone()).collect())
 }

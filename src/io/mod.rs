@@ -21,6 +21,7 @@ mod checkpoint;
 mod config;
 mod convert;
 mod file_dtype;
+mod files;
 mod host;
 mod json;
 mod model;

@@ -70,7 +70,7 @@ impl SafetensorsFile {
     /// [`Error::Truncated`] and [`Error::TrailingBytes`].
     pub fn open(path: &Path) -> Result<SafetensorsFile> {
         let io_error = |source| Error::Io { path: path.to_path_buf(), source };
-        let file = File::open(path).map_err(io_error)?;
+        let file = crate::io::files::open_regular(path)?;
         let file_len = file.metadata().map_err(io_error)?.len();
         if file_len < 8 {
             return Err(Error::HeaderTooSmall { path: path.to_path_buf(), len: file_len });

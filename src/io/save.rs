@@ -91,8 +91,11 @@ pub fn save_model(
     config: &Map<String, Value>,
     options: &SaveOptions,
 ) -> Result<SaveReport> {
-    let target = OutputTarget::locate(output)?;
-    target.check_replaceable(output, options.force)?;
+    if options.max_shard_bytes == 0 {
+        return Err(Error::InvalidShardSize { value: 0 });
+    }
+    let target = OutputTarget::locate(output, options.force, Vec::new())?;
+    target.check_existing(output)?;
     let quantization = quantization_section(model, quantized)?;
 
     let parameters = model.parameters();

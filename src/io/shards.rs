@@ -33,7 +33,7 @@ pub fn shard_file_name(i: usize, n: usize) -> String {
 }
 
 /// Whether mlx-lm's loader would pick the file up (`glob("model*.safetensors")`).
-fn is_weight_file(name: &str) -> bool {
+pub(crate) fn is_weight_file(name: &str) -> bool {
     name.starts_with("model") && name.ends_with(".safetensors")
 }
 
@@ -166,7 +166,7 @@ impl WeightFiles {
 /// plain file names (an index must not point outside its directory).
 fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
     let index_error = |message: String| Error::IndexJson { path: path.to_path_buf(), message };
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let bytes = crate::io::files::read_regular(path)?;
     let index: IndexJson = serde_json::from_slice(&bytes).map_err(|e| index_error(e.to_string()))?;
     if let Some(tensor) = index.weight_map.first_duplicate {
         return Err(index_error(format!("weight_map lists \"{tensor}\" twice")));

@@ -15,6 +15,7 @@ impl Module for ReLU {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::relu(x)
     }
+    crate::module_children!();
 }
 
 /// `x * sigmoid(x)`: MLX's `nn.SiLU`.
@@ -25,6 +26,7 @@ impl Module for SiLU {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::silu(x)
     }
+    crate::module_children!();
 }
 
 /// Root-mean-square normalisation of the last axis times a learned scale: MLX's `nn.RMSNorm`.

@@ -50,9 +50,10 @@ pub use layers::{RMSNorm, ReLU, Sequential, SiLU};
 pub use linear::{Linear, QuantizedLinear};
 pub use llama::{Attention, LlamaConfig, LlamaModel, Mlp, Model, TransformerBlock};
 pub(crate) use module::join;
-pub use module::{AsModule, Container, Dict, Layer, Module, Node, Quantizable, Slot};
+pub use module::{AsModule, Container, Dict, Layer, Module, ModuleDisplay, Node, Quantizable, Slot};
 pub use quantize::{
-    bits_per_weight, dequantize_model, mlx_lm_predicate, quantizable, quantize, Decision, Predicate, QuantizedPath,
+    bits_per_weight, dequantize_model, mlx_lm_predicate, predicate, quantizable, quantize, Decision, Predicate,
+    QuantizedPath,
 };
 pub(crate) use quantize::{parameter_count, replace_leaves};
 pub use recipes::{mixed_2_6, mixed_3_4, mixed_3_6, mixed_4_6, MixedPredicate, Recipe};

@@ -27,6 +27,21 @@ pub trait AsModule {
     fn as_module(&self) -> &dyn Module;
     /// `self` as `Any`, for [`downcast_ref`](trait.Module.html#method.downcast_ref).
     fn as_any(&self) -> &dyn Any;
+
+    /// MLX's repr of any module, your own types included (`println!("{}", block.display())`),
+    /// without casting to `&dyn Module`. wgquant's layers also implement `Display` directly.
+    fn display(&self) -> ModuleDisplay<'_> {
+        ModuleDisplay(self.as_module())
+    }
+}
+
+/// A module's MLX repr, from [`AsModule::display`].
+pub struct ModuleDisplay<'a>(&'a dyn Module);
+
+impl fmt::Display for ModuleDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.0, f)
+    }
 }
 
 impl<T: Module> AsModule for T {
@@ -100,6 +115,14 @@ pub trait Module: AsModule + Send + Sync + 'static {
     /// The children of [`children`](Module::children), mutably.
     fn children_mut(&mut self) -> Vec<(String, Slot<'_>)> {
         Vec::new()
+    }
+
+    /// Whether the type declared its children ([`module_children!`](crate::module_children)
+    /// says `true`, with an empty list for a layer that has none). A module with neither
+    /// children declared nor parameters is most likely one whose `module_children!` was
+    /// forgotten, hiding its layers from every walk: [`quantize`](super::quantize) refuses it.
+    fn declares_children(&self) -> bool {
+        false
     }
 
     /// Replaces the own array `key` (one of [`own_parameters`](Module::own_parameters)) with
@@ -381,7 +404,9 @@ impl Container for Node {
 
 /// Writes [`Module::children`] and [`Module::children_mut`] inside an `impl Module` block from
 /// the fields that hold children, in insertion order; each field is a [`Container`] and its name
-/// is its path.
+/// is its path. A layer without children or parameters (an activation) writes
+/// `module_children!()`, so that [`quantize`](crate::nn::quantize) can tell it from a module
+/// whose children were forgotten ([`Module::declares_children`]).
 ///
 /// ```
 /// # use wgquant::nn::{Layer, Module, RMSNorm};
@@ -405,12 +430,18 @@ impl Container for Node {
 #[macro_export]
 macro_rules! module_children {
     ($($field:ident),* $(,)?) => {
+        fn declares_children(&self) -> bool {
+            true
+        }
+
+        #[allow(unused_mut)] // a layer without children lists none
         fn children(&self) -> ::std::vec::Vec<(::std::string::String, &dyn $crate::nn::Module)> {
             let mut out = ::std::vec::Vec::new();
             $( $crate::nn::Container::collect(&self.$field, ::std::string::String::from(stringify!($field)), &mut out); )*
             out
         }
 
+        #[allow(unused_mut)]
         fn children_mut(&mut self) -> ::std::vec::Vec<(::std::string::String, $crate::nn::Slot<'_>)> {
             let mut out = ::std::vec::Vec::new();
             $( $crate::nn::Container::collect_mut(&mut self.$field, ::std::string::String::from(stringify!($field)), &mut out); )*

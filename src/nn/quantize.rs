@@ -38,6 +38,28 @@ impl From<QuantParams> for Decision {
 /// A predicate: called with each leaf's path and module, in leaf order.
 pub type Predicate<'a> = &'a mut dyn FnMut(&str, &dyn Module) -> Decision;
 
+/// Returns `f` unchanged, typed as a predicate: a closure kept in a variable gets the
+/// signature [`quantize`] needs without annotating its arguments
+/// (`|path: &str, m: &dyn Module|`), which Rust's inference cannot guess from later use.
+///
+/// ```no_run
+/// # fn main() -> wgquant::Result<()> {
+/// use wgquant::nn::{self, LlamaConfig, Model};
+/// use wgquant::{DType, Gpu, QuantParams};
+///
+/// let gpu = Gpu::new()?;
+/// let mut model = Model::random(&gpu, &LlamaConfig::default(), DType::F16, 0)?;
+/// let mut skip_head = nn::predicate(|path, m| if path == "lm_head" { nn::Decision::Skip } else { nn::quantizable(path, m) });
+/// nn::quantize(&mut model, QuantParams::affine(64, 4), Some(&mut skip_head))?;
+/// # Ok(()) }
+/// ```
+pub fn predicate<F>(f: F) -> F
+where
+    F: FnMut(&str, &dyn Module) -> Decision,
+{
+    f
+}
+
 /// One layer [`quantize`] replaced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuantizedPath {
@@ -65,7 +87,10 @@ pub struct QuantizedPath {
 /// [`Error::NotQuantizable`] (MLX's `Unable to quantize model of type ...`) when the predicate
 /// says yes for a module that cannot be quantized; [`Error::AtPath`] around the layer's own
 /// error, such as MLX's `[quantize] ... divisible ...` for an input size that does not split
-/// into groups, or an unsupported bit width; [`Error::NotReplaceable`] for a layer held by type.
+/// into groups, or an unsupported bit width; [`Error::NotReplaceable`] for a layer held by type;
+/// [`Error::UndeclaredChildren`] for a module (the root included) with no parameters, no
+/// declared children and no quantized form, the sign of a forgotten
+/// [`module_children!`](crate::module_children), before anything is replaced.
 ///
 /// # Example
 /// ```no_run
@@ -89,6 +114,9 @@ pub fn quantize(
     params: QuantParams,
     mut predicate: Option<Predicate<'_>>,
 ) -> Result<Vec<QuantizedPath>> {
+    if let Some((path, module)) = undeclared_children(model) {
+        return Err(Error::UndeclaredChildren { path, type_name: module.type_name().to_string() });
+    }
     let mut done = Vec::new();
     replace_leaves(model, |path, module| {
         let decision = match predicate.as_mut() {
@@ -111,6 +139,19 @@ pub fn quantize(
         Ok(Some(layer))
     })?;
     Ok(done)
+}
+
+/// The first module of the tree, the root included, of unknown kind: no parameters, no
+/// children, not declared to have none ([`Module::declares_children`]), and neither
+/// quantizable nor quantized.
+fn undeclared_children(model: &dyn Module) -> Option<(String, &dyn Module)> {
+    model.named_modules().into_iter().find(|(_, m)| {
+        !m.declares_children()
+            && m.children().is_empty()
+            && m.own_parameters().is_empty()
+            && m.as_quantizable().is_none()
+            && m.quant_params().is_none()
+    })
 }
 
 /// MLX's default predicate: quantize every module that can be (`hasattr(m, "to_quantized")`).
@@ -158,7 +199,7 @@ pub(crate) fn parameter_count(model: &dyn Module) -> u64 {
                 Some(params) => parameters
                     .iter()
                     .map(|&(key, t)| match key {
-                        "weight" => t.len() * 32 / params.bits as usize,
+                        "weight" => t.len().saturating_mul(32) / params.bits as usize,
                         "bias" => t.len(),
                         _ => 0,
                     })
