@@ -181,6 +181,9 @@ fn expected(case: &Case, x: &[f32], weight: &Weight, out_dtype: DType) -> (Vec<u
     expected_with(case, x, &weight.host, weight.rows, out_dtype, &product)
 }
 
+/// A product of `m` rows of x with one weight matrix: the twin, or a planted bug.
+type Product<'a> = &'a dyn Fn(&[f32], usize, &HostMatrix<'_>) -> Vec<f32>;
+
 /// [`expected`] with `product` in place of the twin: the planted bugs' check uses it.
 fn expected_with(
     case: &Case,
@@ -188,7 +191,7 @@ fn expected_with(
     host: &[reference::HostQuantized],
     rows: usize,
     out_dtype: DType,
-    product: &dyn Fn(&[f32], usize, &HostMatrix<'_>) -> Vec<f32>,
+    product: Product<'_>,
 ) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
     let (k, n) = (case.k(), case.n);
     let params = QuantParams::affine(case.group_size, case.bits);
@@ -622,7 +625,7 @@ impl MlxCase {
         let column = |t: &[f32], out: usize| -> Vec<f32> {
             (0..k).map(|kk| if self.transpose { t[out * k + kk] } else { t[kk * n + out] }).collect()
         };
-        for i in 0..m * n {
+        for (i, &ours) in got.iter().enumerate().take(m * n) {
             let (row, out) = (i / n, i % n);
             let x_row = &self.x[row * k..][..k];
             let (y, bound) = common::bound_against_mlx_half(
@@ -631,16 +634,12 @@ impl MlxCase {
                 &column(&terms.reach, out),
                 &column(&terms.rounding, out),
                 self.y_dtype,
-                got[i],
+                ours,
             );
             assert_eq!(y.to_bits(), self.y[i].to_bits(), "{}: output {i}: MLX's sum is not sequential", self.name);
-            if !common::within(got[i], y, bound) {
-                return Err(format!(
-                    "{}: output {i}: {} against MLX's {y}, |Δ| = {:.3} bounds",
-                    self.name,
-                    got[i],
-                    (got[i] - y).abs() / bound
-                ));
+            if !common::within(ours, y, bound) {
+                let ratio = (ours - y).abs() / bound;
+                return Err(format!("{}: output {i}: {ours} against MLX's {y}, |Δ| = {ratio:.3} bounds", self.name));
             }
         }
         Ok(())
@@ -804,9 +803,7 @@ fn planted_bugs_fail_the_checks() {
         let count: usize = case.x_shape.iter().product();
         let x = common::round_to(&rng.normals(count, 1.0 / (case.k() as f32).sqrt()), case.x_dtype);
         let out_dtype = case.x_dtype.promote(case.scale_dtype);
-        let run = |product: &dyn Fn(&[f32], usize, &HostMatrix<'_>) -> Vec<f32>| {
-            expected_with(case, &x, &host, rows, out_dtype, product)
-        };
+        let run = |product: Product<'_>| expected_with(case, &x, &host, rows, out_dtype, product);
         let (_, want, bounds) = run(&|x, m, w| reference::quantized_matmul(x, m, w, case.transpose, out_dtype));
         let (_, reversed, _) = run(&|x, m, w| reversed_exact_sum(x, m, w, case.transpose, out_dtype));
         assert_within_bounds(&format!("{}: the reversed exact sum", case.name()), &reversed, &want, &bounds);
