@@ -221,7 +221,7 @@ pub fn convert(
         let mut done = 0;
         for (step, inputs) in steps.iter().zip(receiver) {
             let (inputs, counts) = inputs?;
-            if let Some(count) = counts.iter().find(|_| options.strict) {
+            if let (true, Some(count)) = (options.strict, counts.first()) {
                 return Err(count.to_error());
             }
             non_finite.extend(counts);
