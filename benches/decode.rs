@@ -257,16 +257,16 @@ fn main() -> Result<()> {
     let gbs = gpu_time.map(|t| weight_bytes as f64 / t.as_secs_f64() / 1e9);
 
     println!(
-        "step: {ops} quantized_matmul, M = {}, {}-bit g{}, {:.2} GB of weights{}",
+        "step: {ops} quantized_matmul, M = {}, {}-bit g{}, {:.1} MB of weights{}",
         args.rows,
         args.bits,
         args.group_size,
-        weight_bytes as f64 / 1e9,
+        weight_bytes as f64 / 1e6,
         if args.quick { " (--quick shapes)" } else { "" }
     );
     if let (Some(t), Some(gbs), Some(copy)) = (gpu_time, gbs, copy_gbs) {
         println!(
-            "GPU time {:.3} ms, {gbs:.0} GB/s ({:.0}% of the {copy:.0} GB/s copy ceiling)",
+            "GPU time {:.3} ms, {gbs:.1} GB/s ({:.0}% of the {copy:.1} GB/s copy ceiling)",
             micros(t) / 1e3,
             100.0 * gbs / copy
         );

@@ -63,7 +63,8 @@ pub(super) struct Pool {
 /// tensors whole).
 pub(crate) fn size_class(size: u64, max_binding: u64) -> u64 {
     let size = size.max(1).next_multiple_of(VECTOR_BYTES);
-    let step = (size.next_power_of_two() / 8).max(VECTOR_BYTES);
+    // Between 2^k and 2^(k+1), steps of 2^k / 8.
+    let step = (size.next_power_of_two() / 16).max(VECTOR_BYTES);
     let class = size.next_multiple_of(step);
     if size <= max_binding {
         class.min(max_binding)
