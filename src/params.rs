@@ -120,9 +120,25 @@ impl QuantParams {
         }
     }
 
-    /// Packed `u32` words holding a row of `k` elements (`k * bits / 32`).
+    /// Elements held by a row of `words` packed `u32` words (`words * 32 / bits`), computed wide
+    /// since `words * 32` may overflow where the element count does not; `None` when the count
+    /// itself does not fit (or `bits` is zero).
+    pub const fn unpacked_width(self, words: usize) -> Option<usize> {
+        if self.bits == 0 {
+            return None;
+        }
+        let k = words as u128 * 32 / self.bits as u128;
+        if k > usize::MAX as u128 {
+            None
+        } else {
+            Some(k as usize)
+        }
+    }
+
+    /// Packed `u32` words holding a row of `k` elements (`k * bits / 32`; computed wide, since
+    /// an empty tensor's `k` may be near `usize::MAX`, and the result is at most `k`).
     pub const fn packed_width(self, k: usize) -> usize {
-        k * self.bits as usize / 32
+        (k as u128 * self.bits as u128 / 32) as usize
     }
 
     /// The checks `mx.quantize` makes on its parameters, in MLX's order and words: mode, then

@@ -22,8 +22,12 @@ impl std::fmt::Debug for Tensor {
     }
 }
 
-/// Elements in `shape`, or `None` on overflow.
+/// Elements in `shape`, or `None` on overflow. A zero axis makes any shape empty, however large
+/// its other axes (`[2^40, 2^40, 0]` has no elements, not an overflowing count).
 pub(crate) fn element_count(shape: &[usize]) -> Option<usize> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
@@ -228,7 +232,8 @@ impl Quantized {
         if ss.len() != ws.len() || bs != ss || ss[..batch] != ws[..batch] {
             return Err(Error::ScalesBatchShape { op });
         }
-        if ws[batch] * 32 / params.bits as usize != ss[batch] * params.group_size as usize {
+        let codes = params.unpacked_width(ws[batch]).ok_or_else(|| Error::ShapeOverflow { op, shape: ws.to_vec() })?;
+        if Some(codes) != ss[batch].checked_mul(params.group_size as usize) {
             return Err(Error::ScalesShape {
                 op,
                 weight: ws.to_vec(),
@@ -243,11 +248,12 @@ impl Quantized {
         Ok(())
     }
 
-    /// The shape of the matrix before quantization: `(..., K)`.
+    /// The shape of the matrix before quantization: `(..., K)`. (Fields set by hand that
+    /// [`Quantized::from_parts`] would refuse may give a meaningless `K`, never a panic.)
     pub fn logical_shape(&self) -> Vec<usize> {
         let mut shape = self.weight.shape().to_vec();
         if let Some(last) = shape.last_mut() {
-            *last = *last * 32 / self.params.bits as usize;
+            *last = self.params.unpacked_width(*last).unwrap_or(usize::MAX);
         }
         shape
     }

@@ -44,7 +44,8 @@ impl LayerInfo {
     pub fn logical_shape(&self) -> Vec<usize> {
         let mut shape = self.weight.shape.clone();
         if let (Some(params), Some(last)) = (self.quantization, shape.last_mut()) {
-            *last = *last * 32 / params.bits as usize;
+            // Only a validated layer (whose width fits) has a meaningful K.
+            *last = params.unpacked_width(*last).unwrap_or(usize::MAX);
         }
         shape
     }

@@ -60,12 +60,13 @@ pub fn quantize(w: &Tensor, params: QuantParams) -> Result<Quantized> {
     let scales = Tensor::zeros(gpu, &with_last(groups_per_row), dtype)?;
     let biases = Tensor::zeros(gpu, &with_last(groups_per_row), dtype)?;
 
-    let row_bytes = [
-        (k * dtype.size_in_bytes()) as u64,
-        (packed_width * 4) as u64,
-        (groups_per_row * dtype.size_in_bytes()) as u64,
-    ];
-    if k > 0 {
+    // Only a non-empty w reaches the row sizes, and its rows exist in memory, so they fit.
+    if rows > 0 && k > 0 {
+        let row_bytes = [
+            (k * dtype.size_in_bytes()) as u64,
+            (packed_width * 4) as u64,
+            (groups_per_row * dtype.size_in_bytes()) as u64,
+        ];
         let key = QuantizeKey { dtype, bits: params.bits, group_size: params.group_size }.into();
         let groups_per_invocation = 4 / dtype.size_in_bytes();
         launch_chunks(op, gpu, rows, &row_bytes, &key, |rows| {
@@ -106,16 +107,17 @@ pub fn dequantize(q: &Quantized, dtype: Option<DType>) -> Result<Tensor> {
     let params = q.params;
     let gpu = q.weight.gpu();
     let (rows, packed_width) = q.weight.rows_and_width();
-    let k = packed_width * 32 / params.bits as usize;
+    let k = q.logical_shape().last().copied().unwrap_or(0);
     let groups_per_row = k / params.group_size as usize;
     let out = Tensor::zeros(gpu, &q.logical_shape(), out_dtype)?;
 
-    let row_bytes = [
-        (packed_width * 4) as u64,
-        (groups_per_row * scale_dtype.size_in_bytes()) as u64,
-        (k * out_dtype.size_in_bytes()) as u64,
-    ];
-    if k > 0 {
+    // As in quantize: only a non-empty matrix reaches the row sizes, which then fit.
+    if rows > 0 && k > 0 {
+        let row_bytes = [
+            (packed_width * 4) as u64,
+            (groups_per_row * scale_dtype.size_in_bytes()) as u64,
+            (k * out_dtype.size_in_bytes()) as u64,
+        ];
         let key = DequantizeKey { scale_dtype, out_dtype, bits: params.bits, group_size: params.group_size }.into();
         let per_word = 4 / out_dtype.size_in_bytes();
         launch_chunks(op, gpu, rows, &row_bytes, &key, |rows| {

@@ -63,8 +63,9 @@ impl Problem {
             return Err(Error::UnsupportedBits { op: OP, bits: 0 });
         }
         let (w_rows, w_words) = (ws[batch_dims], ws[batch_dims + 1]);
-        let codes_per_row = w_words * 32 / params.bits as usize;
-        if codes_per_row != ss[batch_dims + 1] * params.group_size as usize {
+        let codes_per_row =
+            params.unpacked_width(w_words).ok_or_else(|| Error::ShapeOverflow { op: OP, shape: ws.to_vec() })?;
+        if Some(codes_per_row) != ss[batch_dims + 1].checked_mul(params.group_size as usize) {
             return Err(Error::WeightScalesIncompatible {
                 weight: ws.to_vec(),
                 scales: ss.to_vec(),
@@ -97,20 +98,36 @@ impl Problem {
         }
 
         let xs = x.shape();
-        let (m, batches, mut out_shape) = if xs.len() > 2 && ws.len() > 2 {
-            let (x_batch, w_batch) = (&xs[..xs.len() - 2], &ws[..batch_dims]);
-            let out_batch = broadcast_shapes(x_batch, w_batch)?;
-            let entries = (0..element_count(&out_batch).unwrap_or(0))
-                .map(|b| (broadcast_index(b, &out_batch, x_batch), broadcast_index(b, &out_batch, w_batch)))
-                .collect();
-            (xs[xs.len() - 2], entries, [out_batch.as_slice(), &[xs[xs.len() - 2]]].concat())
+        let batched = xs.len() > 2 && ws.len() > 2;
+        let (x_batch, w_batch) = (&xs[..xs.len().saturating_sub(2)], &ws[..batch_dims]);
+        let (m, out_batch) = if batched {
+            (xs[xs.len() - 2], broadcast_shapes(x_batch, w_batch)?)
         } else {
             // A 2-D weight takes all of x's leading axes as rows (a batched weight with a 2-D x
             // contributes its first matrix, as in MLX).
-            let lead = &xs[..xs.len() - 1];
-            (element_count(lead).unwrap_or(0), vec![(0, 0)], lead.to_vec())
+            (element_count(&xs[..xs.len() - 1]).unwrap_or(0), Vec::new())
         };
+        let mut out_shape = if batched { [out_batch.as_slice(), &[m]].concat() } else { xs[..xs.len() - 1].to_vec() };
         out_shape.push(n);
+        // y must be allocated, so its size bounds the batch table built below; an empty y (a
+        // zero axis anywhere) needs no table, however many batch entries its other axes name.
+        let too_large = || Error::ShapeOverflow { op: OP, shape: out_shape.clone() };
+        let y_elements = element_count(&out_shape).ok_or_else(too_large)?;
+        let y_bytes =
+            y_elements.checked_mul(x.dtype().promote(scales.dtype()).size_in_bytes()).ok_or_else(too_large)? as u64;
+        let limit = x.gpu().caps().limits.max_buffer_size;
+        if y_bytes > limit {
+            return Err(Error::ExceedsDeviceLimit { op: OP, what: "the output's bytes", value: y_bytes, limit });
+        }
+        let batches = if y_elements == 0 {
+            Vec::new()
+        } else if batched {
+            (0..element_count(&out_batch).unwrap_or(0))
+                .map(|b| (broadcast_index(b, &out_batch, x_batch), broadcast_index(b, &out_batch, w_batch)))
+                .collect()
+        } else {
+            vec![(0, 0)]
+        };
         let format = MatmulFormat {
             x_dtype: x.dtype(),
             scale_dtype: scales.dtype(),
