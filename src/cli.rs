@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use regex::Regex;
 use wgquant::demo::{self, parse_dtype, DemoArgs, QuantRecipe};
 use wgquant::error::mlx_shape;
 use wgquant::io::{self, ConvertOptions, ModelDir, Recipe, SafetensorsFile, TensorEntry, MAX_SHARD_BYTES};
@@ -48,14 +47,14 @@ pub struct DemoCli {
     /// Element type of the float weights: f32, f16 or bf16.
     #[arg(long, default_value = "f16", value_parser = parse_dtype)]
     dtype: DType,
-    /// Transformer blocks (width 256, MLP 512, 4 heads, vocabulary 1024).
-    #[arg(long, default_value_t = 4, value_parser = at_least_one())]
+    /// Transformer blocks (width 256, MLP 512, 4 heads, vocabulary 1024), 1 to 256.
+    #[arg(long, default_value_t = 4, value_parser = one_to(demo::MAX_LAYERS))]
     layers: usize,
-    /// Tokens in the input sequence.
-    #[arg(long, default_value_t = 32, value_parser = at_least_one())]
+    /// Tokens in the input sequence, 1 to 4096.
+    #[arg(long, default_value_t = 32, value_parser = one_to(demo::MAX_TOKENS))]
     tokens: usize,
-    /// Timed forward passes per model (after one warm-up pass).
-    #[arg(long, default_value_t = 5, value_parser = at_least_one())]
+    /// Timed forward passes per model (after one warm-up pass), 1 to 1000.
+    #[arg(long, default_value_t = 5, value_parser = one_to(demo::MAX_ITERATIONS))]
     iterations: usize,
     /// Seed of the weights and tokens.
     #[arg(long, default_value_t = 0)]
@@ -79,9 +78,9 @@ impl DemoCli {
     }
 }
 
-/// A count of at least one.
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
+/// A count from one to `max`.
+fn one_to(max: usize) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=max as u64)
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,7 +117,7 @@ struct ConvertArgs {
     dtype: Option<DType>,
     /// Leave layers whose path matches this regular expression in floating point.
     #[arg(long, value_parser = parse_regex)]
-    skip: Option<Regex>,
+    skip: Option<io::SkipPattern>,
     /// Turn an MLX-quantized checkpoint back into a float one.
     #[arg(long, conflicts_with_all = ["bits", "group_size", "recipe", "skip"])]
     dequantize: bool,
@@ -154,8 +153,8 @@ fn parse_recipe(s: &str) -> std::result::Result<Recipe, String> {
     s.parse().map_err(|e: wgquant::Error| e.to_string())
 }
 
-fn parse_regex(s: &str) -> std::result::Result<Regex, String> {
-    Regex::new(s).map_err(|e| e.to_string())
+fn parse_regex(s: &str) -> std::result::Result<io::SkipPattern, String> {
+    io::SkipPattern::new(s).map_err(|e| e.to_string())
 }
 
 /// Runs the parsed command line.

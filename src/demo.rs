@@ -42,6 +42,14 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
+/// The demo's size caps: a demo stays a demo (256 blocks of this width are about 330 MB of f16
+/// weights), and a typo in a count fails at once instead of growing until the system kills it.
+pub const MAX_LAYERS: usize = 256;
+/// See [`MAX_LAYERS`].
+pub const MAX_TOKENS: usize = 4096;
+/// See [`MAX_LAYERS`].
+pub const MAX_ITERATIONS: usize = 1000;
+
 /// How the demo picks each layer's bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantRecipe {
@@ -78,6 +86,20 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
 /// # Errors
 /// No adapter, invalid parameters, device errors.
 pub fn run(args: &DemoArgs) -> Result<()> {
+    for (option, value, max) in [
+        ("layers", args.layers, MAX_LAYERS),
+        ("tokens", args.tokens, MAX_TOKENS),
+        ("iterations", args.iterations, MAX_ITERATIONS),
+    ] {
+        if !(1..=max).contains(&value) {
+            return Err(Error::InvalidOption {
+                op: "demo",
+                option,
+                value: value.to_string(),
+                allowed: format!("1 to {max}"),
+            });
+        }
+    }
     let params = QuantParams::affine(args.group_size, args.bits);
     // mlx-lm's predicate skips layers it cannot quantize, so check the parameters up front.
     params.validate("quantize")?;

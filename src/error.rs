@@ -61,7 +61,8 @@ pub enum Error {
     DeviceMismatch { op: &'static str },
 
     // ---- kernel options (kernel layer) ---------------------------------------------------------
-    /// A tuning option outside the values the kernels support (whatever the device).
+    /// An option outside the values it may take (a kernel tuning knob, a demo size), whatever
+    /// the device.
     #[error("{op}: {option} = {value} is not supported (allowed: {allowed})")]
     InvalidOption { op: &'static str, option: &'static str, value: String, allowed: String },
 

@@ -9,10 +9,9 @@ use std::path::Path;
 
 use common::first_bit_difference;
 use io_common::{fingerprint, listing, temp_dir, TinyModel};
-use regex::Regex;
 use wgquant::io::{
     convert, load_checkpoint, Conversion, ConvertOptions, HostTensor, LayerQuantization, LayerWeight, ModelDir, Recipe,
-    SafetensorsFile,
+    SafetensorsFile, SkipPattern,
 };
 use wgquant::{reference, DType, Error, Gpu, QuantParams};
 
@@ -172,7 +171,7 @@ fn recipe_dtype_and_skip_follow_mlx_lm() {
         conversion: Conversion::Quantize {
             params,
             recipe: Some(Recipe::Mixed3_6),
-            skip: Some(Regex::new(r"layers\.2\.mlp").unwrap()),
+            skip: Some(SkipPattern::new(r"layers\.2\.mlp").unwrap()),
         },
         dtype: Some(DType::F16),
         ..ConvertOptions::quantize(params)

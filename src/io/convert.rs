@@ -41,10 +41,43 @@ pub enum Conversion {
         /// A mixed-precision recipe (affine only).
         recipe: Option<Recipe>,
         /// Layers whose path this matches stay in floating point.
-        skip: Option<Regex>,
+        skip: Option<SkipPattern>,
     },
     /// Turn every quantized layer back into a float weight (`mlx_lm.convert --dequantize`).
     Dequantize,
+}
+
+/// A regular expression over layer paths (`model.layers.0.mlp`): matching layers stay in
+/// floating point (the CLI's `--skip`). The syntax is the `regex` crate's, which is not part of
+/// wgquant's API.
+#[derive(Clone, Debug)]
+pub struct SkipPattern(Regex);
+
+impl SkipPattern {
+    /// Compiles `pattern`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] with the parser's message when `pattern` is not a valid regular
+    /// expression.
+    pub fn new(pattern: &str) -> Result<SkipPattern> {
+        Regex::new(pattern).map(SkipPattern).map_err(|e| Error::InvalidOption {
+            op: "convert",
+            option: "skip",
+            value: pattern.to_string(),
+            allowed: format!("a regular expression ({e})"),
+        })
+    }
+
+    /// Whether the layer at `path` is skipped: the pattern matches somewhere in it.
+    pub fn is_match(&self, path: &str) -> bool {
+        self.0.is_match(path)
+    }
+}
+
+impl std::fmt::Display for SkipPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_str())
+    }
 }
 
 /// How to convert.
@@ -415,7 +448,7 @@ fn plan_steps(
 /// mlx-lm's choice for standard transformers (`Linear`/`Embedding` with `to_quantized`, and
 /// `weight.shape[-1] % group_size == 0`), on tensor names: a float weight of rank >= 2, whose
 /// dtype after the cast (`dtype`) the GPU quantizes (an uncast `float64` weight stays as it is).
-fn is_quantizable(layer: &LayerInfo, dtype: FileDType, group_size: u32, skip: Option<&Regex>) -> bool {
+fn is_quantizable(layer: &LayerInfo, dtype: FileDType, group_size: u32, skip: Option<&SkipPattern>) -> bool {
     let weight = &layer.weight;
     dtype.to_dtype().is_some_and(DType::is_float)
         && weight.shape.len() >= 2

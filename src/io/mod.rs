@@ -32,7 +32,7 @@ mod shards;
 
 pub use checkpoint::{load_checkpoint, Checkpoint, Layer, LayerInfo, LayerWeight, ModelDir};
 pub use config::{LayerQuantization, ModelConfig, QuantizationConfig, CONFIG_FILE};
-pub use convert::{convert, Conversion, ConvertOptions, ConvertReport, NonFiniteTensor};
+pub use convert::{convert, Conversion, ConvertOptions, ConvertReport, NonFiniteTensor, SkipPattern};
 pub use file_dtype::FileDType;
 pub use host::HostTensor;
 pub use model::load_weights;

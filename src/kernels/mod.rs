@@ -443,7 +443,7 @@ pub fn validated_module(
         Some((naga::ShaderStage::Compute, "main")),
         &overrides,
     )
-    .map_err(|e| format!("{e:?}"))?;
+    .map_err(|e| e.to_string())?;
     Ok((module.into_owned(), info.into_owned()))
 }
 
