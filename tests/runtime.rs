@@ -285,3 +285,19 @@ fn headless_runs_print_no_runtime_dir_noise() {
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.contains("XDG_RUNTIME_DIR"), "stderr: {stderr}");
 }
+
+#[test]
+fn a_long_batch_is_submitted_in_parts_as_it_records() {
+    let Some(gpu) = own_gpu() else { return };
+    let k = 64;
+    // 40 chained products of one M = 1 dispatch each: a part of 32 goes to the GPU while the
+    // rest records, then the rest; the result is the serial chain's, bit for bit.
+    let layers: Vec<Quantized> = (0..4).map(|i| weight(&gpu, k, k, 40 + i)).collect();
+    let chain_of_40: Vec<Quantized> = (0..40).map(|i| layers[i % 4].clone()).collect();
+    let x = x(&gpu, 1, k, 9);
+    let want = bits(&chain(&x, &chain_of_40).unwrap());
+    let before = gpu.submission_count();
+    let y = gpu.batch(|| chain(&x, &chain_of_40)).unwrap();
+    assert_eq!(gpu.submission_count() - before, 2, "40 dispatches: a part of 32, then 8");
+    assert_eq!(bits(&y), want);
+}

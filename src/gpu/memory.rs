@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 const PENDING_BEFORE_POLL: usize = 64;
 
 /// Usages of every storage buffer wgquant allocates.
-const STORAGE_USAGES: wgpu::BufferUsages =
+pub(super) const STORAGE_USAGES: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// The buffer behind a [`Tensor`](crate::Tensor): returned to the pool (pooled) or forgotten by

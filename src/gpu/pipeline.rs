@@ -1,6 +1,6 @@
 //! The pipeline cache and the binding cache: pipelines by kernel key (checked against the
-//! device limits before wgpu sees them), their bind group layouts, uniform parameter buffers by
-//! content, and bind groups by the identity of what they bind.
+//! device limits before wgpu sees them), their bind group layouts, read-only buffers by content
+//! (uniform parameters, small batch tables), and bind groups by the identity of what they bind.
 
 use std::collections::HashMap;
 
@@ -9,9 +9,14 @@ use crate::error::{Error, Result};
 use crate::kernels::{self, KernelKey};
 use std::sync::Arc;
 
-/// Distinct parameter blocks kept as uniform buffers; past it the cache starts over. A decode
-/// step of a 32-block model uses a few dozen.
-const MAX_UNIFORMS: usize = 4096;
+/// Distinct contents kept as read-only buffers (parameter blocks, small batch tables); past it
+/// the cache starts over. A decode step of a 32-block model uses a few dozen.
+const MAX_CONTENTS: usize = 4096;
+
+/// Batch tables up to this size are kept by content, so that a product repeated with the same
+/// batch layout (every decode step) binds the same table and hits the bind group cache; larger
+/// ones are made per call, whose work dwarfs the upload.
+pub(crate) const MAX_CACHED_TABLE_BYTES: usize = 4096;
 
 /// Bind groups kept; past it the cache starts over.
 const MAX_BIND_GROUPS: usize = 16384;
@@ -24,13 +29,13 @@ struct BindKey {
     windows: Vec<(wgpu::Buffer, u64, u64)>,
 }
 
-/// Cached layouts, uniforms and bind groups. A bind group is cached only when wgquant sees the
-/// end of every buffer it binds (tensors' buffers and the cached uniforms): dropping such a
+/// Cached layouts, contents and bind groups. A bind group is cached only when wgquant sees the
+/// end of every buffer it binds (tensors' buffers and the cached contents): dropping such a
 /// buffer evicts the groups that bind it, so that the cache never keeps memory alive.
 #[derive(Default)]
 pub(super) struct Bindings {
     layouts: HashMap<wgpu::ComputePipeline, wgpu::BindGroupLayout>,
-    uniforms: HashMap<Vec<u8>, wgpu::Buffer>,
+    contents: HashMap<(wgpu::BufferUsages, Vec<u8>), wgpu::Buffer>,
     groups: HashMap<BindKey, wgpu::BindGroup>,
     /// Buffers whose end wgquant sees, with the keys of the cached groups that bind them.
     tracked: HashMap<wgpu::Buffer, Vec<BindKey>>,
@@ -104,20 +109,7 @@ impl Gpu {
         let device = &self.inner.device;
         let mut b = self.inner.bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let layout = b.layouts.entry(d.pipeline.clone()).or_insert_with(|| d.pipeline.get_bind_group_layout(0)).clone();
-        let uniform = match b.uniforms.get(&d.params) {
-            Some(uniform) => uniform.clone(),
-            None => {
-                if b.uniforms.len() >= MAX_UNIFORMS {
-                    let stale: Vec<wgpu::Buffer> = b.uniforms.drain().map(|(_, u)| u).collect();
-                    stale.iter().for_each(|u| drop(b.tracked.remove(u)));
-                    b.forget_all_groups();
-                }
-                let uniform = self.buffer_holding("wgquant params", &d.params, wgpu::BufferUsages::UNIFORM);
-                b.uniforms.insert(d.params.clone(), uniform.clone());
-                b.tracked.insert(uniform.clone(), Vec::new());
-                uniform
-            }
-        };
+        let uniform = self.buffer_of_contents(&mut b, "wgquant params", &d.params, wgpu::BufferUsages::UNIFORM);
         let key = BindKey {
             layout,
             uniform,
@@ -157,6 +149,44 @@ impl Gpu {
             b.groups.insert(key, group.clone());
         }
         group
+    }
+
+    /// A read-only buffer holding `contents`, shared by every caller that asks for the same
+    /// bytes and usage (the contents never change, so sharing is safe while a batch still
+    /// binds an evicted one: the bind group keeps it alive).
+    fn buffer_of_contents(
+        &self,
+        b: &mut Bindings,
+        what: &str,
+        contents: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        let key = (usage, contents.to_vec());
+        if let Some(buffer) = b.contents.get(&key) {
+            return buffer.clone();
+        }
+        if b.contents.len() >= MAX_CONTENTS {
+            let stale: Vec<wgpu::Buffer> = b.contents.drain().map(|(_, u)| u).collect();
+            stale.iter().for_each(|u| drop(b.tracked.remove(u)));
+            b.forget_all_groups();
+        }
+        let buffer = self.buffer_holding(what, contents, usage);
+        b.contents.insert(key, buffer.clone());
+        b.tracked.insert(buffer.clone(), Vec::new());
+        buffer
+    }
+
+    /// A storage buffer holding a kernel's batch table (`words`), kept by content when small
+    /// ([`MAX_CACHED_TABLE_BYTES`]).
+    pub(crate) fn table_buffer(&self, what: &'static str, words: &[u32]) -> Result<wgpu::Buffer> {
+        if std::mem::size_of_val(words) > MAX_CACHED_TABLE_BYTES {
+            return self.create_buffer_init(what, bytemuck::cast_slice(words));
+        }
+        // Padded to whole vectors here (as `create_buffer_init` pads), so equal tables share.
+        let mut padded = words.to_vec();
+        padded.resize(words.len().max(1).next_multiple_of(super::VECTOR_BYTES as usize / 4), 0);
+        let mut b = self.inner.bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(self.buffer_of_contents(&mut b, what, bytemuck::cast_slice(&padded), super::memory::STORAGE_USAGES))
     }
 
     /// Lets the binding cache hold bind groups that bind `buffer` (its drop must call

@@ -24,6 +24,9 @@ struct Command {
 /// them (for error messages) and the batch's error scopes.
 struct Frame {
     gpu: usize,
+    /// Whether the frame may be submitted in parts while it records ([`Gpu::batch`]); a timed
+    /// frame ([`Gpu::time`]) is one pass.
+    streams: bool,
     commands: Vec<Command>,
     ops: Vec<String>,
     scopes: Option<Scopes>,
@@ -33,6 +36,12 @@ thread_local! {
     /// Open batches of this thread, innermost last.
     static FRAMES: RefCell<Vec<Frame>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Dispatches after which a batch submits what it has recorded and goes on recording, so that
+/// the GPU works on the first ops while the host records the rest: the wait after the batch
+/// is then its GPU time plus the recording of at most this many dispatches, not the recording
+/// of them all. Each part costs a queue submission, so parts are not made smaller.
+const STREAM_DISPATCHES: usize = 32;
 
 /// Ops named in a batch's error message before the list is cut short.
 const OPS_NAMED: usize = 8;
@@ -60,11 +69,11 @@ struct Recorded {
 }
 
 impl FrameGuard {
-    fn open(gpu: &Gpu) -> FrameGuard {
+    fn open(gpu: &Gpu, streams: bool) -> FrameGuard {
         let scopes = Some(Scopes::push(&gpu.inner.device));
         gpu.inner.open_frames.fetch_add(1, Ordering::SeqCst);
         FRAMES.with(|frames| {
-            frames.borrow_mut().push(Frame { gpu: gpu.id(), commands: Vec::new(), ops: Vec::new(), scopes })
+            frames.borrow_mut().push(Frame { gpu: gpu.id(), streams, commands: Vec::new(), ops: Vec::new(), scopes })
         });
         FrameGuard { gpu: gpu.clone(), taken: false }
     }
@@ -158,13 +167,16 @@ impl Gpu {
     }
 
     /// Runs `f` and submits all the GPU work that wgquant ops (and [`Gpu::dispatch`]) record
-    /// inside it as one command buffer with one compute pass, instead of one submission per op:
-    /// many matmuls, one submit. Returns `f`'s result without waiting for the GPU. Inside `f`,
-    /// reading a tensor back (or [`Gpu::time`]) first submits what was recorded so far, since
-    /// the read needs it; a batch inside a batch joins the outer one. Batches are per thread:
-    /// work another thread issues meanwhile is not captured. If `f` fails, nothing it recorded
-    /// is submitted. A wgpu error inside the batch (a validation error, memory running out)
-    /// comes back when the batch is submitted, naming the ops it recorded.
+    /// inside it in few submissions of one compute pass each, instead of one per op: many
+    /// matmuls, one submit for up to 32 dispatches. A longer batch submits each 32 dispatches
+    /// as they are recorded, so that the GPU works while the host records the rest. Returns
+    /// `f`'s result without waiting for the GPU. Inside `f`, reading a tensor back (or
+    /// [`Gpu::time`]) first submits what was recorded so far, since the read needs it; a batch
+    /// inside a batch joins the outer one. Batches are per thread: work another thread issues
+    /// meanwhile is not captured. If `f` fails, what it recorded since the last submitted part
+    /// is not submitted (a submitted part only writes the outputs of its own ops, which `f`'s
+    /// failure drops). A wgpu error inside the batch (a validation error, memory running out)
+    /// comes back when the batch ends, naming the ops it recorded.
     ///
     /// # Errors
     /// `f`'s error, or device errors from recording or submitting the batch.
@@ -183,7 +195,7 @@ impl Gpu {
             return f();
         }
         self.check_lost("batch")?;
-        let mut frame = FrameGuard::open(self);
+        let mut frame = FrameGuard::open(self, true);
         let out = f();
         let Recorded { commands, ops, scopes } = frame.take();
         if out.is_ok() && !commands.is_empty() {
@@ -208,7 +220,7 @@ impl Gpu {
         }
         self.flush()?;
         self.check_lost("Gpu::time")?;
-        let mut frame = FrameGuard::open(self);
+        let mut frame = FrameGuard::open(self, false);
         let out = f();
         let Recorded { commands, ops, scopes } = frame.take();
         let out = match out {
@@ -302,17 +314,23 @@ impl Gpu {
         caught
     }
 
-    /// Adds `commands` to this thread's innermost batch for this device.
+    /// Adds `commands` to this thread's innermost batch for this device, submitting the
+    /// batch's commands so far once a streaming batch holds [`STREAM_DISPATCHES`] (its error
+    /// scopes stay open: what they catch is reported when the batch ends).
     fn enqueue(&self, what: &str, commands: Vec<Command>) {
         let id = self.id();
-        FRAMES.with(|frames| {
-            if let Some(frame) = frames.borrow_mut().iter_mut().rev().find(|f| f.gpu == id) {
-                frame.commands.extend(commands);
-                if !frame.ops.iter().any(|op| op == what) {
-                    frame.ops.push(what.to_string());
-                }
+        let part = FRAMES.with(|frames| {
+            let mut frames = frames.borrow_mut();
+            let frame = frames.iter_mut().rev().find(|f| f.gpu == id)?;
+            frame.commands.extend(commands);
+            if !frame.ops.iter().any(|op| op == what) {
+                frame.ops.push(what.to_string());
             }
+            (frame.streams && frame.commands.len() >= STREAM_DISPATCHES).then(|| std::mem::take(&mut frame.commands))
         });
+        if let Some(part) = part {
+            self.submit_commands(self.encode("batch", &part, None));
+        }
     }
 
     /// Encodes `commands` into one compute pass (timed when `timestamps` holds a query set, a

@@ -173,9 +173,7 @@ fn run(gpu: &Gpu, ops: &Operands<'_>, plan: &Plan) -> Result<()> {
     let tables = plan
         .steps
         .iter()
-        .map(|s| {
-            s.table.as_ref().map(|t| gpu.create_buffer_init("wgquant batch table", bytemuck::cast_slice(t))).transpose()
-        })
+        .map(|s| s.table.as_ref().map(|t| gpu.table_buffer("wgquant batch table", t)).transpose())
         .collect::<Result<Vec<_>>>()?;
     let pipelines = plan.steps.iter().map(|s| gpu.pipeline(&s.key)).collect::<Result<Vec<_>>>()?;
     let dispatches: Vec<Dispatch<'_>> = plan
