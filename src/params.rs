@@ -1,7 +1,7 @@
 //! Quantization parameters: MLX's `group_size`, `bits` and `mode`.
 //!
 //! Mirrors `quantization_params_from_mode` and the affine checks of `affine_quantize` in
-//! `mlx/ops.cpp` (spec §1.1–1.2).
+//! `mlx/ops.cpp`.
 
 use std::fmt;
 use std::str::FromStr;

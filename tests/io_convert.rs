@@ -1,6 +1,6 @@
 //! Conversion and loading on the GPU: round trips through `convert` and `load_checkpoint`
 //! (single file and sharded, recipes, `--dtype`, `--skip`, `--dequantize`), checkpoints written
-//! by real MLX, and the output's crash safety (reliability notes §3 E).
+//! by real MLX, and the output's crash safety.
 
 mod common;
 mod io_common;

@@ -1,5 +1,5 @@
-//! Checkpoint formats without a GPU: the safetensors reader against the bad-input catalogue
-//! (reliability notes §3 A) and against the `safetensors` crate, the writer byte for byte
+//! Checkpoint formats without a GPU: the safetensors reader against a catalogue of bad inputs
+//! and against the `safetensors` crate, the writer byte for byte
 //! against the crate, and model directories against catalogue B (file set, index, config,
 //! quantization rule).
 

@@ -1,5 +1,5 @@
 // dequantize.wgsl: MLX affine dequantize, w = scale * q + bias, computed as MLX's CPU does in
-// the scales' dtype T with two roundings, round_T(round_T(q * s) + b) (spec §2.2), then cast to
+// the scales' dtype T with two roundings, round_T(round_T(q * s) + b), then cast to
 // the output dtype.
 // Prelude: const BITS, GROUP_SIZE, SCALE_DTYPE, OUT_DTYPE
 // Overrides: WG_SIZE

@@ -1,5 +1,5 @@
 // quantize.wgsl: MLX affine quantize with MLX's CPU semantics (mlx/backend/cpu/quantized.cpp
-// `quantize`; spec §1.3): true min/max, the edge flip, round half to even, IEEE f32 arithmetic
+// `quantize`): true min/max, the edge flip, round half to even, IEEE f32 arithmetic
 // (done in integers: common/softfloat.wgsl), scales and biases rounded to the input dtype, codes packed as an
 // LSB-first bitstream (3/5/6-bit codes straddle words; a group always fills whole words).
 // Prelude: const BITS, GROUP_SIZE, W_DTYPE, GROUPS_PER_INVOCATION (2 for 16-bit dtypes, so that

@@ -1,4 +1,4 @@
-//! `config.json` and its `"quantization"` section (spec §5.2–5.3).
+//! `config.json` and its `"quantization"` section (mlx-lm's `save_config` and `load_model`).
 //!
 //! The section holds the defaults (`group_size`, `bits`, `mode`) and, keyed by full layer path,
 //! per-layer entries: the keyword arguments mlx-lm passes to `to_quantized`. Loading follows

@@ -4,7 +4,7 @@
 //! `model.safetensors` or shards `model-0000i-of-0000n.safetensors` with
 //! `model.safetensors.index.json`, and the tokenizer's files. A quantized layer `<path>` is
 //! stored as `<path>.weight` (packed `uint32`), `<path>.scales`, `<path>.biases` and the optional
-//! `<path>.bias` (spec §5).
+//! `<path>.bias` (mlx-lm's `save_model`).
 //!
 //! - [`SafetensorsFile`] / [`SafetensorsWriter`]: one file, validated, one tensor at a time;
 //!   [`FileDType`]: every whole-byte safetensors dtype, carried byte for byte.

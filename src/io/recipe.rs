@@ -1,5 +1,5 @@
-//! mlx-lm's mixed-precision recipes (`mixed_quant_predicate_builder` in `mlx_lm/convert.py`,
-//! spec §5.4), as a pure function of layer paths.
+//! mlx-lm's mixed-precision recipes (`mixed_quant_predicate_builder` in `mlx_lm/convert.py`),
+//! as a pure function of layer paths.
 //!
 //! The rule: the layer index sits at the first all-digit component of the first path that
 //! contains `down_proj` (the last component when none is all digits, as Python's loop variable

@@ -4,7 +4,7 @@
 //! The reader makes every check of `safetensors::SafeTensors::read_metadata` (header cap, exact
 //! file length, contiguous offsets with no overlaps or holes, checked size arithmetic), plus two
 //! the crate and MLX skip: duplicate names and NUL or over-long names are rejected
-//! (reliability notes §1.1, catalogue A1–A9). Only the header is held in memory; tensor data is
+//! (`tests/io_format.rs` holds a case for each). Only the header is held in memory; tensor data is
 //! read on request with positioned reads, so peak memory is one tensor, and a file truncated
 //! under us is an I/O error, never a `SIGBUS` as with a memory map.
 

@@ -2,7 +2,7 @@
 //! `model-0000i-of-0000n.safetensors` listed by `model.safetensors.index.json`.
 //!
 //! mlx-lm globs `model*.safetensors` and ignores the index, so a stale shard loads silently and
-//! the last file wins on duplicate names (reliability notes §1.2). Here the index is
+//! the last file wins on duplicate names. Here the index is
 //! authoritative and the directory must agree with it exactly: every shard it lists exists,
 //! every `model*.safetensors` is listed, every tensor is where the index says and nowhere else.
 

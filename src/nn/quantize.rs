@@ -1,5 +1,5 @@
 //! `nn::quantize`: MLX's `nn.quantize(model, group_size, bits, class_predicate=...)`
-//! (`python/mlx/nn/layers/quantized.py`, spec §4.1), mlx-lm's predicate wrapper (spec §5.1),
+//! (`python/mlx/nn/layers/quantized.py`), mlx-lm's predicate wrapper (`mlx_lm/utils.py`),
 //! its bits-per-weight count and its `dequantize_model`.
 
 use super::embedding::QuantizedEmbedding;
@@ -159,7 +159,7 @@ pub fn quantizable(_path: &str, module: &dyn Module) -> Decision {
     module.as_quantizable().is_some().into()
 }
 
-/// mlx-lm's wrapper around a predicate (`quantize_model`'s `wrapped_predicate`, spec §5.1):
+/// mlx-lm's wrapper around a predicate (`quantize_model`'s `wrapped_predicate`):
 /// modules that cannot be quantized and modules whose `weight.shape[-1]` is not divisible by
 /// `group_size` (the call's group size, whatever `inner` answers) are skipped instead of raising;
 /// the rest get `inner`'s answer (pass [`quantizable`] for mlx-lm's default of `True`).

@@ -1,5 +1,5 @@
 //! mlx-lm's mixed-precision recipes on a module tree (`mlx_lm/convert.py`,
-//! `mixed_quant_predicate_builder`; spec §5.4): [`MixedPredicate`] reads the layer layout from
+//! `mixed_quant_predicate_builder`): [`MixedPredicate`] reads the layer layout from
 //! [`Module::named_modules`] and applies [`Recipe`]'s rule, the one `wgquant convert --recipe`
 //! applies to checkpoint paths.
 
