@@ -159,8 +159,17 @@ impl Tensor {
         &self.gpu
     }
 
-    /// The underlying wgpu buffer (row-major elements, padded to a multiple of 4 bytes).
+    /// The underlying wgpu buffer (row-major elements, padded to a multiple of 4 bytes), ready
+    /// for the caller's own commands: a zeroed tensor whose clear wgquant still owes (reused
+    /// memory is cleared with its next submission) is cleared first, so that work the caller
+    /// submits on its own queue sees zeros.
     pub fn buffer(&self) -> &wgpu::Buffer {
+        self.gpu.settle_clear(&self.buffer);
+        &self.buffer
+    }
+
+    /// The buffer as wgquant's own ops bind it: their work is submitted after any clear owed.
+    pub(crate) fn storage(&self) -> &wgpu::Buffer {
         &self.buffer
     }
 

@@ -298,7 +298,8 @@ fn saved_quantized_model_loads_back() {
 }
 
 /// Saving is atomic: an existing output is refused (and kept) without `force`, replaced whole
-/// with it, and nothing is left beside it.
+/// with it when it holds only a checkpoint (anything else is listed and kept), and nothing is
+/// left beside it.
 #[test]
 fn save_refuses_or_replaces_an_existing_output() {
     let gpu = gpu_or_skip!();
@@ -311,7 +312,13 @@ fn save_refuses_or_replaces_an_existing_output() {
     assert!(matches!(err, Error::OutputExists { .. }), "{err}");
     assert_eq!(std::fs::read_to_string(output.join("notes.txt")).unwrap(), "mine");
 
+    // `force` replaces only a checkpoint: the user's file is listed, and kept.
     let force = SaveOptions { force: true, ..SaveOptions::default() };
+    let err = save_model(&output, &model, &[], &config_json(), &force).unwrap_err();
+    assert!(matches!(&err, Error::OutputNotACheckpoint { others, .. } if others == &["notes.txt"]), "{err}");
+    assert_eq!(std::fs::read_to_string(output.join("notes.txt")).unwrap(), "mine");
+    std::fs::remove_file(output.join("notes.txt")).unwrap();
+    std::fs::write(output.join("config.json"), "{}").unwrap();
     let report = save_model(&output, &model, &[], &config_json(), &force).unwrap();
     assert_eq!((report.shards, report.quantization), (1, None));
     assert_eq!(io_common::listing(dir.path()), ["saved"]);

@@ -16,7 +16,10 @@ use super::{Gpu, VECTOR_BYTES};
 use crate::error::{Error, Result};
 
 /// Released buffers waiting for the GPU beyond which the pool polls the device (without
-/// blocking) for finished work, so that a caller who never waits still gets buffers back.
+/// blocking) for finished work, so that a caller who never waits still gets buffers back. It
+/// polls at most once per submission: nothing new can finish without one, and a poll costs
+/// tens of microseconds on some drivers (an op that frees a scratch tensor inside a batch would
+/// otherwise pay one each).
 const PENDING_BEFORE_POLL: usize = 64;
 
 /// Usages of every storage buffer wgquant allocates.
@@ -56,6 +59,8 @@ pub(super) struct Pool {
     /// Released buffers with the submission count that must complete before reuse (`None`:
     /// released while a batch was open; stamped once none is).
     pending: Vec<(wgpu::Buffer, Option<u64>)>,
+    /// Submissions made when the pool last polled.
+    polled_at: u64,
 }
 
 /// The pool's size for a buffer of `size` bytes: eight classes per power of two (at most 12.5%
@@ -104,6 +109,20 @@ impl Gpu {
         Ok(TensorBuffer { buffer, gpu: self.clone(), pooled: true })
     }
 
+    /// Submits the clears owed to reused pool buffers now if `buffer` is one of them, so that a
+    /// caller recording work on it through their own submissions sees zeros (wgquant's own
+    /// submissions run the clears first anyway).
+    pub(crate) fn settle_clear(&self, buffer: &wgpu::Buffer) {
+        let owed = self.inner.clears.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(buffer);
+        if owed {
+            let nothing = self
+                .inner
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgquant clears for a caller") });
+            self.submit_commands(nothing.finish());
+        }
+    }
+
     /// A tensor buffer holding `bytes` (padded with zeros to whole [`VECTOR_BYTES`]).
     pub(crate) fn upload_buffer(&self, what: &'static str, bytes: &[u8]) -> Result<TensorBuffer> {
         let buffer = self.create_buffer_init(what, bytes)?;
@@ -122,13 +141,14 @@ impl Gpu {
         let inner = &self.inner;
         let mut pool = inner.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !pool.pending.is_empty() {
-            if pool.pending.len() >= PENDING_BEFORE_POLL {
+            let submitted = inner.submissions.load(Ordering::SeqCst);
+            if pool.pending.len() >= PENDING_BEFORE_POLL && submitted > pool.polled_at {
                 self.poll_nonblocking();
+                pool.polled_at = submitted;
             }
             let batches_open = inner.open_frames.load(Ordering::SeqCst) > 0;
-            let submitted = inner.submissions.load(Ordering::SeqCst);
             let completed = inner.completed.load(Ordering::SeqCst);
-            let Pool { free, pending } = &mut *pool;
+            let Pool { free, pending, .. } = &mut *pool;
             pending.retain_mut(|(buffer, stamp)| {
                 if stamp.is_none() && !batches_open {
                     *stamp = Some(submitted);

@@ -50,5 +50,5 @@ pub(super) fn launch_chunks<'a>(
 
 /// A binding of all of `t`.
 pub(super) fn whole(t: &Tensor) -> BufferWindow<'_> {
-    BufferWindow::bytes(t.buffer(), 0, t.size_in_bytes())
+    BufferWindow::bytes(t.storage(), 0, t.size_in_bytes())
 }

@@ -86,10 +86,10 @@ fn matrix_product(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor
             y: Strides { outer: 0, inner: 0, row: n },
         };
         layout.launch(MatmulBindings {
-            x: BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
+            x: BufferWindow::rows(x.storage(), row_bytes[0], chunk),
             w: whole(w),
             bias: whole(bias.unwrap_or(w)),
-            y: BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
+            y: BufferWindow::rows(out.storage(), row_bytes[1], chunk),
         })
     })?;
     Ok(out)

@@ -67,9 +67,9 @@ pub fn take(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
             ..Default::default()
         };
         let bindings = GatherBindings {
-            ids: BufferWindow::rows(ids.buffer(), row_bytes[0], chunk),
+            ids: BufferWindow::rows(ids.storage(), row_bytes[0], chunk),
             table: whole(table),
-            out: BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
+            out: BufferWindow::rows(out.storage(), row_bytes[1], chunk),
         };
         Ok(Launch {
             params: bytemuck::bytes_of(&params).to_vec(),
@@ -167,8 +167,8 @@ fn row_kernel<'a>(
     }
     launch_chunks(op, x.gpu(), rows, &row_bytes, &key, |chunk| {
         let buffers = bind(
-            BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
-            BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
+            BufferWindow::rows(x.storage(), row_bytes[0], chunk),
+            BufferWindow::rows(out.storage(), row_bytes[1], chunk),
         );
         Ok(Launch { params: params(chunk), buffers, workgroups: chunk.len() as u32 })
     })
@@ -216,8 +216,8 @@ fn unary(op: &'static str, unary_op: UnaryOp, x: &Tensor, out_dtype: DType) -> R
         let n_elements = chunk.len() * width;
         let params = UnaryParams { n_elements: index_u32(op, n_elements)?, ..Default::default() };
         let bindings = UnaryBindings {
-            x: BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
-            y: BufferWindow::rows(out.buffer(), row_bytes[1], chunk),
+            x: BufferWindow::rows(x.storage(), row_bytes[0], chunk),
+            y: BufferWindow::rows(out.storage(), row_bytes[1], chunk),
         };
         Ok(Launch {
             params: bytemuck::bytes_of(&params).to_vec(),
@@ -280,16 +280,16 @@ fn binary(op: &'static str, binary_op: BinaryOp, a: &Tensor, b: &Tensor) -> Resu
         let n_elements = chunk.len() * width;
         // A same-shape b is chunked with a; a row of b is bound whole and repeats.
         let (b_window, b_len) = if same_shape {
-            (BufferWindow::rows(b.buffer(), row_bytes[1], chunk), n_elements)
+            (BufferWindow::rows(b.storage(), row_bytes[1], chunk), n_elements)
         } else {
             (whole(b), width)
         };
         let params =
             BinaryParams { n_elements: index_u32(op, n_elements)?, b_len: index_u32(op, b_len)?, ..Default::default() };
         let bindings = BinaryBindings {
-            a: BufferWindow::rows(a.buffer(), row_bytes[0], chunk),
+            a: BufferWindow::rows(a.storage(), row_bytes[0], chunk),
             b: b_window,
-            y: BufferWindow::rows(out.buffer(), row_bytes[2], chunk),
+            y: BufferWindow::rows(out.storage(), row_bytes[2], chunk),
         };
         Ok(Launch {
             params: bytemuck::bytes_of(&params).to_vec(),

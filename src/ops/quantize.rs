@@ -73,10 +73,10 @@ pub fn quantize(w: &Tensor, params: QuantParams) -> Result<Quantized> {
             let n_groups = (rows.end - rows.start) * groups_per_row;
             let invocations = n_groups.div_ceil(groups_per_invocation);
             let bindings = QuantizeBindings {
-                w: BufferWindow::rows(w.buffer(), row_bytes[0], rows),
-                w_q: BufferWindow::rows(weight.buffer(), row_bytes[1], rows),
-                scales: BufferWindow::rows(scales.buffer(), row_bytes[2], rows),
-                biases: BufferWindow::rows(biases.buffer(), row_bytes[2], rows),
+                w: BufferWindow::rows(w.storage(), row_bytes[0], rows),
+                w_q: BufferWindow::rows(weight.storage(), row_bytes[1], rows),
+                scales: BufferWindow::rows(scales.storage(), row_bytes[2], rows),
+                biases: BufferWindow::rows(biases.storage(), row_bytes[2], rows),
             };
             let params = QuantizeParams { n_groups: n_groups as u32, ..Default::default() };
             Ok(Launch {
@@ -123,10 +123,10 @@ pub fn dequantize(q: &Quantized, dtype: Option<DType>) -> Result<Tensor> {
         launch_chunks(op, gpu, rows, &row_bytes, &key, |rows| {
             let n_elements = (rows.end - rows.start) * k;
             let bindings = DequantizeBindings {
-                w_q: BufferWindow::rows(q.weight.buffer(), row_bytes[0], rows),
-                scales: BufferWindow::rows(q.scales.buffer(), row_bytes[1], rows),
-                biases: BufferWindow::rows(biases.buffer(), row_bytes[1], rows),
-                out: BufferWindow::rows(out.buffer(), row_bytes[2], rows),
+                w_q: BufferWindow::rows(q.weight.storage(), row_bytes[0], rows),
+                scales: BufferWindow::rows(q.scales.storage(), row_bytes[1], rows),
+                biases: BufferWindow::rows(biases.storage(), row_bytes[1], rows),
+                out: BufferWindow::rows(out.storage(), row_bytes[2], rows),
             };
             let params = DequantizeParams { n_elements: n_elements as u32, ..Default::default() };
             Ok(Launch {

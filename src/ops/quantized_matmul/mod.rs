@@ -122,11 +122,11 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
     }
     let biases = q.biases.as_ref().expect("validated");
     let sizes = OperandSizes {
-        x: x.buffer().size(),
-        weight: q.weight.buffer().size(),
-        scales: q.scales.buffer().size(),
-        biases: biases.buffer().size(),
-        y: y.buffer().size(),
+        x: x.storage().size(),
+        weight: q.weight.storage().size(),
+        scales: q.scales.storage().size(),
+        biases: biases.storage().size(),
+        y: y.storage().size(),
     };
     let plan = plan::plan(&problem, &sizes, options, &PlanCaps::of(gpu.caps()))?;
     let prepared = plan.prepare.as_ref().map(|key| prepare_x(x, key)).transpose()?;
@@ -154,8 +154,8 @@ fn prepare_x(x: &Tensor, key: &KernelKey) -> Result<Tensor> {
     launch_chunks(OP, gpu, rows, &row_bytes, key, |chunk| {
         let params = PrepareParams { rows: to_u32(chunk.len())?, blocks: to_u32(blocks)?, ..Default::default() };
         let bindings = PrepareBindings {
-            x: BufferWindow::rows(x.buffer(), row_bytes[0], chunk),
-            prepared: BufferWindow::rows(prepared.buffer(), row_bytes[1], chunk),
+            x: BufferWindow::rows(x.storage(), row_bytes[0], chunk),
+            prepared: BufferWindow::rows(prepared.storage(), row_bytes[1], chunk),
         };
         Ok(Launch {
             params: bytemuck::bytes_of(&params).to_vec(),
@@ -187,11 +187,11 @@ fn run(gpu: &Gpu, ops: &Operands<'_>, plan: &Plan) -> Result<()> {
                 .iter()
                 .map(|w| {
                     let buffer = match w.source {
-                        Source::X => ops.x.buffer(),
-                        Source::Weight => ops.q.weight.buffer(),
-                        Source::Scales => ops.q.scales.buffer(),
-                        Source::Biases => ops.biases.buffer(),
-                        Source::Y => ops.y.buffer(),
+                        Source::X => ops.x.storage(),
+                        Source::Weight => ops.q.weight.storage(),
+                        Source::Scales => ops.q.scales.storage(),
+                        Source::Biases => ops.biases.storage(),
+                        Source::Y => ops.y.storage(),
                         Source::Partials => scratch.as_deref().expect("the plan lists its partial sums"),
                         Source::Table => {
                             let table = table.as_ref().expect("a step binding its table has one");
