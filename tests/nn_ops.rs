@@ -240,18 +240,22 @@ fn attention_matches_reference() {
     }
 }
 
-/// A device whose storage bindings hold 512 bytes, so every op above runs in several chunks.
-fn tiny_binding_gpu() -> Option<Gpu> {
-    common::gpu()?;
-    let options = GpuOptions { max_storage_buffer_binding_size: Some(512), ..GpuOptions::from_env().unwrap() };
-    Some(Gpu::with_options(options).expect("the same adapter with a small binding limit"))
+/// A device whose storage bindings hold 512 bytes (or 16 offset alignments, where the device
+/// aligns bindings coarsely: under WebGPU's 256-byte alignment an aligned block of 10-float rows
+/// is 1280 bytes), so every op above runs in several chunks. Returns the binding size too.
+fn tiny_binding_gpu() -> Option<(Gpu, u64)> {
+    let align = u64::from(common::gpu()?.caps().limits.min_storage_buffer_offset_alignment);
+    let binding = 512.max(16 * align);
+    let options = GpuOptions { max_storage_buffer_binding_size: Some(binding), ..GpuOptions::from_env().unwrap() };
+    Some((Gpu::with_options(options).expect("the same adapter with a small binding limit"), binding))
 }
 
 #[test]
 fn ops_split_rows_across_small_bindings() {
-    let Some(gpu) = tiny_binding_gpu() else { return };
+    let Some((gpu, binding)) = tiny_binding_gpu() else { return };
     let mut rng = Rng::new(7);
-    let (rows, width) = (70, 10); // 2800 bytes of f32: six chunks
+    // 2800 bytes of f32 per 512 bytes of binding: six chunks.
+    let (rows, width) = (70 * binding as usize / 512, 10);
     let x = rng.normals(rows * width, 1.0);
     let xt = upload(&gpu, &x, &[rows, width], DType::F32);
     let w = rng.normals(3 * width, 1.0);
@@ -286,13 +290,15 @@ fn ops_split_rows_across_small_bindings() {
 
 #[test]
 fn operands_too_large_for_one_binding_are_errors() {
-    let Some(gpu) = tiny_binding_gpu() else { return };
+    let Some((gpu, binding)) = tiny_binding_gpu() else { return };
     let x = Tensor::zeros(&gpu, &[2, 200], DType::F32).unwrap();
-    let w = Tensor::zeros(&gpu, &[4, 200], DType::F32).unwrap(); // 3200 bytes, bound whole
+    // 3200 bytes per 512 of binding, bound whole.
+    let w = Tensor::zeros(&gpu, &[4 * binding as usize / 512, 200], DType::F32).unwrap();
     let err = ops::matmul(&x, &w, true).unwrap_err();
-    assert!(matches!(err, Error::ExceedsDeviceLimit { op: "matmul", limit: 512, .. }), "{err}");
+    assert!(matches!(err, Error::ExceedsDeviceLimit { op: "matmul", limit, .. } if limit == binding), "{err}");
     // Attention reads its heads in place, so q, k, v and the scores are bound whole.
-    let err = ops::scaled_dot_product_attention(&x, &x, &x, 2, 1.0, true).unwrap_err();
+    let q = Tensor::zeros(&gpu, &[2 * binding as usize / 512, 200], DType::F32).unwrap();
+    let err = ops::scaled_dot_product_attention(&q, &q, &q, 2, 1.0, true).unwrap_err();
     assert!(matches!(err, Error::ExceedsDeviceLimit { op: "scaled_dot_product_attention", .. }), "{err}");
 }
 
