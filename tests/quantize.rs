@@ -124,11 +124,21 @@ fn tensors_larger_than_one_binding_are_split() {
         return;
     }
     // A 4 KiB binding limit: an f32 row of 256 values is 1 KiB, so 40 rows take 10 bindings.
-    let options = GpuOptions { max_storage_buffer_binding_size: Some(4096), ..GpuOptions::from_env().unwrap() };
+    // Where bindings start at coarse offsets (WebGPU's 256 bytes), an aligned block of rows is
+    // larger: the limit and the row counts grow by the same factor, so the split stays 10-way.
+    let align = u64::from(common::gpu().unwrap().caps().limits.min_storage_buffer_offset_alignment);
+    let scale = (align / 16).max(1) as usize;
+    let binding = 4096 * scale as u64;
+    let options = GpuOptions { max_storage_buffer_binding_size: Some(binding), ..GpuOptions::from_env().unwrap() };
     let gpu = Gpu::with_options(options).unwrap();
-    assert_eq!(gpu.caps().max_binding(), 4096);
+    assert_eq!(gpu.caps().max_binding(), binding);
     let mut rng = Rng::new(11);
-    for (dtype, shape) in [(DType::F32, vec![40, 256]), (DType::F16, vec![3, 37, 128]), (DType::BF16, vec![129, 96])] {
+    let shapes = [
+        (DType::F32, vec![40 * scale, 256]),
+        (DType::F16, vec![3, 37 * scale, 128]),
+        (DType::BF16, vec![129 * scale, 96]),
+    ];
+    for (dtype, shape) in shapes {
         for (gs, bits) in [(32, 3), (64, 4), (32, 8)] {
             if shape.last().unwrap() % gs != 0 {
                 continue;
@@ -140,7 +150,7 @@ fn tensors_larger_than_one_binding_are_split() {
         }
     }
     // One row wider than a binding cannot be split by rows: a typed error, not a wgpu error.
-    let wide = Tensor::from_slice(&gpu, &vec![1.0f32; 2 * 2048], &[2, 2048]).unwrap();
+    let wide = Tensor::from_slice(&gpu, &vec![1.0f32; 2 * 2048 * scale], &[2, 2048 * scale]).unwrap();
     let err = wgquant::quantize(&wide, QuantParams::default()).unwrap_err();
     assert!(matches!(err, wgquant::Error::ExceedsDeviceLimit { .. }), "{err}");
     assert!(gpu.take_uncaptured_errors().is_empty());
