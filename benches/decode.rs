@@ -237,6 +237,7 @@ fn main() -> Result<()> {
         gpu.synchronize()?;
     }
     let (mut host, mut wall, mut raw, mut gpu_times) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (groups_before, submissions_before) = (gpu.bind_groups_created(), gpu.submission_count());
     for _ in 0..args.steps {
         let start = Instant::now();
         let outputs = gpu.batch(step)?;
@@ -249,6 +250,10 @@ fn main() -> Result<()> {
             gpu_times.push(gpu.time(step)?.1);
         }
     }
+    // Per timed step (a batch and a timed run; the raw probe submits outside wgquant's count).
+    let steps = 2.0 * args.steps as f64;
+    let groups_per_step = (gpu.bind_groups_created() - groups_before) as f64 / steps;
+    let submissions_per_step = (gpu.submission_count() - submissions_before) as f64 / steps;
     let (host, wall, raw) = (median(&mut host), median(&mut wall), median(&mut raw));
     let gpu_time = (!gpu_times.is_empty()).then(|| median(&mut gpu_times));
     let copy_gbs = if gpu.caps().has_timestamps() { Some(probes.copy_gbs(&gpu, args.steps)?) } else { None };
@@ -278,6 +283,7 @@ fn main() -> Result<()> {
         micros(raw_per_dispatch),
         per_op.as_secs_f64() / raw_per_dispatch.as_secs_f64()
     );
+    println!("per step: {submissions_per_step:.1} submissions, {groups_per_step:.1} bind groups created");
     match gpu_time {
         Some(t) => {
             println!("wall {:.3} ms = {:.2}x the GPU time", micros(wall) / 1e3, wall.as_secs_f64() / t.as_secs_f64())
@@ -301,6 +307,8 @@ fn main() -> Result<()> {
             "host_us_per_op": micros(per_op),
             "raw_dispatch_us": micros(raw_per_dispatch),
             "wall_us": micros(wall),
+            "submissions_per_step": submissions_per_step,
+            "bind_groups_created_per_step": groups_per_step,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json).expect("JSON")).expect("write the JSON file");
     }

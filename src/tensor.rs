@@ -59,8 +59,15 @@ impl Tensor {
     /// # Errors
     /// Device errors when the buffer cannot be created.
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Tensor::for_output(gpu, shape, dtype, true)
+    }
+
+    /// A tensor for an op's kernels to write: zeroed when `zeroed` (kernels that OR 16-bit
+    /// halves into shared words need it), else holding whatever its pooled buffer held, for
+    /// kernels that write every word.
+    pub(crate) fn for_output(gpu: &Gpu, shape: &[usize], dtype: DType, zeroed: bool) -> Result<Tensor> {
         let size = byte_size("Tensor::zeros", shape, dtype)?;
-        let buffer = gpu.output_buffer("wgquant tensor", size, true)?;
+        let buffer = gpu.output_buffer("wgquant tensor", size, zeroed)?;
         Ok(Tensor { gpu: gpu.clone(), buffer: Arc::new(buffer), shape: shape.to_vec(), dtype })
     }
 

@@ -301,3 +301,64 @@ fn a_long_batch_is_submitted_in_parts_as_it_records() {
     assert_eq!(gpu.submission_count() - before, 2, "40 dispatches: a part of 32, then 8");
     assert_eq!(bits(&y), want);
 }
+
+/// A 4-bit g64 weight of `n` x `k` with `dtype` scales, and `m` rows of x in `dtype`.
+fn product_in(gpu: &Gpu, m: usize, n: usize, k: usize, dtype: DType, seed: u64) -> (Tensor, Quantized) {
+    let w = common::upload(gpu, &Rng::new(seed).normals(n * k, 0.05), &[n, k], dtype);
+    let q = wgquant::quantize(&w, QuantParams::affine(64, 4)).unwrap();
+    (common::upload(gpu, &Rng::new(seed + 1).normals(m * k, 1.0), &[m, k], dtype), q)
+}
+
+/// Products whose kernels write every word of y (`qmv` storing pairs of f16 outputs as whole
+/// words) take y from the pool without clearing it: a buffer an earlier tensor left full of
+/// other bits must come back holding exactly the product, with one row of x and with x
+/// prepared for several rows.
+#[test]
+fn outputs_written_whole_words_are_not_cleared_and_keep_no_stale_bits() {
+    let Some(gpu) = own_gpu() else { return };
+    let Some(fresh) = own_gpu() else { return };
+    let (k, n) = (128, 64);
+    for m in [1, 4] {
+        let (x16, q16) = product_in(&gpu, m, n, k, DType::F16, 3);
+        let want = bits(&wgquant::quantized_matmul(&x16, &q16, true).unwrap());
+        // Stale bits: an f32 product with the same bytes as the f16 y (n / 2 outputs per row).
+        let (x32, q32) = product_in(&gpu, m, n / 2, k, DType::F32, 5);
+        let stale = wgquant::quantized_matmul(&x32, &q32, true).unwrap();
+        assert!(common::download(&stale).iter().all(|v| *v != 0.0), "the planted bits are not zeros");
+        let stale_buffer = stale.buffer().clone();
+        drop(stale);
+        gpu.synchronize().unwrap();
+        let y = wgquant::quantized_matmul(&x16, &q16, true).unwrap();
+        assert!(y.buffer() == &stale_buffer, "m = {m}: the pool hands back the stale buffer");
+        assert_eq!(bits(&y), want, "m = {m}");
+        // And the same as on a device whose buffers were never used.
+        let (x_fresh, q_fresh) = product_in(&fresh, m, n, k, DType::F16, 3);
+        assert_eq!(bits(&wgquant::quantized_matmul(&x_fresh, &q_fresh, true).unwrap()), want, "m = {m}");
+    }
+}
+
+/// A decode step repeated on the same tensors records without creating bind groups once its
+/// first run has cached them: the pool hands each op the buffers it had last time (first in,
+/// first out), and x laid out for several rows lives in a scratch buffer kept between calls.
+#[test]
+fn a_repeated_step_creates_no_bind_groups() {
+    let Some(gpu) = own_gpu() else { return };
+    let k = 128;
+    for m in [1, 4] {
+        let layers: Vec<(Tensor, Quantized)> = (0..6).map(|i| product_in(&gpu, m, k, k, DType::F16, 50 + i)).collect();
+        let step =
+            || layers.iter().map(|(x, q)| wgquant::quantized_matmul(x, q, true)).collect::<wgquant::Result<Vec<_>>>();
+        for run in 0..4 {
+            let before = gpu.bind_groups_created();
+            let outputs = gpu.batch(step).unwrap();
+            gpu.synchronize().unwrap();
+            drop(outputs);
+            let created = gpu.bind_groups_created() - before;
+            if run == 0 {
+                assert!(created > 0, "m = {m}: the first run creates its bind groups");
+            } else {
+                assert_eq!(created, 0, "m = {m}, run {run}: a repeated step found its bind groups cached");
+            }
+        }
+    }
+}

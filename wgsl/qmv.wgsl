@@ -388,13 +388,19 @@ fn kernel(local: u32, group: u32) {
         contribute(7u, hi[3], local);
     }
     reduce_slots(local);
-    // Output o: slot s = o / 4, output o % 4 of the slot's group.
-    for (var o = local; o < 4u * SLOTS; o += WG_SIZE) {
+    // Outputs o and o + 1 (o even): slot s = o / 4, outputs o % 4 and o % 4 + 1 of the slot's
+    // group, n and n + 1 with n even, so that 16-bit pairs go out as whole words.
+    for (var o = 2u * local; o < 4u * SLOTS; o += 2u * WG_SIZE) {
         let s = o / 4u;
         let v = select(s, s % 4u, (GROUPS > 1u));
         let n = n0 + 4u * select(0u, s / 4u, (GROUPS > 1u)) + o % 4u;
         if slot_used(s) && n < params.n && m0 + v < params.m {
-            store_y(tile.y + (m0 + v) * params.y_stride + n, slot_total(o));
+            let e = tile.y + (m0 + v) * params.y_stride + n;
+            if n + 1u < params.n {
+                store_y_pair(e, slot_total(o), slot_total(o + 1u));
+            } else {
+                store_y(e, slot_total(o));
+            }
         }
     }
 }

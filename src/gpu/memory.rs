@@ -7,7 +7,7 @@
 //! must read as zeros is cleared at the start of the next submission, before any work that
 //! could use it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,9 +53,13 @@ impl Drop for TensorBuffer {
 }
 
 /// Free buffers by size class, and released ones waiting until nothing can use them.
+///
+/// Free buffers are handed out first in, first out: a workload that repeats (a decode step)
+/// releases its buffers in the order it took them, so each op gets back the buffer it had
+/// last time and its cached bind groups ([`Gpu::bind_group`]) still match.
 #[derive(Default)]
 pub(super) struct Pool {
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    free: HashMap<u64, VecDeque<wgpu::Buffer>>,
     /// Released buffers with the submission count that must complete before reuse (`None`:
     /// released while a batch was open; stamped once none is).
     pending: Vec<(wgpu::Buffer, Option<u64>)>,
@@ -155,14 +159,14 @@ impl Gpu {
                 }
                 match stamp {
                     Some(s) if *s <= completed => {
-                        free.entry(buffer.size()).or_default().push(buffer.clone());
+                        free.entry(buffer.size()).or_default().push_back(buffer.clone());
                         false
                     }
                     _ => true,
                 }
             });
         }
-        pool.free.get_mut(&class).and_then(Vec::pop)
+        pool.free.get_mut(&class).and_then(VecDeque::pop_front)
     }
 
     /// Takes back a pooled buffer whose last tensor was dropped.
@@ -176,7 +180,7 @@ impl Gpu {
     /// Buffers the pool holds, free or waiting for the GPU (a diagnostic).
     pub fn pooled_buffers(&self) -> usize {
         let pool = self.inner.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        pool.free.values().map(Vec::len).sum::<usize>() + pool.pending.len()
+        pool.free.values().map(VecDeque::len).sum::<usize>() + pool.pending.len()
     }
 
     /// A storage buffer holding `bytes`, padded with zeros to whole [`VECTOR_BYTES`].
@@ -281,13 +285,16 @@ impl Gpu {
         }
     }
 
-    /// A storage buffer of at least `bytes` for a call's scratch (partial sums), reused by later
-    /// calls rather than allocated per call (7 MB for `qmv_coop` at 14336 x 4096; wgpu would
-    /// also zero-fill each fresh one, not knowing that the shader writes every byte). Calls share
-    /// it safely: wgpu orders the dispatches of one queue that write and read the same buffer.
-    pub(crate) fn scratch(&self, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
+    /// A storage buffer of at least `bytes` for a call's scratch of kind `kind`, reused by later
+    /// calls rather than allocated per call (7 MB of partial sums for `qmv_coop` at 14336 x
+    /// 4096; wgpu would also zero-fill each fresh one, not knowing that the shaders write every
+    /// byte they read), so that the bind groups binding it are cached too. Calls share it
+    /// safely: each op records the dispatches that write and read its scratch in one
+    /// submission, and wgpu orders the dispatches of one queue that use the same buffer.
+    pub(crate) fn scratch(&self, kind: Scratch, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
         // The slot holds a whole buffer or none, whatever a panicking thread was doing.
-        let mut slot = self.inner.scratch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slots = self.inner.scratch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = &mut slots[kind as usize];
         if let Some(buffer) = slot.as_ref().filter(|b| b.size() >= bytes) {
             return Ok(Arc::clone(buffer));
         }
@@ -295,14 +302,40 @@ impl Gpu {
         self.check_buffer_size("scratch buffer", size)?;
         let buffer = Arc::new(self.scoped_outside_batch("scratch buffer", || {
             self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wgquant scratch"),
+                label: Some(kind.label()),
                 size,
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             })
         })?);
-        *slot = Some(Arc::clone(&buffer));
+        self.track(&buffer);
+        // Work already recorded keeps the old buffer alive through its bind groups.
+        if let Some(old) = slot.replace(Arc::clone(&buffer)) {
+            self.forget_bindings(&old);
+        }
         Ok(buffer)
+    }
+}
+
+/// What a scratch buffer ([`Gpu::scratch`]) holds: each kind has a buffer of its own, since one
+/// op may need both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scratch {
+    /// f32 partial sums of slices of k.
+    Partials,
+    /// x laid out by `qmv_prepare`.
+    PreparedX,
+}
+
+impl Scratch {
+    /// Kinds of scratch, the length of [`Gpu`]'s scratch slots.
+    pub(super) const KINDS: usize = 2;
+
+    fn label(self) -> &'static str {
+        match self {
+            Scratch::Partials => "wgquant scratch: partial sums",
+            Scratch::PreparedX => "wgquant scratch: prepared x",
+        }
     }
 }
 

@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use context::{Caps, GpuOptions};
-pub(crate) use geometry::{aligned_row_step, grid, BufferWindow, VECTOR_BYTES};
-pub(crate) use memory::TensorBuffer;
+pub(crate) use geometry::{aligned_row_step, grid, row_chunks, BufferWindow, VECTOR_BYTES};
+pub(crate) use memory::{Scratch, TensorBuffer};
 
 use crate::kernels::KernelKey;
 
@@ -37,8 +37,8 @@ struct GpuInner {
     pool: Mutex<memory::Pool>,
     /// Reused pool buffers to clear before the next submission's work.
     clears: Mutex<Vec<wgpu::Buffer>>,
-    /// Scratch storage for f32 partial sums, kept between calls (see [`Gpu::scratch`]).
-    scratch: Mutex<Option<Arc<wgpu::Buffer>>>,
+    /// Scratch buffers by [`Scratch`] kind, kept between calls (see [`Gpu::scratch`]).
+    scratch: Mutex<[Option<Arc<wgpu::Buffer>>; Scratch::KINDS]>,
     uncaptured: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     /// Submissions made; the n-th submission has serial n.
@@ -66,7 +66,7 @@ impl GpuInner {
             bindings: Mutex::default(),
             pool: Mutex::default(),
             clears: Mutex::default(),
-            scratch: Mutex::new(None),
+            scratch: Mutex::default(),
             uncaptured: Arc::default(),
             lost,
             submissions: AtomicU64::new(0),

@@ -39,6 +39,8 @@ pub(super) struct Bindings {
     groups: HashMap<BindKey, wgpu::BindGroup>,
     /// Buffers whose end wgquant sees, with the keys of the cached groups that bind them.
     tracked: HashMap<wgpu::Buffer, Vec<BindKey>>,
+    /// Bind groups created (cache misses), for [`Gpu::bind_groups_created`].
+    created: u64,
 }
 
 impl Bindings {
@@ -135,6 +137,7 @@ impl Gpu {
             layout: &key.layout,
             entries: &entries,
         });
+        b.created += 1;
         let cacheable =
             b.tracked.contains_key(&key.uniform) && key.windows.iter().all(|w| b.tracked.contains_key(&w.0));
         if cacheable {
@@ -149,6 +152,12 @@ impl Gpu {
             b.groups.insert(key, group.clone());
         }
         group
+    }
+
+    /// Bind groups wgquant has created on this device (a diagnostic: a workload that repeats
+    /// on the same tensors, such as a decode step, creates none once its groups are cached).
+    pub fn bind_groups_created(&self) -> u64 {
+        self.inner.bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).created
     }
 
     /// A read-only buffer holding `contents`, shared by every caller that asks for the same

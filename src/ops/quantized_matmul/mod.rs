@@ -17,14 +17,12 @@
 mod plan;
 mod problem;
 
-use crate::dtype::DType;
 use crate::error::Result;
-use crate::gpu::{BufferWindow, Dispatch, Gpu};
-use crate::kernels::{KernelKey, PrepareBindings, PrepareParams, QmmShape, ELEMENTWISE_WG_SIZE};
-use crate::ops::launch::{launch_chunks, Launch};
+use crate::gpu::{BufferWindow, Dispatch, Gpu, Scratch, VECTOR_BYTES};
+use crate::kernels::QmmShape;
 use crate::tensor::{Quantized, Tensor};
 
-use plan::{prepared_row_bytes, prepared_row_vectors, to_u32, OperandSizes, Plan, PlanCaps, Source};
+use plan::{OperandSizes, Plan, PlanCaps, Source};
 use problem::Problem;
 
 const OP: &str = "quantized_matmul";
@@ -116,9 +114,9 @@ pub fn quantized_matmul(x: &Tensor, q: &Quantized, transpose: bool) -> Result<Te
 pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options: &QmmOptions) -> Result<Tensor> {
     let problem = Problem::new(x, q, transpose)?;
     let gpu = x.gpu();
-    let y = Tensor::zeros(gpu, &problem.out_shape, problem.format.out_dtype)?;
+    let out_dtype = problem.format.out_dtype;
     if problem.is_empty() {
-        return Ok(y);
+        return Tensor::zeros(gpu, &problem.out_shape, out_dtype);
     }
     let biases = q.biases.as_ref().expect("validated");
     let sizes = OperandSizes {
@@ -126,12 +124,12 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
         weight: q.weight.storage().size(),
         scales: q.scales.storage().size(),
         biases: biases.storage().size(),
-        y: y.storage().size(),
+        // Output buffers hold at least their bytes in whole vectors.
+        y: problem.y_bytes.next_multiple_of(VECTOR_BYTES),
     };
     let plan = plan::plan(&problem, &sizes, options, &PlanCaps::of(gpu.caps()))?;
-    let prepared = plan.prepare.as_ref().map(|key| prepare_x(x, key)).transpose()?;
-    let operands = Operands { x: prepared.as_ref().unwrap_or(x), q, biases, y: &y };
-    run(gpu, &operands, &plan)?;
+    let y = Tensor::for_output(gpu, &problem.out_shape, out_dtype, plan.zeroes_y())?;
+    run(gpu, &Operands { x, q, biases, y: &y }, &plan)?;
     Ok(y)
 }
 
@@ -143,33 +141,10 @@ struct Operands<'a> {
     y: &'a Tensor,
 }
 
-/// Every row of x laid out for `qmv` with several rows of weights by the `qmv_prepare` kernel
-/// `key` (see `wgsl/qmv_prepare.wgsl`): f32, [`prepared_row_vectors`] per row.
-fn prepare_x(x: &Tensor, key: &KernelKey) -> Result<Tensor> {
-    let gpu = x.gpu();
-    let (rows, k) = x.rows_and_width();
-    let blocks = k / 32;
-    let prepared = Tensor::zeros(gpu, &[rows, prepared_row_vectors(k) * 4], DType::F32)?;
-    let row_bytes = [(k * x.dtype().size_in_bytes()) as u64, prepared_row_bytes(k)];
-    launch_chunks(OP, gpu, rows, &row_bytes, key, |chunk| {
-        let params = PrepareParams { rows: to_u32(chunk.len())?, blocks: to_u32(blocks)?, ..Default::default() };
-        let bindings = PrepareBindings {
-            x: BufferWindow::rows(x.storage(), row_bytes[0], chunk),
-            prepared: BufferWindow::rows(prepared.storage(), row_bytes[1], chunk),
-        };
-        Ok(Launch {
-            params: bytemuck::bytes_of(&params).to_vec(),
-            buffers: bindings.into_vec(),
-            // One invocation per quad; workgroups (a multiple of 8) hold whole blocks.
-            workgroups: to_u32((chunk.len() * k / 4).div_ceil(ELEMENTWISE_WG_SIZE as usize))?,
-        })
-    })?;
-    Ok(prepared)
-}
-
 /// Creates the plan's buffers and pipelines and submits its dispatches in one pass.
 fn run(gpu: &Gpu, ops: &Operands<'_>, plan: &Plan) -> Result<()> {
-    let scratch = plan.partials.map(|count| gpu.scratch(count as u64 * 4)).transpose()?;
+    let partials = plan.partials.map(|count| gpu.scratch(Scratch::Partials, count as u64 * 4)).transpose()?;
+    let prepared_x = plan.prepared_x.map(|bytes| gpu.scratch(Scratch::PreparedX, bytes)).transpose()?;
     let tables = plan
         .steps
         .iter()
@@ -192,7 +167,8 @@ fn run(gpu: &Gpu, ops: &Operands<'_>, plan: &Plan) -> Result<()> {
                         Source::Scales => ops.q.scales.storage(),
                         Source::Biases => ops.biases.storage(),
                         Source::Y => ops.y.storage(),
-                        Source::Partials => scratch.as_deref().expect("the plan lists its partial sums"),
+                        Source::PreparedX => prepared_x.as_deref().expect("the plan sizes its prepared x"),
+                        Source::Partials => partials.as_deref().expect("the plan lists its partial sums"),
                         Source::Table => {
                             let table = table.as_ref().expect("a step binding its table has one");
                             return BufferWindow { buffer: table, offset: 0, size: table.size() };

@@ -12,12 +12,12 @@ use std::ops::Range;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::{aligned_row_step, Caps, VECTOR_BYTES};
+use crate::gpu::{aligned_row_step, row_chunks, Caps, VECTOR_BYTES};
 use crate::kernels::{
-    CoopBindings, CoopParams, KernelKey, MatmulFormat, QmmKey, QmmShape, QmvCoopKey, QmvKey, QmvPrepareKey,
-    QuantizedMatmulBindings, QuantizedMatmulParams, QvmKey, Reduction, ResourceUsage, SumPartialsBindings,
-    SumPartialsKey, SumPartialsParams, PREPARED_CHUNK, QMM_TILE_ROWS, QMV_COOP_SLICE, QMV_COOP_SUBGROUPS,
-    QMV_COOP_SUBGROUP_SIZE, QMV_WG_SIZE, QVM_WG_SIZE, SUM_PARTIALS_WG_SIZE,
+    CoopBindings, CoopParams, KernelKey, MatmulFormat, PrepareBindings, PrepareParams, QmmKey, QmmShape, QmvCoopKey,
+    QmvKey, QmvPrepareKey, QuantizedMatmulBindings, QuantizedMatmulParams, QvmKey, Reduction, ResourceUsage,
+    SumPartialsBindings, SumPartialsKey, SumPartialsParams, ELEMENTWISE_WG_SIZE, PREPARED_CHUNK, QMM_TILE_ROWS,
+    QMV_COOP_SLICE, QMV_COOP_SUBGROUPS, QMV_COOP_SUBGROUP_SIZE, QMV_WG_SIZE, QVM_WG_SIZE, SUM_PARTIALS_WG_SIZE,
 };
 
 use super::problem::Problem;
@@ -101,8 +101,11 @@ pub(super) struct OperandSizes {
 /// Which buffer a window views.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Source {
-    /// x, or x laid out by `qmv_prepare` where the plan prepares it.
+    /// x as the caller gave it.
     X,
+    /// x laid out by the plan's `qmv_prepare` steps, in the device's scratch for it
+    /// ([`crate::Gpu::scratch`]).
+    PreparedX,
     Weight,
     Scales,
     Biases,
@@ -131,23 +134,32 @@ pub(super) struct Step {
     /// Bindings 1, 2, ..., in the order of the kernel's bindings table.
     pub windows: Vec<Window>,
     pub workgroups: u32,
+    /// Whether the step ORs 16-bit outputs into words of y that other workgroups share, so
+    /// that y must start zeroed (see `store_y` in `wgsl/common/qmm_io.wgsl`).
+    pub ors_into_y: bool,
 }
 
-/// The work of one call.
+/// The work of one call: dispatches in order, and the scratch they need.
 #[derive(Debug)]
 pub(super) struct Plan {
-    /// x is first laid out by this `qmv_prepare` kernel, and the steps read the result.
-    pub prepare: Option<KernelKey>,
     pub steps: Vec<Step>,
+    /// Bytes of x laid out by `qmv_prepare` ([`Source::PreparedX`]), if the steps prepare x.
+    pub prepared_x: Option<u64>,
     /// f32 partial sums the steps need (elements, in the scratch buffer), if any.
     pub partials: Option<usize>,
 }
 
 impl Plan {
+    /// Whether y must be zeroed before the steps run; where no step needs it, y is left as
+    /// the pool hands it (every word is written whole), which saves a clear per call.
+    pub fn zeroes_y(&self) -> bool {
+        self.steps.iter().any(|s| s.ors_into_y)
+    }
+
     /// Every kernel the plan runs.
     #[cfg(test)]
     pub fn keys(&self) -> Vec<KernelKey> {
-        self.prepare.iter().cloned().chain(self.steps.iter().map(|s| s.key.clone())).collect()
+        self.steps.iter().map(|s| s.key.clone()).collect()
     }
 }
 
@@ -230,7 +242,8 @@ pub(super) fn plan(problem: &Problem, sizes: &OperandSizes, options: &QmmOptions
         return planner.cooperative();
     }
     // With several rows of x, `qmv` reads x laid out by `qmv_prepare` (see there).
-    let planner = if problem.m > 1 && planner.uses_qmv() {
+    let prepares = problem.m > 1 && planner.uses_qmv();
+    let planner = if prepares {
         let x = (problem.x_rows as u64).saturating_mul(prepared_row_bytes(problem.k));
         Planner {
             prepared: true,
@@ -242,11 +255,42 @@ pub(super) fn plan(problem: &Problem, sizes: &OperandSizes, options: &QmmOptions
         planner
     };
     let mut plan = if planner.operands_fit() { planner.whole()? } else { planner.chunked()? };
-    if planner.prepared {
-        let key = QmvPrepareKey { x_dtype: problem.format.x_dtype, bits: problem.format.bits };
-        plan.prepare = Some(key.into());
+    if prepares {
+        let mut steps = prepare_steps(problem, sizes.x, caps)?;
+        steps.append(&mut plan.steps);
+        plan.steps = steps;
+        plan.prepared_x = Some(planner.sizes.x);
     }
     Ok(plan)
+}
+
+/// `qmv_prepare` over every row of x (`x_size` bytes), into [`Source::PreparedX`], in chunks
+/// whose windows fit a binding.
+fn prepare_steps(problem: &Problem, x_size: u64, caps: &PlanCaps) -> Result<Vec<Step>> {
+    let (k, format) = (problem.k, problem.format);
+    let key: KernelKey = QmvPrepareKey { x_dtype: format.x_dtype, bits: format.bits }.into();
+    let (x_row, prepared_row) = ((k * format.x_dtype.size_in_bytes()) as u64, prepared_row_bytes(k));
+    let prepared_size = problem.x_rows as u64 * prepared_row;
+    let align = caps.offset_alignment;
+    let chunks = row_chunks(OP, problem.x_rows, &[x_row, prepared_row], caps.max_binding, align)?;
+    chunks
+        .iter()
+        .map(|chunk| {
+            // Chunks start aligned in both buffers, so no window starts early.
+            let (x, _) = aligned_rows(Source::X, x_size, x_row, chunk, align);
+            let (prepared, _) = aligned_rows(Source::PreparedX, prepared_size, prepared_row, chunk, align);
+            let params = PrepareParams { rows: to_u32(chunk.len())?, blocks: to_u32(k / 32)?, ..Default::default() };
+            Ok(Step {
+                key: key.clone(),
+                params: bytemuck::bytes_of(&params).to_vec(),
+                table: None,
+                windows: PrepareBindings { x, prepared }.into_vec(),
+                // One invocation per quad; workgroups (a multiple of 8) hold whole blocks.
+                workgroups: to_u32((chunk.len() * k / 4).div_ceil(ELEMENTWISE_WG_SIZE as usize))?,
+                ors_into_y: false,
+            })
+        })
+        .collect()
 }
 
 /// Knobs outside what the kernels support, whatever the device.
@@ -422,6 +466,15 @@ impl Planner<'_> {
         }
     }
 
+    /// Where the steps read x.
+    fn x_source(&self) -> Source {
+        if self.prepared {
+            Source::PreparedX
+        } else {
+            Source::X
+        }
+    }
+
     /// Bytes per row of x as the steps read it.
     fn x_row_bytes(&self) -> u64 {
         if self.prepared {
@@ -491,10 +544,11 @@ impl Planner<'_> {
             table: None,
             windows: bindings.into_vec(),
             workgroups: to_u32(tile_groups * slices)?,
+            ors_into_y: false,
         };
         let layout = PartialsLayout { slot_stride: 16 * n_pad, row: p.n, row_stride: n_pad };
         let sum = self.sum_step(partials, whole(Source::Y, s.y), p.m * p.n, slices, layout, 0)?;
-        Ok(Plan { prepare: None, steps: vec![products, sum], partials: Some(count) })
+        Ok(Plan { steps: vec![products, sum], prepared_x: None, partials: Some(count) })
     }
 
     /// The kernel for pieces of `m` rows. The family follows the whole product's rows, so that
@@ -660,12 +714,20 @@ impl Planner<'_> {
         let [x, w_q, scales, biases] = operands;
         let table = Window { source: Source::Table, offset: 0, size: (piece.entries.len() * 12) as u64 };
         let windows = QuantizedMatmulBindings { batches: table, x, w_q, scales, biases, y }.into_vec();
+        // `qmv` stores a pair of 16-bit outputs n, n + 1 (n even) as one word where both are
+        // its own and the pair starts a word: everywhere when it writes an even number of
+        // outputs per row and every row and batch entry of y starts on a word.
+        let whole_words = matches!(kernel, Kernel::Qmv { .. })
+            && piece.n % 2 == 0
+            && p.n % 2 == 0
+            && piece.entries.iter().all(|&[_, _, y_offset]| y_offset % 2 == 0);
         Ok(Step {
             key: self.key(kernel, out_dtype),
             params: bytemuck::bytes_of(&params).to_vec(),
             table: Some(piece.entries.iter().flatten().copied().collect()),
             windows,
             workgroups: workgroups as u32,
+            ors_into_y: out_dtype.size_in_bytes() == 2 && !whole_words,
         })
     }
 
@@ -695,6 +757,7 @@ impl Planner<'_> {
             table: None,
             windows: SumPartialsBindings { partials, y }.into_vec(),
             workgroups: to_u32(count.div_ceil(SUM_PARTIALS_WG_SIZE as usize))?,
+            ors_into_y: self.problem.format.out_dtype.size_in_bytes() == 2,
         })
     }
 
@@ -715,7 +778,7 @@ impl Planner<'_> {
         let s = self.sizes;
         let whole = |source, size| Window { source, offset: 0, size };
         let operands = [
-            whole(Source::X, s.x),
+            whole(self.x_source(), s.x),
             whole(Source::Weight, s.weight),
             whole(Source::Scales, s.scales),
             whole(Source::Biases, s.biases),
@@ -727,12 +790,12 @@ impl Planner<'_> {
         let slices = self.k_splits(kernel, &piece).min(max_slots);
         if slices <= 1 {
             let step = self.matmul_step(kernel, &piece, operands, Output::y(y, p.format.out_dtype))?;
-            return Ok(Plan { prepare: None, steps: vec![step], partials: None });
+            return Ok(Plan { steps: vec![step], prepared_x: None, partials: None });
         }
         let partials = Window { source: Source::Partials, offset: 0, size: (slices * count * 4) as u64 };
         let matmul = self.matmul_step(kernel, &piece, operands, Output::partials(partials, slices, count))?;
         let sum = self.sum_step(partials, y, count, slices, PartialsLayout::dense(count), 0)?;
-        Ok(Plan { prepare: None, steps: vec![matmul, sum], partials: Some(slices * count) })
+        Ok(Plan { steps: vec![matmul, sum], prepared_x: None, partials: Some(slices * count) })
     }
 
     /// Some operand exceeds its binding: dispatches per batch entry over windows of rows of x
@@ -781,12 +844,13 @@ impl Planner<'_> {
         // With k in chunks, one slot of partial sums per chunk of k, for the rows of one chunk of x.
         let partials_len = k_chunks * m_chunk.min(p.m) * p.n;
         let partials = Window { source: Source::Partials, offset: 0, size: (partials_len * 4) as u64 };
-        let mut plan = Plan { prepare: None, steps: Vec::new(), partials: (k_chunks > 1).then_some(partials_len) };
+        let mut plan = Plan { steps: Vec::new(), prepared_x: None, partials: (k_chunks > 1).then_some(partials_len) };
         let s = self.sizes;
         for (b, &(xm, wm)) in p.batches.iter().enumerate() {
             for m0 in (0..p.m).step_by(m_chunk) {
                 let m1 = (m0 + m_chunk).min(p.m);
-                let (x_win, x_early) = aligned_rows(Source::X, s.x, x_row, &(xm * p.m + m0..xm * p.m + m1), align);
+                let (x_win, x_early) =
+                    aligned_rows(self.x_source(), s.x, x_row, &(xm * p.m + m0..xm * p.m + m1), align);
                 let (y_win, y_early) = aligned_rows(Source::Y, s.y, y_row, &(b * p.m + m0..b * p.m + m1), align);
                 let kernel = self.kernel(m1 - m0)?;
                 let w_chunk_count = if p.transpose { p.n.div_ceil(w_chunk) } else { k_chunks };
@@ -886,6 +950,7 @@ mod tests {
             w_words: codes * format.bits as usize / 32,
             groups: codes / format.group_size as usize,
             x_rows: m,
+            y_bytes: (m * n * format.out_dtype.size_in_bytes()) as u64,
         }
         .with_rows(w_rows)
     }
@@ -924,7 +989,26 @@ mod tests {
     fn one_row_runs_qmv_on_x_as_it_comes() {
         let plan = plan_of(&problem(1, 4096, 4096, true, F16_4_64), &QmmOptions::default(), &webgpu()).unwrap();
         assert_eq!(labels(&plan), ["qmv_f16_f16_to_f16_gs64_b4_v1_wg64_sg32"]);
-        assert!(plan.prepare.is_none() && plan.partials.is_none());
+        assert!(plan.prepared_x.is_none() && plan.partials.is_none());
+    }
+
+    #[test]
+    fn only_kernels_or_ing_16_bit_halves_into_shared_words_need_y_zeroed() {
+        let f32_out = MatmulFormat { x_dtype: DType::F32, scale_dtype: DType::F32, out_dtype: DType::F32, ..F16_4_64 };
+        let zeroes = |m, n, transpose, format| {
+            plan_of(&problem(m, n, 1024, transpose, format), &QmmOptions::default(), &webgpu()).unwrap().zeroes_y()
+        };
+        // qmv stores pairs of f16 outputs as whole words when every pair starts a word.
+        assert!(!zeroes(1, 4096, true, F16_4_64), "decode, one row");
+        assert!(!zeroes(4, 4096, true, F16_4_64), "prepared x, four rows");
+        assert!(zeroes(1, 4095, true, F16_4_64), "odd n: rows of y start mid-word");
+        // qvm and qmm OR halves; the sum of k slices too.
+        assert!(zeroes(1, 4096, false, F16_4_64), "qvm");
+        assert!(zeroes(64, 4096, true, F16_4_64), "qmm");
+        // f32 outputs are whole words everywhere.
+        for (m, n, transpose) in [(1, 4095, true), (1, 4096, false), (64, 4096, true)] {
+            assert!(!zeroes(m, n, transpose, f32_out), "f32, m = {m}, n = {n}, transpose = {transpose}");
+        }
     }
 
     #[test]

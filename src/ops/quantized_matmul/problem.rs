@@ -29,6 +29,8 @@ pub(super) struct Problem {
     pub groups: usize,
     /// Rows of x in all (every batch matrix).
     pub x_rows: usize,
+    /// Bytes of y.
+    pub y_bytes: u64,
 }
 
 impl Problem {
@@ -136,7 +138,19 @@ impl Problem {
             group_size: params.group_size,
         };
         let x_rows = element_count(&xs[..xs.len() - 1]).unwrap_or(0);
-        Ok(Problem { m, n, k, batches, out_shape, format, transpose, w_words, groups: ss[batch_dims + 1], x_rows })
+        Ok(Problem {
+            m,
+            n,
+            k,
+            batches,
+            out_shape,
+            format,
+            transpose,
+            w_words,
+            groups: ss[batch_dims + 1],
+            x_rows,
+            y_bytes,
+        })
     }
 
     /// Whether the product is empty (nothing to compute; y is all zeros or has no elements).
