@@ -116,7 +116,7 @@ pub fn quantized_matmul(x: &Tensor, q: &Quantized, transpose: bool) -> Result<Te
 pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options: &QmmOptions) -> Result<Tensor> {
     let problem = Problem::new(x, q, transpose)?;
     let gpu = x.gpu();
-    let y = Tensor::zeros(gpu, &problem.out_shape, problem.format.out_dtype)?;
+    let y = Tensor::zeros_for(OP, gpu, &problem.out_shape, problem.format.out_dtype)?;
     if problem.is_empty() {
         return Ok(y);
     }
@@ -149,7 +149,7 @@ fn prepare_x(x: &Tensor, key: &KernelKey) -> Result<Tensor> {
     let gpu = x.gpu();
     let (rows, k) = x.rows_and_width();
     let blocks = k / 32;
-    let prepared = Tensor::zeros(gpu, &[rows, prepared_row_vectors(k) * 4], DType::F32)?;
+    let prepared = Tensor::zeros_for(OP, gpu, &[rows, prepared_row_vectors(k) * 4], DType::F32)?;
     let row_bytes = [(k * x.dtype().size_in_bytes()) as u64, prepared_row_bytes(k)];
     launch_chunks(OP, gpu, rows, &row_bytes, key, |chunk| {
         let params = PrepareParams { rows: to_u32(chunk.len())?, blocks: to_u32(blocks)?, ..Default::default() };
