@@ -945,10 +945,12 @@ fn asked_limit(gpu: &Gpu, case: &Case) -> Option<(&'static str, u64, u64)> {
             ResourceUsage { workgroup_memory: shape.workgroup_memory(bm), invocations: shape.invocations(bm).into() }
         }
         (QmmKernel::Vector, _, _, Some(wg_size)) => {
-            // The planner sizes qmv's reduction for the adapter's smallest subgroup, as a
-            // power of two.
+            // The planner sizes qmv's reduction for the adapter's smallest subgroup, within
+            // what wgpu reports, rounded down to a power of two.
             let reduction = if caps.has_subgroups() {
-                Reduction::Subgroup { min_size: 1 << caps.info.subgroup_min_size.max(1).ilog2() }
+                let min =
+                    caps.info.subgroup_min_size.clamp(wgpu::MINIMUM_SUBGROUP_MIN_SIZE, wgpu::MAXIMUM_SUBGROUP_MAX_SIZE);
+                Reduction::Subgroup { min_size: 1 << min.ilog2() }
             } else {
                 Reduction::Workgroup
             };

@@ -309,7 +309,7 @@ const OOM_CHILD: &str = "WGQUANT_TEST_OOM_CHILD";
 /// An allocation the driver cannot make is `Error::OutOfMemory` naming the op, and the device
 /// works on. lavapipe keeps buffers in the process's address space, lazily (creating 32 GiB of
 /// buffers on a 24 GiB machine touches none of it, and nothing refuses them; wgpu's memory
-/// budget thresholds need VK_EXT_memory_budget, which lavapipe 22 lacks): so a child process
+/// budget thresholds have no effect on lavapipe 22, even at 0 %): so a child process
 /// caps its own address space (RLIMIT_AS) a third of an output above what it uses, then asks for
 /// that output (3/4 of the largest buffer, 1.5 GiB on lavapipe). No memory is touched. Runs on
 /// Vulkan CPU adapters (lavapipe, CI's); elsewhere device memory is not the process's address
