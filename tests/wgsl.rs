@@ -506,8 +506,9 @@ fn bits_and_group_size_combine_with_no_other_axis() {
         if !matches!(key, KernelKey::Qmv(_) | KernelKey::Qvm(_) | KernelKey::Qmm(_)) {
             continue;
         }
-        let names = key.prelude().into_iter().map(|(name, _)| name);
-        for name in names.chain(key.constants().iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>()) {
+        let constants = key.constants();
+        let overrides = constants.iter().map(|(name, _)| name.as_str());
+        for name in key.prelude().into_iter().map(|(name, _)| name).chain(overrides) {
             assert!(
                 FORMAT_AXIS.contains(&name) || OTHER_AXES.contains(&name) || FIXED.contains(&name),
                 "{key}: {name} is on no axis"
