@@ -50,7 +50,7 @@ impl Tensor {
         if element_count(shape) != Some(data.len()) {
             return Err(Error::DataLength { op, len: data.len(), shape: shape.to_vec() });
         }
-        let buffer = gpu.upload_buffer("wgquant tensor", bytemuck::cast_slice(data))?;
+        let buffer = gpu.upload_buffer(op, bytemuck::cast_slice(data))?;
         Ok(Tensor { gpu: gpu.clone(), buffer: Arc::new(buffer), shape: shape.to_vec(), dtype: T::DTYPE })
     }
 
@@ -59,15 +59,27 @@ impl Tensor {
     /// # Errors
     /// Device errors when the buffer cannot be created.
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        Tensor::for_output(gpu, shape, dtype, true)
+        Tensor::zeros_for("Tensor::zeros", gpu, shape, dtype)
     }
 
-    /// A tensor for an op's kernels to write: zeroed when `zeroed` (kernels that OR 16-bit
-    /// halves into shared words need it), else holding whatever its pooled buffer held, for
-    /// kernels that write every word.
-    pub(crate) fn for_output(gpu: &Gpu, shape: &[usize], dtype: DType, zeroed: bool) -> Result<Tensor> {
-        let size = byte_size("Tensor::zeros", shape, dtype)?;
-        let buffer = gpu.output_buffer("wgquant tensor", size, zeroed)?;
+    /// [`Tensor::zeros`] for `op`'s output: errors (a buffer over the device's limit, out of
+    /// memory) name `op`, and so does the buffer's label.
+    pub(crate) fn zeros_for(op: &'static str, gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Tensor::output_for(op, gpu, shape, dtype, true)
+    }
+
+    /// A tensor for `op`'s kernels to write, named like [`Tensor::zeros_for`]'s: zeroed when
+    /// `zeroed` (kernels that OR 16-bit halves into shared words need it), else holding
+    /// whatever its pooled buffer held, for kernels that write every word.
+    pub(crate) fn output_for(
+        op: &'static str,
+        gpu: &Gpu,
+        shape: &[usize],
+        dtype: DType,
+        zeroed: bool,
+    ) -> Result<Tensor> {
+        let size = byte_size(op, shape, dtype)?;
+        let buffer = gpu.output_buffer(op, size, zeroed)?;
         Ok(Tensor { gpu: gpu.clone(), buffer: Arc::new(buffer), shape: shape.to_vec(), dtype })
     }
 

@@ -362,3 +362,64 @@ fn a_repeated_step_creates_no_bind_groups() {
         }
     }
 }
+
+/// Set in the child process of `an_allocation_the_driver_refuses_is_out_of_memory`.
+#[cfg(target_os = "linux")]
+const OOM_CHILD: &str = "WGQUANT_TEST_OOM_CHILD";
+
+/// An allocation the driver cannot make is `Error::OutOfMemory` naming the op, and the device
+/// works on. lavapipe keeps buffers in the process's address space, lazily (creating 32 GiB of
+/// buffers on a 24 GiB machine touches none of it, and nothing refuses them; wgpu's memory
+/// budget thresholds have no effect on lavapipe 22, even at 0 %): so a child process
+/// caps its own address space (RLIMIT_AS) a third of an output above what it uses, then asks for
+/// that output (3/4 of the largest buffer, 1.5 GiB on lavapipe). No memory is touched. Runs on
+/// Vulkan CPU adapters (lavapipe, CI's); elsewhere device memory is not the process's address
+/// space, and it prints a skip line.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_allocation_the_driver_refuses_is_out_of_memory() {
+    let name = "an_allocation_the_driver_refuses_is_out_of_memory";
+    let Some(gpu) = common::gpu() else { return };
+    let info = &gpu.caps().info;
+    if (info.backend, info.device_type) != (wgpu::Backend::Vulkan, wgpu::DeviceType::Cpu) {
+        eprintln!("SKIP {name}: needs a Vulkan CPU adapter, not {}", gpu.describe());
+        return;
+    }
+    if std::env::var_os(OOM_CHILD).is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(OOM_CHILD, "1")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+        assert!(stdout.contains("test result: ok. 1 passed"), "the child ran no test:\n{stdout}");
+        return;
+    }
+    // The child: a device of its own, its pipelines compiled by a first product.
+    let gpu = own_gpu().unwrap();
+    let (n, k) = (1 << 17, 64);
+    let y_bytes = (gpu.caps().limits.max_buffer_size / 4 * 3).min(3 << 29);
+    let m = (y_bytes / (n as u64 * 4)) as usize;
+    let q = wgquant::quantize(&Tensor::zeros(&gpu, &[n, k], DType::F32).unwrap(), QuantParams::affine(64, 4)).unwrap();
+    let small = x(&gpu, 2, k, 1);
+    let before = common::download(&wgquant::quantized_matmul(&small, &q, true).unwrap());
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmSize in /proc/self/status");
+    let cap = (vm_kib << 10) + y_bytes / 3;
+    let limit = rustix::process::Rlimit { current: Some(cap), maximum: Some(cap) };
+    rustix::process::setrlimit(rustix::process::Resource::As, limit).unwrap();
+    let err = wgquant::quantized_matmul(&x(&gpu, m, k, 2), &q, true).unwrap_err();
+    assert!(matches!(&err, Error::OutOfMemory { what, .. } if what == "quantized_matmul"), "{err:?}");
+    assert!(err.to_string().starts_with("GPU out of memory in quantized_matmul: "), "{err}");
+    // The device works on.
+    let after = common::download(&wgquant::quantized_matmul(&small, &q, true).unwrap());
+    assert_eq!(before, after);
+    gpu.synchronize().unwrap();
+    assert!(gpu.take_uncaptured_errors().is_empty());
+}

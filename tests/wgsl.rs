@@ -320,3 +320,230 @@ fn workgroup_memory_of_every_variant() {
     }
     insta::assert_snapshot!("workgroup_memory", text);
 }
+
+// ---- Axes the quantized-matmul kernels' checks may be factored over ----------------------------
+
+/// The prelude constants of the format, (bits, group size), and everything else a quantized-
+/// matmul key varies: dtypes, tile and row constants, overrides.
+const FORMAT_AXIS: [&str; 2] = ["BITS", "GROUP_SIZE"];
+const OTHER_AXES: [&str; 10] =
+    ["X_DTYPE", "SCALE_DTYPE", "OUT_DTYPE", "VECS", "TRANSPOSE", "BM", "BN", "TN", "WG_SIZE", "MIN_SUBGROUP_SIZE"];
+
+/// WGSL names that keep a constant expression constant: types, constructors and the built-in
+/// functions the kernels use in constant expressions.
+const CONST_BUILTINS: [&str; 22] = [
+    "u32",
+    "i32",
+    "f32",
+    "f16",
+    "bool",
+    "vec2",
+    "vec3",
+    "vec4",
+    "mat2x4",
+    "mat4x4",
+    "array",
+    "select",
+    "min",
+    "max",
+    "clamp",
+    "abs",
+    "countOneBits",
+    "firstLeadingBit",
+    "true",
+    "false",
+    "bitcast",
+    "exp2",
+];
+
+/// The statements of `source` that combine `a` and `b`: each declared name carries the axes of
+/// what declares it (a `const`, `override` or `let` its constant initializer's, where every name
+/// in it is constant; a `var` or `struct` its type's array sizes), and a statement combines the
+/// axes of every name it mentions. Conservative: a name declared twice carries both
+/// declarations' axes, and a statement that only mixes run-time values counts too.
+fn statements_combining(source: &str, a: &[&str], b: &[&str]) -> Vec<String> {
+    use std::collections::{HashMap, HashSet};
+    let code: String = source.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    let statements: Vec<&str> = code.split([';', '{', '}']).map(str::trim).filter(|s| !s.is_empty()).collect();
+    let words = |s: &str| -> Vec<String> {
+        s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+            .map(str::to_string)
+            .collect()
+    };
+    // Axis of every name: 0 for `a`, 1 for `b`.
+    let mut axes: HashMap<String, HashSet<u8>> = HashMap::new();
+    for (axis, names) in [(0u8, a), (1, b)] {
+        for name in names {
+            axes.entry(name.to_string()).or_default().insert(axis);
+        }
+    }
+    let mut constant: HashSet<String> = axes.keys().cloned().collect();
+    constant.extend(CONST_BUILTINS.iter().map(|s| s.to_string()));
+    // (declared name, the words its axes come from, whether it is constant where they are).
+    let mut declarations: Vec<(String, Vec<String>, bool)> = Vec::new();
+    let mut struct_name: Option<String> = None;
+    for s in &statements {
+        if let Some(name) = struct_name.take() {
+            declarations.push((name, words(s), false));
+            continue;
+        }
+        let w = words(s);
+        match w.first().map(String::as_str) {
+            Some("const" | "override" | "let") if w.len() > 1 => {
+                declarations.push((w[1].clone(), w[2..].to_vec(), true));
+            }
+            // `var<space> name: type = init`: the type's array sizes.
+            Some("var") => {
+                let decl = s.split('=').next().unwrap_or("");
+                let after_space = decl.split_once('>').filter(|_| decl.starts_with("var<")).map_or(decl, |(_, r)| r);
+                let dw = words(after_space.trim_start_matches("var"));
+                if let Some((name, ty)) = dw.split_first() {
+                    declarations.push((name.clone(), ty.to_vec(), false));
+                }
+            }
+            Some("struct") if w.len() > 1 => struct_name = Some(w[1].clone()),
+            _ => {}
+        }
+    }
+    loop {
+        let mut changed = false;
+        for (name, from, may_be_constant) in &declarations {
+            if *may_be_constant && from.iter().all(|w| constant.contains(w)) && constant.insert(name.clone()) {
+                changed = true;
+            }
+            let is_constant = constant.contains(name);
+            if *may_be_constant && !is_constant {
+                continue;
+            }
+            let inherited: HashSet<u8> = from.iter().filter_map(|w| axes.get(w)).flatten().copied().collect();
+            let entry = axes.entry(name.clone()).or_default();
+            let before = entry.len();
+            entry.extend(inherited);
+            changed |= entry.len() != before;
+        }
+        if !changed {
+            break;
+        }
+    }
+    // A call of a WGSL function of the source is a run-time value (naga evaluates none), so each
+    // of its arguments is an expression of its own.
+    let functions: HashSet<String> =
+        statements.iter().filter_map(|s| s.strip_prefix("fn ")).map(|s| words(s)[0].clone()).collect();
+    let mut expressions = Vec::new();
+    for s in &statements {
+        split_calls(s, &functions, &mut expressions);
+    }
+    expressions
+        .into_iter()
+        .filter(|e| {
+            let found: HashSet<u8> = words(e).iter().filter_map(|w| axes.get(w)).flatten().copied().collect();
+            found.len() == 2
+        })
+        .collect()
+}
+
+/// `expression` with every call of a function in `functions` replaced by `_`, then each
+/// argument of those calls (the same way), into `out`.
+fn split_calls(expression: &str, functions: &std::collections::HashSet<String>, out: &mut Vec<String>) {
+    let bytes = expression.as_bytes();
+    let mut outer = String::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+            i += 1;
+        }
+        let word = &expression[start..i];
+        if !word.is_empty() && functions.contains(word) && bytes.get(i) == Some(&b'(') {
+            // The balanced argument list, split at its top-level commas.
+            let (mut depth, mut arg_start, mut j) = (0, i + 1, i);
+            while j < bytes.len() {
+                match bytes[j] {
+                    b'(' => depth += 1,
+                    b')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    b',' if depth == 1 => {
+                        split_calls(&expression[arg_start..j], functions, out);
+                        arg_start = j + 1;
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            split_calls(&expression[arg_start..j.min(bytes.len())], functions, out);
+            outer.push('_');
+            i = j + 1;
+        } else if word.is_empty() {
+            outer.push(bytes[i] as char);
+            i += 1;
+        } else {
+            outer.push_str(word);
+        }
+    }
+    out.push(outer);
+}
+
+/// Prelude constants that are the same in every key of a family (no axis).
+const FIXED: [&str; 1] = ["PREPARED_CHUNK"];
+
+/// The planner's tests count a quantized-matmul key as validated where the same key at 4 bits
+/// and group 64 is, and its bits and group size are in some validated key of its family (the
+/// product of every format with every dtype, tile and override is too large to validate:
+/// src/ops/quantized_matmul/plan.rs, `every_key_the_planner_emits_is_validated`). That holds
+/// where naga's checks of a source split into checks of bits and group size alone and checks
+/// of the other axes alone: no statement of the WGSL combines the two, through constants it
+/// declares or otherwise. Every prelude constant and override of these families must be on one
+/// side or the other.
+#[test]
+fn bits_and_group_size_combine_with_no_other_axis() {
+    let mut bodies = std::collections::HashSet::new();
+    for key in every_source() {
+        if !matches!(key, KernelKey::Qmv(_) | KernelKey::Qvm(_) | KernelKey::Qmm(_)) {
+            continue;
+        }
+        let constants = key.constants();
+        let overrides = constants.iter().map(|(name, _)| name.as_str());
+        for name in key.prelude().into_iter().map(|(name, _)| name).chain(overrides) {
+            assert!(
+                FORMAT_AXIS.contains(&name) || OTHER_AXES.contains(&name) || FIXED.contains(&name),
+                "{key}: {name} is on no axis"
+            );
+        }
+        // The sources of a family differ only in the prelude's values: analyse each body once.
+        let source = kernels::source(&key);
+        let body = source.split_once("\n// ---- ").map_or(source.as_str(), |(_, body)| body).to_string();
+        if bodies.insert(body.clone()) {
+            let mixed = statements_combining(&body, &FORMAT_AXIS, &OTHER_AXES);
+            assert!(mixed.is_empty(), "{key}: statements combining bits or group size with another axis: {mixed:#?}");
+        }
+    }
+    assert!(bodies.len() >= 4, "{} bodies", bodies.len());
+}
+
+/// The analysis finds a combination through constants, array sizes, lets and indices, and not
+/// through a call's separate arguments.
+#[test]
+fn axis_analysis_finds_planted_combinations() {
+    let prelude = "const BITS: u32 = 4u;\nconst BM: u32 = 64u;\n";
+    let combining = |body: &str| statements_combining(&format!("{prelude}{body}"), &FORMAT_AXIS, &OTHER_AXES);
+    for planted in [
+        "const A: u32 = BITS * 2u;\nvar<workgroup> t: array<f32, BM * A>;",
+        "var<private> acc: array<f32, BM>;\nfn f() { acc[BITS] = 1.0; }",
+        "fn f() { let a = BITS + 1u; let b = a * BM; }",
+        "fn g(v: u32) -> u32 { return v; }\nfn f() { let b = g(BITS * BM); }",
+        "struct S { a: array<u32, BM> }\nvar<private> s: S;\nfn f() { s.a[BITS] = 0u; }",
+    ] {
+        assert!(!combining(planted).is_empty(), "not found: {planted}");
+    }
+    for apart in [
+        "fn g(a: u32, b: u32) -> u32 { return a + b; }\nfn f() { let c = g(BITS, BM); }",
+        "fn f(i: u32) { let a = i * BITS; let b = i * BM; }",
+    ] {
+        assert!(combining(apart).is_empty(), "found: {apart}: {:?}", combining(apart));
+    }
+}

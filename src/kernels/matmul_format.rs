@@ -18,7 +18,8 @@ pub(super) const QMM_OPERANDS: Snippet =
 /// Quantized weights bound as words (qvm, qmm).
 pub(super) const QMM_WORDS: Snippet = ("common/qmm_words.wgsl", include_str!("../../wgsl/common/qmm_words.wgsl"));
 
-/// The format tuning variants are built for (the knobs do not depend on the format).
+/// The format whose bits and group size every tuning variant is built at, in every dtype: the
+/// shader tests show that bits and group size combine with no other axis of a kernel.
 pub(super) const F16_4_64: MatmulFormat =
     MatmulFormat { x_dtype: DType::F16, scale_dtype: DType::F16, out_dtype: DType::F16, bits: 4, group_size: 64 };
 
@@ -99,6 +100,11 @@ impl MatmulFormat {
             }
         }
         formats
+    }
+
+    /// Whether `other` has the same bits and group size.
+    pub(super) fn same_bits_and_group_size(&self, other: &MatmulFormat) -> bool {
+        (self.bits, self.group_size) == (other.bits, other.group_size)
     }
 
     /// The same format with `x` read in `x_dtype`.

@@ -219,7 +219,7 @@ macro_rules! families {
 
             /// The specialisations that share this one's source and differ only in overrides
             /// (pipeline constants) the planner may pick: the shader tests resolve each, the
-            /// planner's tests check that it emits no other.
+            /// planner's tests check that it emits no other (see [`KernelKey::all`]).
             pub fn override_variants(&self) -> Vec<KernelKey> {
                 match self {
                     $(KernelKey::$variant(key) => {
@@ -231,8 +231,10 @@ macro_rules! families {
             /// Every source the ops can build on a device with the features wgquant requests
             /// itself, family by family, each with its default overrides (the shader tests
             /// validate and translate each; with their [`KernelKey::override_variants`], the
-            /// planner's tests check that it emits no other). [`KernelKey::extension_kernels`]
-            /// lists the rest.
+            /// planner's tests check that it emits no other, up to the bits and group size of
+            /// the quantized-matmul kernels: every tuning variant is listed at 4 bits and group
+            /// 64 only, the shader tests showing that bits and group size combine with no other
+            /// axis). [`KernelKey::extension_kernels`] lists the rest.
             pub fn all() -> Vec<KernelKey> {
                 let mut keys = Vec::new();
                 $(keys.extend(<$key as Family>::keys().into_iter().map(KernelKey::$variant));)*

@@ -7,7 +7,6 @@ use super::matmul_format::{CODES, F16_4_64, QMM_IO, QMM_OPERANDS, QMM_WORDS};
 use super::{
     Binding, Family, MatmulFormat, ParamsLayout, QuantizedMatmulBindings, QuantizedMatmulParams, ResourceUsage, Snippet,
 };
-use crate::dtype::DType;
 
 /// The rows of y per tile the kernel supports.
 pub const QMM_TILE_ROWS: [u32; 3] = [32, 64, 128];
@@ -122,12 +121,13 @@ impl Family for QmmKey {
 
     /// Every format (with f32 out for partial sums) in both layouts, with every tile the
     /// planner picks by itself: each tile rows with its default shape, and that shape narrowed
-    /// to 128 columns (devices with 16 KiB of workgroup memory); at f16, 4 bits, group 64 (and
-    /// its f32 partial sums), every tile a caller may ask for.
+    /// to 128 columns (devices with 16 KiB of workgroup memory); at 4 bits and group 64, in
+    /// every dtype, every tile a caller may ask for (the shader tests show that bits and group
+    /// size combine with no other axis, so these cover every format's tiles).
     fn keys() -> Vec<Self> {
         let mut keys = Vec::new();
         for format in MatmulFormat::all_with_partials() {
-            let canonical = format == F16_4_64 || format == MatmulFormat { out_dtype: DType::F32, ..F16_4_64 };
+            let canonical = format.same_bits_and_group_size(&F16_4_64);
             for transpose in [true, false] {
                 for bm in QMM_TILE_ROWS {
                     let default = QmmShape::default_for(bm);

@@ -136,10 +136,11 @@ impl Family for QmvKey {
         keys
     }
 
-    /// Every subgroup minimum at the default workgroup size; at f16, 4 bits, group 64 (and its
-    /// prepared form), every workgroup size a caller may ask for too.
+    /// Every subgroup minimum at the default workgroup size; at 4 bits and group 64, in every
+    /// dtype, every workgroup size a caller may ask for too (the shader tests show that bits
+    /// and group size combine with no other axis, so these cover every format's).
     fn override_variants(&self) -> Vec<Self> {
-        let canonical = [F16_4_64, F16_4_64.with_x(DType::F32)].contains(&self.format);
+        let canonical = self.format.same_bits_and_group_size(&F16_4_64);
         let sizes = if canonical { QmvKey::WG_SIZES.to_vec() } else { vec![QMV_WG_SIZE] };
         let reductions: Vec<Reduction> = match self.reduction {
             Reduction::Subgroup { .. } => {

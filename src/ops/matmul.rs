@@ -64,7 +64,7 @@ fn matrix_product(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor
     let gpu = x.gpu();
     let mut out_shape = x.shape()[..x.ndim() - 1].to_vec();
     out_shape.push(n);
-    let out = Tensor::zeros(gpu, &out_shape, out_dtype)?;
+    let out = Tensor::zeros_for(op, gpu, &out_shape, out_dtype)?;
     let row_bytes = [(k * x.dtype().size_in_bytes()) as u64, (n * out_dtype.size_in_bytes()) as u64];
     if n == 0 {
         return Ok(out);
@@ -168,7 +168,7 @@ pub(crate) fn batched_matmul(
         fits_binding(op, t)?;
     }
     let gpu = x.gpu();
-    let out = Tensor::zeros(gpu, out_shape, out_dtype)?;
+    let out = Tensor::zeros_for(op, gpu, out_shape, out_dtype)?;
     fits_binding(op, &out)?;
     if out.is_empty() {
         return Ok(out);

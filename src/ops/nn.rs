@@ -52,7 +52,7 @@ pub fn take(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let mut out_shape = ids.shape().to_vec();
     out_shape.push(width);
     let gpu = table.gpu();
-    let out = Tensor::zeros(gpu, &out_shape, table.dtype())?;
+    let out = Tensor::zeros_for(op, gpu, &out_shape, table.dtype())?;
     let row_bytes = [4, (width * element_bytes) as u64];
     if width == 0 {
         return Ok(out);
@@ -106,7 +106,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     let key = RmsNormKey { x_dtype: x.dtype(), w_dtype: weight.dtype(), out_dtype }.into();
     let params =
         |chunk: &Range<usize>| RmsNormParams { rows: chunk.len() as u32, dims: dims as u32, eps, ..Default::default() };
-    let out = Tensor::zeros(x.gpu(), x.shape(), out_dtype)?;
+    let out = Tensor::zeros_for(op, x.gpu(), x.shape(), out_dtype)?;
     let bind = |x, y| RmsNormBindings { x, w: whole(weight), y }.into_vec();
     row_kernel(op, x, &out, key, |chunk| bytemuck::bytes_of(&params(chunk)).to_vec(), bind)?;
     Ok(out)
@@ -144,7 +144,7 @@ fn softmax_rows(s: &Tensor, scale: f32, causal: Option<usize>, out_dtype: DType)
         };
         bytemuck::bytes_of(&params).to_vec()
     };
-    let out = Tensor::zeros(s.gpu(), s.shape(), out_dtype)?;
+    let out = Tensor::zeros_for(op, s.gpu(), s.shape(), out_dtype)?;
     row_kernel(op, s, &out, key, params, |s, y| SoftmaxBindings { s, y }.into_vec())?;
     Ok(out)
 }
@@ -206,7 +206,7 @@ fn unary(op: &'static str, unary_op: UnaryOp, x: &Tensor, out_dtype: DType) -> R
     float_operand(op, "x", x)?;
     let (rows, width) = x.rows_and_width();
     let gpu = x.gpu();
-    let out = Tensor::zeros(gpu, x.shape(), out_dtype)?;
+    let out = Tensor::zeros_for(op, gpu, x.shape(), out_dtype)?;
     let row_bytes = [(width * x.dtype().size_in_bytes()) as u64, (width * out_dtype.size_in_bytes()) as u64];
     if width == 0 {
         return Ok(out);
@@ -266,7 +266,7 @@ fn binary(op: &'static str, binary_op: BinaryOp, a: &Tensor, b: &Tensor) -> Resu
     }
     let out_dtype = a.dtype().promote(b.dtype());
     let gpu = a.gpu();
-    let out = Tensor::zeros(gpu, a.shape(), out_dtype)?;
+    let out = Tensor::zeros_for(op, gpu, a.shape(), out_dtype)?;
     let row_bytes = [
         (width * a.dtype().size_in_bytes()) as u64,
         (width * b.dtype().size_in_bytes()) as u64,

@@ -56,9 +56,9 @@ pub fn quantize(w: &Tensor, params: QuantParams) -> Result<Quantized> {
     let groups_per_row = k / group_size;
     let lead = &w.shape()[..w.ndim() - 1];
     let with_last = |last: usize| [lead, &[last]].concat();
-    let weight = Tensor::zeros(gpu, &with_last(packed_width), DType::U32)?;
-    let scales = Tensor::zeros(gpu, &with_last(groups_per_row), dtype)?;
-    let biases = Tensor::zeros(gpu, &with_last(groups_per_row), dtype)?;
+    let weight = Tensor::zeros_for(op, gpu, &with_last(packed_width), DType::U32)?;
+    let scales = Tensor::zeros_for(op, gpu, &with_last(groups_per_row), dtype)?;
+    let biases = Tensor::zeros_for(op, gpu, &with_last(groups_per_row), dtype)?;
 
     // Only a non-empty w reaches the row sizes, and its rows exist in memory, so they fit.
     if rows > 0 && k > 0 {
@@ -109,7 +109,7 @@ pub fn dequantize(q: &Quantized, dtype: Option<DType>) -> Result<Tensor> {
     let (rows, packed_width) = q.weight.rows_and_width();
     let k = q.logical_shape().last().copied().unwrap_or(0);
     let groups_per_row = k / params.group_size as usize;
-    let out = Tensor::zeros(gpu, &q.logical_shape(), out_dtype)?;
+    let out = Tensor::zeros_for(op, gpu, &q.logical_shape(), out_dtype)?;
 
     // As in quantize: only a non-empty matrix reaches the row sizes, which then fit.
     if rows > 0 && k > 0 {

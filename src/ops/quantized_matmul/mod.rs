@@ -116,7 +116,7 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
     let gpu = x.gpu();
     let out_dtype = problem.format.out_dtype;
     if problem.is_empty() {
-        return Tensor::zeros(gpu, &problem.out_shape, out_dtype);
+        return Tensor::zeros_for(OP, gpu, &problem.out_shape, out_dtype);
     }
     let biases = q.biases.as_ref().expect("validated");
     let sizes = OperandSizes {
@@ -128,7 +128,7 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
         y: problem.y_bytes.next_multiple_of(VECTOR_BYTES),
     };
     let plan = plan::plan(&problem, &sizes, options, &PlanCaps::of(gpu.caps()))?;
-    let y = Tensor::for_output(gpu, &problem.out_shape, out_dtype, plan.zeroes_y())?;
+    let y = Tensor::output_for(OP, gpu, &problem.out_shape, out_dtype, plan.zeroes_y())?;
     run(gpu, &Operands { x, q, biases, y: &y }, &plan)?;
     Ok(y)
 }

@@ -1227,63 +1227,128 @@ mod tests {
         assert!(matches!(plan_of(&p, &QmmOptions::default(), &caps), Err(Error::ExceedsDeviceLimit { .. })));
     }
 
+    /// `key` at 4 bits and group size 64 (every other axis kept), for the quantized-matmul
+    /// families, whose format's bits and group size combine with no other axis of the WGSL
+    /// (tests/wgsl.rs, `bits_and_group_size_combine_with_no_other_axis`); `None` for the others.
+    fn at_canonical_bits(key: &KernelKey) -> Option<(KernelKey, (u32, u32))> {
+        let canonical = |f: MatmulFormat| MatmulFormat { bits: 4, group_size: 64, ..f };
+        Some(match key {
+            KernelKey::Qmv(k) => {
+                (QmvKey { format: canonical(k.format), ..*k }.into(), (k.format.bits, k.format.group_size))
+            }
+            KernelKey::Qvm(k) => {
+                (QvmKey { format: canonical(k.format), ..*k }.into(), (k.format.bits, k.format.group_size))
+            }
+            KernelKey::Qmm(k) => {
+                (QmmKey { format: canonical(k.format), ..*k }.into(), (k.format.bits, k.format.group_size))
+            }
+            _ => return None,
+        })
+    }
+
     #[test]
     fn every_key_the_planner_emits_is_validated() {
-        // The shader tests validate `KernelKey::all()` (and the extension kernels); the planner,
-        // over every device shape, shape class, format and option, must emit nothing else.
+        // The shader tests validate `KernelKey::all()` (and the extension kernels) with their
+        // override variants; the planner, over every format MLX accepts, every caller option,
+        // every subgroup minimum from 1 to 128 and none, WebGPU's and a desktop's limits, must
+        // emit nothing they do not cover. A quantized-matmul key is covered where the same key
+        // at 4 bits and group 64 is validated and its bits and group size are validated in some
+        // key of its family: bits and group size combine with no other axis of the WGSL
+        // (checked by tests/wgsl.rs), while every dtype, tile, row count and override is
+        // validated at 4 bits and group 64.
         let validated: HashSet<KernelKey> = KernelKey::all()
             .into_iter()
             .chain(KernelKey::extension_kernels())
             .flat_map(|key| key.override_variants().into_iter().chain([key]))
             .collect();
-        let mut caps_list = Vec::new();
-        for limits in [webgpu(), desktop(true)] {
-            for min in [4, 8, 16, 32, 64, 128] {
-                caps_list.push(PlanCaps { subgroups: Some((min, min.max(32))), ..limits });
+        let validated_bits: HashSet<(std::mem::Discriminant<KernelKey>, (u32, u32))> =
+            validated.iter().filter_map(|key| Some((std::mem::discriminant(key), at_canonical_bits(key)?.1))).collect();
+        let covered = |key: &KernelKey| match at_canonical_bits(key) {
+            Some((canonical, bits)) => {
+                validated.contains(&canonical) && validated_bits.contains(&(std::mem::discriminant(key), bits))
             }
-            caps_list.push(PlanCaps { subgroups: Some((32, 32)), ..limits });
-            caps_list.push(PlanCaps { subgroups: None, ..limits });
+            None => validated.contains(key),
+        };
+        let subgroups: Vec<Option<(u32, u32)>> =
+            [None].into_iter().chain((1..=128).map(|min: u32| Some((min, min.max(32))))).collect();
+        let mut formats = Vec::new();
+        for x_dtype in [DType::F32, DType::F16, DType::BF16] {
+            for scale_dtype in [DType::F32, DType::F16, DType::BF16] {
+                for bits in crate::params::SUPPORTED_BITS {
+                    for group_size in crate::params::SUPPORTED_GROUP_SIZES {
+                        let out_dtype = x_dtype.promote(scale_dtype);
+                        formats.push(MatmulFormat { x_dtype, scale_dtype, out_dtype, bits, group_size });
+                    }
+                }
+            }
         }
-        let formats = crate::kernels::MatmulFormat::all();
-        let mut options = vec![QmmOptions::default()];
-        for kernel in [QmmKernel::Vector, QmmKernel::Tiled] {
-            options.push(QmmOptions { kernel, ..Default::default() });
-        }
-        for wg in [1, 2, 4, 8, 16, 32, 64, 128, 256] {
-            options.push(QmmOptions { qmv_wg_size: Some(wg), kernel: QmmKernel::Vector, ..Default::default() });
-        }
-        for bm in QMM_TILE_ROWS {
-            for shape in QmmShape::ALL {
+        assert_eq!(formats.len(), 189);
+        // Every option a caller may set: the kernel, qmv's workgroup size, every qmm tile, and
+        // k split or not.
+        let mut options = Vec::new();
+        for split_k in [None, Some(1), Some(3)] {
+            for kernel in [QmmKernel::Auto, QmmKernel::Vector, QmmKernel::Tiled, QmmKernel::Cooperative] {
+                options.push(QmmOptions { kernel, split_k, ..Default::default() });
+            }
+            for wg in crate::kernels::QmvKey::WG_SIZES {
                 options.push(QmmOptions {
-                    kernel: QmmKernel::Tiled,
-                    qmm_tile_rows: Some(bm),
-                    qmm_shape: Some(shape),
+                    kernel: QmmKernel::Vector,
+                    qmv_wg_size: Some(wg),
+                    split_k,
                     ..Default::default()
                 });
             }
+            for bm in QMM_TILE_ROWS {
+                options.push(QmmOptions {
+                    kernel: QmmKernel::Tiled,
+                    qmm_tile_rows: Some(bm),
+                    split_k,
+                    ..Default::default()
+                });
+                for shape in QmmShape::ALL {
+                    options.push(QmmOptions {
+                        kernel: QmmKernel::Tiled,
+                        qmm_tile_rows: Some(bm),
+                        qmm_shape: Some(shape),
+                        split_k,
+                        ..Default::default()
+                    });
+                }
+            }
         }
-        // Every format with the default knobs, and the canonical format with every knob (the
-        // knobs are overrides and tile constants, independent of the format's prelude).
-        let mut runs: Vec<(MatmulFormat, &QmmOptions)> = Vec::new();
-        for &format in &formats {
-            runs.extend(options[..3].iter().map(|o| (format, o)));
-        }
-        runs.extend(options[3..].iter().map(|o| (F16_4_64, o)));
-        let mut emitted = 0;
-        for caps in &caps_list {
-            for &(format, o) in &runs {
+        let (mut emitted, mut plans) = (0, 0);
+        let mut check = |format: MatmulFormat, caps: &PlanCaps, options: &[QmmOptions], rows: &[usize]| {
+            for o in options {
                 for transpose in [true, false] {
-                    for m in [1, 2, 4, 5, 8, 9, 33, 65, 129] {
-                        let p = problem(m, 128, 256, transpose, format);
-                        let Ok(plan) = plan_of(&p, o, caps) else { continue };
+                    for &m in rows {
+                        let Ok(plan) = plan_of(&problem(m, 128, 256, transpose, format), o, caps) else { continue };
+                        plans += 1;
                         for key in plan.keys() {
-                            assert!(validated.contains(&key), "{key} is not validated");
+                            assert!(covered(&key), "{key} ({format}, {o:?}, {caps:?}) is not validated");
                             emitted += 1;
                         }
                     }
                 }
             }
+        };
+        let rows = [1, 2, 4, 5, 8, 9, 33, 65, 129];
+        for limits in [webgpu(), desktop(true)] {
+            // Every format with every option, on devices with and without subgroups.
+            for sizes in [None, Some((32, 32))] {
+                let caps = PlanCaps { subgroups: sizes, ..limits };
+                for &format in &formats {
+                    check(format, &caps, &options, &rows);
+                }
+            }
+            // Every subgroup minimum with every option, at 4 bits and group 64 in every dtype
+            // (the minimum only sizes qmv's reduction, up to 32 rows).
+            for &sizes in &subgroups {
+                let caps = PlanCaps { subgroups: sizes, ..limits };
+                for format in formats.iter().filter(|f| (f.bits, f.group_size) == (4, 64)) {
+                    check(*format, &caps, &options, &[1, 2, 9, 33]);
+                }
+            }
         }
-        assert!(emitted > 10_000, "{emitted}");
+        assert!(plans > 500_000 && emitted > plans, "{plans} plans, {emitted} keys");
     }
 }
