@@ -95,6 +95,7 @@ impl QuantizedEmbedding {
     /// Those of [`crate::quantize`]: `dims` not divisible by the group size, unsupported
     /// parameters, device errors.
     pub fn from_embedding(embedding: &Embedding, params: QuantParams) -> Result<QuantizedEmbedding> {
+        params.require_affine("QuantizedEmbedding")?;
         Ok(QuantizedEmbedding { weight: ops::quantize(&embedding.weight, params)? })
     }
 
@@ -105,6 +106,7 @@ impl QuantizedEmbedding {
     /// The checks of [`Quantized::from_parts`], a table that is not 2-D.
     pub fn new(weight: Quantized) -> Result<QuantizedEmbedding> {
         let op = "QuantizedEmbedding";
+        weight.params.require_affine(op)?;
         weight.validate(op)?;
         if weight.weight.ndim() != 2 {
             return Err(Error::NdimMismatch { op, what: "the weight", expected: "2", ndim: weight.weight.ndim() });

@@ -104,6 +104,7 @@ impl QuantizedLinear {
     /// Those of [`crate::quantize`]: an input size not divisible by the group size (MLX's
     /// `[quantize] ... divisible ...` message), unsupported parameters, device errors.
     pub fn from_linear(linear: &Linear, params: QuantParams) -> Result<QuantizedLinear> {
+        params.require_affine("QuantizedLinear")?;
         Ok(QuantizedLinear { weight: ops::quantize(&linear.weight, params)?, bias: linear.bias.clone() })
     }
 
@@ -115,6 +116,7 @@ impl QuantizedLinear {
     /// is not 2-D, a bad bias.
     pub fn new(weight: Quantized, bias: Option<Tensor>) -> Result<QuantizedLinear> {
         let op = "QuantizedLinear";
+        weight.params.require_affine(op)?;
         weight.validate(op)?;
         if weight.weight.ndim() != 2 {
             return Err(Error::NdimMismatch { op, what: "the weight", expected: "2", ndim: weight.weight.ndim() });
