@@ -132,6 +132,9 @@ pub enum Error {
     /// `[dequantize] Biases must be provided for affine quantization.`
     #[error("[{op}] Biases must be provided for affine quantization.")]
     MissingBiases { op: &'static str },
+    /// A bit width or group size of zero (`[dequantize] Invalid value for group_size: 0`).
+    #[error("[{op}] Invalid value for {name}: {value}")]
+    InvalidQuantValue { op: &'static str, name: &'static str, value: u32 },
     /// fp-mode scales that are not `uint8`.
     #[error("[{op}] Scale type must be uint8 but received type {dtype}.")]
     FpScalesNotU8 { op: &'static str, dtype: DType },

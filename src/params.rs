@@ -39,6 +39,16 @@ impl Mode {
         !matches!(self, Mode::Affine)
     }
 
+    /// The id the WGSL kernels use for this mode (`wgsl/common/fp_formats.wgsl`).
+    pub(crate) const fn wgsl_id(self) -> u32 {
+        match self {
+            Mode::Affine => 0,
+            Mode::Mxfp4 => 1,
+            Mode::Mxfp8 => 2,
+            Mode::Nvfp4 => 3,
+        }
+    }
+
     /// The mode's MLX name.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -70,6 +80,9 @@ impl FromStr for Mode {
         }
     }
 }
+
+/// The floating-point modes.
+pub const FP_MODES: [Mode; 3] = [Mode::Mxfp4, Mode::Mxfp8, Mode::Nvfp4];
 
 /// Affine bit widths MLX 0.32.4 accepts.
 pub const SUPPORTED_BITS: [u32; 7] = [1, 2, 3, 4, 5, 6, 8];

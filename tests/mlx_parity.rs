@@ -105,6 +105,44 @@ fn gpu_quantize_and_dequantize_match_mlx_bit_for_bit() {
 }
 
 #[test]
+fn gpu_fp_quantize_and_dequantize_match_mlx_bit_for_bit() {
+    let gpu = gpu_or_skip!();
+    let fixture = Fixture::load("mlx_fp_quantize.safetensors");
+    let cases = fixture.cases();
+    assert_eq!(cases.len(), FP_CASES);
+    let mut exact = 0;
+    for case in &cases {
+        let params = fp_case_params(case);
+        let (w, shape, dtype) = fixture.float(&format!("{case}.w"));
+        let q = wgquant::quantize(&common::upload(&gpu, &w, &shape, dtype), params).unwrap();
+        assert!(q.biases.is_none(), "{case}: no biases");
+
+        let (wq, wq_shape) = fixture.u32(&format!("{case}.wq"));
+        assert_eq!(q.weight.shape(), &wq_shape[..], "{case}: packed shape");
+        assert_eq!(q.weight.to_vec::<u32>().unwrap(), wq, "{case}: packed words");
+        let (scales, scales_shape) = fixture.u8(&format!("{case}.scales"));
+        assert_eq!(q.scales.shape(), &scales_shape[..], "{case}: scales shape");
+        assert_eq!(q.scales.to_vec::<u8>().unwrap(), scales, "{case}: scales");
+
+        let default = wgquant::dequantize(&q, None).unwrap();
+        assert_eq!(default.dtype(), DType::BF16, "{case}: MLX's default dtype for the fp modes");
+        for (key, out_dtype) in FP_DEQ_KEYS {
+            let (deq, deq_shape, _) = fixture.float(&format!("{case}.{key}"));
+            let out = if out_dtype == DType::BF16 {
+                default.clone()
+            } else {
+                wgquant::dequantize(&q, Some(out_dtype)).unwrap()
+            };
+            assert_eq!(out.shape(), &deq_shape[..], "{case}: dequantized shape");
+            assert_eq!(first_bit_difference(&common::download(&out), &deq), None, "{case}: dequantize to {out_dtype}");
+        }
+        exact += 1;
+    }
+    eprintln!("MLX fp-mode fixture parity on {}: {exact}/{} cases bit-exact", gpu.adapter_name(), cases.len());
+    assert!(gpu.take_uncaptured_errors().is_empty());
+}
+
+#[test]
 fn gpu_dequantize_casts_to_requested_dtype() {
     let gpu = gpu_or_skip!();
     let fixture = Fixture::load("mlx_quantize.safetensors");
