@@ -101,7 +101,8 @@ impl QuantizedLinear {
     /// Quantizes `linear`'s weight with `params` and keeps its bias (MLX's `from_linear`).
     ///
     /// # Errors
-    /// Those of [`crate::quantize`]: an input size not divisible by the group size (MLX's
+    /// An fp mode ([`crate::Error::UnsupportedMode`]: layers are affine for now); those of
+    /// [`crate::quantize`]: an input size not divisible by the group size (MLX's
     /// `[quantize] ... divisible ...` message), unsupported parameters, device errors.
     pub fn from_linear(linear: &Linear, params: QuantParams) -> Result<QuantizedLinear> {
         params.require_affine("QuantizedLinear")?;
@@ -112,8 +113,8 @@ impl QuantizedLinear {
     /// biases (as a checkpoint stores them), plus an optional bias.
     ///
     /// # Errors
-    /// The checks of [`Quantized::from_parts`] (repeated: the fields are public), a weight that
-    /// is not 2-D, a bad bias.
+    /// An fp mode (not yet supported), the checks of [`Quantized::from_parts`] (repeated: the
+    /// fields are public), a weight that is not 2-D, a bad bias.
     pub fn new(weight: Quantized, bias: Option<Tensor>) -> Result<QuantizedLinear> {
         let op = "QuantizedLinear";
         weight.params.require_affine(op)?;
