@@ -27,10 +27,30 @@ fn e2m1_value(code: u32) -> f32 {
     return bitcast<f32>(bitcast<u32>(magnitude) | ((code & 8u) << 28u));
 }
 
+// The bits of the midpoints between neighbouring E2M1 magnitudes: 0.25, 0.75, 1.25, 1.75, 2.5,
+// 3.5 and 5.
+const E2M1_MIDPOINTS = array<u32, 7>(
+    0x3e800000u, 0x3f400000u, 0x3fa00000u, 0x3fe00000u, 0x40200000u, 0x40600000u, 0x40a00000u,
+);
+
 // The E2M1 code MLX's CPU picks for y (a value of `dtype`): the argmin over the 16-entry table
 // of round_dtype(|y - v|), the first index among equals (midpoints go to the smaller magnitude,
 // tiny negatives to +0; NaN, infinite and huge y, whose distances are all equal, to +0).
 fn e2m1_code(y: f32, dtype: u32) -> u32 {
+    let magnitude = bitcast<u32>(y) & 0x7fffffffu;
+    if magnitude < 0x41000000u {
+        // |y| < 8, what every finite group but a saturated nvfp4 one gives: the distances to
+        // the two neighbouring values are exact in `dtype` (Sterbenz), every other distance is
+        // larger by at least 0.5, far more than its rounding, so the argmin is the neighbour
+        // nearer in exact arithmetic, the smaller magnitude on a tie: the number of midpoints
+        // strictly below |y|, signed (with +0, index 0, before -0, index 8).
+        var index = 0u;
+        for (var i = 0u; i < 7u; i++) {
+            index += select(0u, 1u, magnitude > E2M1_MIDPOINTS[i]);
+        }
+        return select(index | ((bitcast<u32>(y) >> 28u) & 8u), 0u, index == 0u);
+    }
+    // The argmin itself, in MLX's table order.
     var best = 0u;
     var best_distance = mlx_round(dtype, f32_abs(y));
     for (var code = 1u; code < 16u; code++) {
