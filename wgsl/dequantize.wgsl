@@ -39,9 +39,9 @@ fn affine_value(code: u32, g: u32) -> f32 {
     return dtype_round(SCALE_DTYPE, f32_add(product, bias));
 }
 
-// One fp value: round_O(element * round_O(scale)). The element is ±q · 2^k with q < 16, exact in
-// every float dtype, and so is the product in f32 (at most 8 significant bits, never below
-// f32's subnormals); integer arithmetic keeps the subnormals that drivers flush.
+// One fp value: round_O(element * round_O(scale)), the product exact in f32 (at most 8
+// significant bits, never below f32's subnormals) and formed in integers, which keep the
+// subnormals that drivers flush.
 fn fp_value(code: u32, g: u32) -> f32 {
     let byte = load_scale_byte(g);
     var scale: f32;
@@ -51,24 +51,10 @@ fn fp_value(code: u32, g: u32) -> f32 {
         scale = e8m0_value(byte);
     }
     scale = dtype_round(OUT_DTYPE, scale);
-    var q: u32;
-    var k: i32;
-    var negative: bool;
     if MODE == MODE_MXFP8 {
-        if (code & 0x7fu) == 0x7fu {
-            return bitcast<f32>(F32_QNAN);
-        }
-        let e = i32((code >> 3u) & 15u);
-        q = select(8u + (code & 7u), code & 7u, e == 0);
-        k = select(e - 10, -9, e == 0);
-        negative = code >= 0x80u;
-    } else {
-        q = E2M1_HALVES[code & 7u];
-        k = -1;
-        negative = code >= 8u;
+        return dtype_round(OUT_DTYPE, e4m3_times(code, scale));
     }
-    let product = f32_mul_uint_pow2(scale, q, k);
-    return dtype_round(OUT_DTYPE, bitcast<f32>(bitcast<u32>(product) ^ select(0u, F32_SIGN, negative)));
+    return dtype_round(OUT_DTYPE, e2m1_times(code, scale));
 }
 
 // Code i of the chunk's bitstream (codes.wgsl). Rows are whole words, so the chunk is one

@@ -21,10 +21,20 @@ fn mlx_round(dtype: u32, x: f32) -> f32 {
     return dtype_round(dtype, x);
 }
 
-// The value of an E2M1 code (`sign << 3 | magnitude index`), exact.
+// x with its sign bit flipped where `negative`.
+fn negate_if(x: f32, negative: bool) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) ^ select(0u, F32_SIGN, negative));
+}
+
+// E2M1 code `code` (`sign << 3 | magnitude index`) times s, correctly rounded: the element is
+// ±q · 2^-1 with q < 16, so the product is exact unless it leaves f32's range.
+fn e2m1_times(code: u32, s: f32) -> f32 {
+    return negate_if(f32_mul_uint_pow2(s, E2M1_HALVES[code & 7u], -1), (code & 8u) != 0u);
+}
+
+// The value of an E2M1 code, exact.
 fn e2m1_value(code: u32) -> f32 {
-    let magnitude = f32_mul_uint_pow2(1.0, E2M1_HALVES[code & 7u], -1);
-    return bitcast<f32>(bitcast<u32>(magnitude) | ((code & 8u) << 28u));
+    return e2m1_times(code, 1.0);
 }
 
 // The bits of the midpoints between neighbouring E2M1 magnitudes: 0.25, 0.75, 1.25, 1.75, 2.5,
@@ -93,20 +103,23 @@ fn e4m3_code(y: f32) -> u32 {
     return code | (sign >> 24u);
 }
 
-// The value of an E4M3 byte, exact (0x7F and 0xFF are NaN).
-fn e4m3_value(code: u32) -> f32 {
+// E4M3 byte `code` times s, correctly rounded (0x7F and 0xFF are NaN): the element is ±q · 2^k
+// with q < 16, so the product is exact unless it leaves f32's range.
+fn e4m3_times(code: u32, s: f32) -> f32 {
     let magnitude = code & 0x7fu;
     if magnitude == 0x7fu {
         return bitcast<f32>(F32_QNAN);
     }
     let e = i32(magnitude >> 3u);
-    var value: f32;
-    if e == 0 {
-        value = f32_mul_uint_pow2(1.0, magnitude & 7u, -9);
-    } else {
-        value = f32_mul_uint_pow2(1.0, 8u + (magnitude & 7u), e - 10);
-    }
-    return bitcast<f32>(bitcast<u32>(value) | ((code & 0x80u) << 24u));
+    let m = magnitude & 7u;
+    // Subnormal: m · 2^-9; normal: (8 + m) · 2^(e - 10).
+    let product = select(f32_mul_uint_pow2(s, 8u + m, e - 10), f32_mul_uint_pow2(s, m, -9), e == 0);
+    return negate_if(product, (code & 0x80u) != 0u);
+}
+
+// The value of an E4M3 byte, exact.
+fn e4m3_value(code: u32) -> f32 {
+    return e4m3_times(code, 1.0);
 }
 
 // The value of an E8M0 byte, 2^(byte - 127) in f32: byte 0 is the subnormal 2^-127, byte 255
