@@ -7,10 +7,10 @@
 mod common;
 
 use common::{first_bit_difference, Rng};
+use wgquant::params::FP_MODES;
 use wgquant::{reference, DType, Gpu, GpuOptions, Mode, QuantParams, Tensor};
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-const FP_MODES: [Mode; 3] = [Mode::Mxfp4, Mode::Mxfp8, Mode::Nvfp4];
 
 /// The first difference between the GPU and the twin on `values` (rounded to `dtype`), described.
 fn compare_with_twin(
