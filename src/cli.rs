@@ -178,6 +178,7 @@ fn convert(args: &ConvertArgs) -> Result<()> {
         let mut params = QuantParams::for_mode(args.mode);
         params.group_size = args.group_size.unwrap_or(params.group_size);
         params.bits = args.bits.unwrap_or(params.bits);
+        params.require_affine("convert")?;
         params.validate("convert")?;
         if args.recipe.is_some() && args.mode != Mode::Affine {
             return Err(Error::RecipeNeedsAffine);

@@ -108,7 +108,14 @@ pub enum Error {
         "[{op}] The requested number of bits {bits} is not supported. The supported bits are 1, 2, 3, 4, 5, 6 and 8."
     )]
     UnsupportedBits { op: &'static str, bits: u32 },
-    /// A mode MLX has that wgquant does not implement yet.
+    /// An fp mode with a group size other than its one (`[quantize] mxfp4 quantization requires
+    /// group size 32 but got 64.`).
+    #[error("[{op}] {mode} quantization requires group size {expected} but got {got}.")]
+    FpGroupSize { op: &'static str, mode: Mode, expected: u32, got: u32 },
+    /// An fp mode with a bit width other than its one.
+    #[error("[{op}] {mode} quantization requires bits to be {expected} but got {got}.")]
+    FpBits { op: &'static str, mode: Mode, expected: u32, got: u32 },
+    /// A mode MLX has that wgquant does not implement yet (in this op).
     #[error("[{op}] quantization mode '{mode}' is not yet supported by wgquant (supported: affine)")]
     UnsupportedMode { op: &'static str, mode: Mode },
     /// A mode string that is not one of MLX's.
@@ -125,6 +132,25 @@ pub enum Error {
     /// `[dequantize] Biases must be provided for affine quantization.`
     #[error("[{op}] Biases must be provided for affine quantization.")]
     MissingBiases { op: &'static str },
+    /// A bit width or group size of zero (`[dequantize] Invalid value for group_size: 0`).
+    #[error("[{op}] Invalid value for {name}: {value}")]
+    InvalidQuantValue { op: &'static str, name: &'static str, value: u32 },
+    /// fp-mode scales that are not `uint8`.
+    #[error("[{op}] Scale type must be uint8 but received type {dtype}.")]
+    FpScalesNotU8 { op: &'static str, dtype: DType },
+    /// Biases given with an fp mode.
+    #[error("[{op}] Biases must be null for quantization mode '{mode}'.")]
+    FpBiases { op: &'static str, mode: Mode },
+    /// fp-mode scales whose batch dimensions differ from the weight's.
+    #[error("[{op}] Shape of scales does not match the matrix")]
+    FpScalesBatchShape { op: &'static str },
+    /// fp-mode scales whose width does not match the packed weight's.
+    #[error(
+        "[{op}] Shape of scales does not match the matrix given the quantization parameters. Provided matrix of shape {} and scales of shape {}.",
+        mlx_shape(.weight),
+        mlx_shape(.scales)
+    )]
+    FpScalesShape { op: &'static str, weight: Vec<usize>, scales: Vec<usize> },
     /// Scales and biases with different dtypes (MLX would promote; wgquant keeps them equal).
     #[error("[{op}] Scales and biases must have the same dtype but scales are {scales} and biases are {biases}.")]
     ScalesBiasesDType { op: &'static str, scales: DType, biases: DType },

@@ -14,11 +14,12 @@ pub enum Mode {
     /// `scale * q + bias` per group, any of 1–6 or 8 bits.
     #[default]
     Affine,
-    /// E2M1 elements with an E8M0 scale per 32 (not yet supported).
+    /// E2M1 elements with an E8M0 scale per 32 (`quantize` and `dequantize`; not yet
+    /// `quantized_matmul`, layers or checkpoints).
     Mxfp4,
-    /// E4M3 elements with an E8M0 scale per 32 (not yet supported).
+    /// E4M3 elements with an E8M0 scale per 32 (as [`Mode::Mxfp4`]).
     Mxfp8,
-    /// E2M1 elements with an E4M3 scale per 16 (not yet supported).
+    /// E2M1 elements with an E4M3 scale per 16 (as [`Mode::Mxfp4`]; no global scale yet).
     Nvfp4,
 }
 
@@ -30,6 +31,21 @@ impl Mode {
             Mode::Mxfp4 => (32, 4),
             Mode::Mxfp8 => (32, 8),
             Mode::Nvfp4 => (16, 4),
+        }
+    }
+
+    /// Whether the mode is one of the floating-point formats (no biases, `uint8` scales).
+    pub const fn is_fp(self) -> bool {
+        !matches!(self, Mode::Affine)
+    }
+
+    /// The id the WGSL kernels use for this mode (`wgsl/common/fp_formats.wgsl`).
+    pub(crate) const fn wgsl_id(self) -> u32 {
+        match self {
+            Mode::Affine => 0,
+            Mode::Mxfp4 => 1,
+            Mode::Mxfp8 => 2,
+            Mode::Nvfp4 => 3,
         }
     }
 
@@ -64,6 +80,9 @@ impl FromStr for Mode {
         }
     }
 }
+
+/// The floating-point modes.
+pub const FP_MODES: [Mode; 3] = [Mode::Mxfp4, Mode::Mxfp8, Mode::Nvfp4];
 
 /// Affine bit widths MLX 0.32.4 accepts.
 pub const SUPPORTED_BITS: [u32; 7] = [1, 2, 3, 4, 5, 6, 8];
@@ -141,10 +160,12 @@ impl QuantParams {
         (k as u128 * self.bits as u128 / 32) as usize
     }
 
-    /// The checks `mx.quantize` makes on its parameters, in MLX's order and words: mode, then
-    /// group size, then bits. (MLX checks divisibility of the last axis between the mode and the
-    /// group size; [`crate::quantize`] does that in that place.)
-    pub(crate) fn check_mode(self, op: &'static str) -> Result<()> {
+    /// For the parts of wgquant that implement only the affine mode (quantized matmuls, layers,
+    /// checkpoints, the CLI): a typed "not yet supported" for the fp modes.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedMode`] for mxfp4, mxfp8 and nvfp4.
+    pub fn require_affine(self, op: &'static str) -> Result<()> {
         match self.mode {
             Mode::Affine => Ok(()),
             mode => Err(Error::UnsupportedMode { op, mode }),
@@ -162,11 +183,27 @@ impl QuantParams {
         Ok(())
     }
 
-    /// All checks that do not depend on a tensor: used where a tensor's shape has already been
-    /// validated (`from_parts`, layers).
+    /// The fp modes' one group size and bit width (MLX's `fp_quantize`), group size first.
+    fn check_fp(self, op: &'static str) -> Result<()> {
+        let (group_size, bits) = self.mode.defaults();
+        if self.group_size != group_size {
+            return Err(Error::FpGroupSize { op, mode: self.mode, expected: group_size, got: self.group_size });
+        }
+        if self.bits != bits {
+            return Err(Error::FpBits { op, mode: self.mode, expected: bits, got: self.bits });
+        }
+        Ok(())
+    }
+
+    /// All checks that do not depend on a tensor, MLX's for the mode: the affine whitelist of
+    /// group sizes and bits, or the fp modes' one group size and bit width. Used where a
+    /// tensor's shape has already been validated (`from_parts`, layers).
     pub fn validate(self, op: &'static str) -> Result<()> {
-        self.check_mode(op)?;
-        self.check_affine(op)
+        if self.mode.is_fp() {
+            self.check_fp(op)
+        } else {
+            self.check_affine(op)
+        }
     }
 }
 
@@ -184,6 +221,17 @@ mod tests {
     fn defaults_are_mlx_defaults() {
         assert_eq!(QuantParams::default(), QuantParams::affine(64, 4));
         assert_eq!(QuantParams::for_mode(Mode::Nvfp4), QuantParams { group_size: 16, bits: 4, mode: Mode::Nvfp4 });
+    }
+
+    #[test]
+    fn fp_modes_take_one_group_size_and_bit_width() {
+        for mode in [Mode::Mxfp4, Mode::Mxfp8, Mode::Nvfp4] {
+            assert!(QuantParams::for_mode(mode).validate("quantize").is_ok(), "{mode}");
+        }
+        let err = QuantParams::for_mode(Mode::Mxfp4).with_group_size(64).with_bits(3).validate("quantize");
+        assert_eq!(err.unwrap_err().to_string(), "[quantize] mxfp4 quantization requires group size 32 but got 64.");
+        let err = QuantParams::for_mode(Mode::Mxfp8).with_bits(4).validate("dequantize");
+        assert_eq!(err.unwrap_err().to_string(), "[dequantize] mxfp8 quantization requires bits to be 8 but got 4.");
     }
 
     #[test]

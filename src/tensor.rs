@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, TensorBuffer};
-use crate::params::{Mode, QuantParams};
+use crate::params::QuantParams;
 
 /// A row-major array in GPU memory. Clones share the buffer.
 #[derive(Clone)]
@@ -206,9 +206,10 @@ impl Tensor {
 pub struct Quantized {
     /// Packed codes, `u32`, shape `(..., K * bits / 32)`.
     pub weight: Tensor,
-    /// One scale per group, shape `(..., K / group_size)`.
+    /// One scale per group, shape `(..., K / group_size)`: the input's float dtype (affine), or
+    /// `u8` bytes, E8M0 (mxfp4, mxfp8) or E4M3 (nvfp4).
     pub scales: Tensor,
-    /// One bias per group (affine), same shape and dtype as `scales`.
+    /// One bias per group (affine), same shape and dtype as `scales`; `None` in the fp modes.
     pub biases: Option<Tensor>,
     /// The parameters.
     pub params: QuantParams,
@@ -216,12 +217,13 @@ pub struct Quantized {
 
 impl Quantized {
     /// Assembles a quantized matrix from its parts, with MLX's checks (`mx.dequantize`, spec
-    /// §2.1) and MLX's words.
+    /// §2.1) and MLX's words. Affine: float scales and biases of one dtype; the fp modes
+    /// (mxfp4, mxfp8, nvfp4): `u8` scales and no biases.
     ///
     /// # Errors
     /// Unsupported parameters, a weight that is not `u32` or has rank < 2, missing biases in
-    /// affine mode, scales/biases whose dtype is not floating or whose shape does not match the
-    /// weight for `params`.
+    /// affine mode or biases in an fp mode, scales whose dtype does not fit the mode or whose
+    /// shape does not match the weight for `params`.
     pub fn from_parts(
         weight: Tensor,
         scales: Tensor,
@@ -236,12 +238,11 @@ impl Quantized {
     /// The checks of [`Quantized::from_parts`], with `op` in the messages.
     pub(crate) fn validate(&self, op: &'static str) -> Result<()> {
         let params = self.params;
+        if params.mode.is_fp() {
+            return self.validate_fp(op);
+        }
         params.validate(op)?;
-        let biases = match (&self.biases, params.mode) {
-            (Some(b), _) => b,
-            (None, Mode::Affine) => return Err(Error::MissingBiases { op }),
-            (None, mode) => return Err(Error::UnsupportedMode { op, mode }),
-        };
+        let biases = self.biases.as_ref().ok_or(Error::MissingBiases { op })?;
         let (weight, scales) = (&self.weight, &self.scales);
         if !scales.dtype().is_float() || !biases.dtype().is_float() {
             return Err(Error::NotFloatingScales { op, scales: scales.dtype(), biases: biases.dtype() });
@@ -271,6 +272,44 @@ impl Quantized {
             });
         }
         if !weight.gpu().same_device(scales.gpu()) || !weight.gpu().same_device(biases.gpu()) {
+            return Err(Error::DeviceMismatch { op });
+        }
+        Ok(())
+    }
+
+    /// MLX's checks of an fp-mode matrix, in MLX's order (`dequantize` and `fp_dequantize` in
+    /// `mlx/ops.cpp`): `uint8` scales, no biases, positive parameters, a `uint32` weight of rank
+    /// >= 2, the mode's group size and bits, then the shapes.
+    fn validate_fp(&self, op: &'static str) -> Result<()> {
+        let (params, weight, scales) = (self.params, &self.weight, &self.scales);
+        if scales.dtype() != DType::U8 {
+            return Err(Error::FpScalesNotU8 { op, dtype: scales.dtype() });
+        }
+        if self.biases.is_some() {
+            return Err(Error::FpBiases { op, mode: params.mode });
+        }
+        for (name, value) in [("bits", params.bits), ("group_size", params.group_size)] {
+            if value == 0 {
+                return Err(Error::InvalidQuantValue { op, name, value });
+            }
+        }
+        if weight.dtype() != DType::U32 {
+            return Err(Error::WeightNotU32 { op });
+        }
+        if weight.ndim() < 2 {
+            return Err(Error::NdimTooSmall { op, verb: "dequantized", ndim: weight.ndim() });
+        }
+        params.validate(op)?;
+        let (ws, ss) = (weight.shape(), scales.shape());
+        let batch = ws.len() - 1;
+        if ss.len() != ws.len() || ss[..batch] != ws[..batch] {
+            return Err(Error::FpScalesBatchShape { op });
+        }
+        let codes = params.unpacked_width(ws[batch]).ok_or_else(|| Error::ShapeOverflow { op, shape: ws.to_vec() })?;
+        if Some(codes) != ss[batch].checked_mul(params.group_size as usize) {
+            return Err(Error::FpScalesShape { op, weight: ws.to_vec(), scales: ss.to_vec() });
+        }
+        if !weight.gpu().same_device(scales.gpu()) {
             return Err(Error::DeviceMismatch { op });
         }
         Ok(())

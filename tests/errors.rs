@@ -70,19 +70,83 @@ fn dequantize_errors_are_mlx_words() {
 fn unsupported_modes_and_parameters_are_named() {
     let gpu = gpu_or_skip!();
     let w = Tensor::zeros(&gpu, &[4, 64], DType::F16).unwrap();
-    // wgquant's own: MLX quantizes mxfp4.
-    let err = wgquant::quantize(&w, QuantParams::for_mode(Mode::Mxfp4)).unwrap_err();
+    // wgquant's own: MLX multiplies by mxfp4 matrices; wgquant does not yet.
+    let q = wgquant::quantize(&w, QuantParams::for_mode(Mode::Mxfp4)).unwrap();
+    let err = wgquant::quantized_matmul(&w, &q, true).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "[quantize] quantization mode 'mxfp4' is not yet supported by wgquant (supported: affine)"
+        "[quantized_matmul] quantization mode 'mxfp4' is not yet supported by wgquant (supported: affine)"
     );
     // wgquant's own: MLX 0.32.4's quantize dies of a division by zero (SIGFPE) at group size 0.
     let err = wgquant::quantize(&w, QuantParams::affine(0, 4)).unwrap_err();
     assert!(matches!(err, Error::UnsupportedGroupSize { group_size: 0, .. }), "{err}");
     // MLX's words, without the op: parsing a mode is not an op call.
     let mlx = common::mlx_errors();
-    let expected = mlx["quantize_mode_xyz"].strip_prefix("[quantize] ").unwrap();
-    assert_eq!("xyz".parse::<Mode>().unwrap_err().to_string(), expected);
+    for case in ["quantize_mode_xyz", "dequantize_mode_xyz"] {
+        let expected = mlx[case].split_once("] ").unwrap().1;
+        assert_eq!("xyz".parse::<Mode>().unwrap_err().to_string(), expected);
+    }
+}
+
+#[test]
+fn fp_mode_quantize_errors_are_mlx_words() {
+    let gpu = gpu_or_skip!();
+    let zeros = |shape: &[usize]| Tensor::zeros(&gpu, shape, DType::F32).unwrap();
+    let mode = |mode: Mode, group_size: u32, bits: u32| QuantParams { group_size, bits, mode };
+    for (case, shape, params) in [
+        ("quantize_mxfp4_group_64", [4, 64], mode(Mode::Mxfp4, 64, 4)),
+        ("quantize_mxfp4_bits_3", [4, 64], mode(Mode::Mxfp4, 32, 3)),
+        ("quantize_mxfp4_group_64_bits_3", [4, 64], mode(Mode::Mxfp4, 64, 3)),
+        ("quantize_mxfp8_bits_4", [4, 64], mode(Mode::Mxfp8, 32, 4)),
+        ("quantize_nvfp4_group_32", [4, 64], mode(Mode::Nvfp4, 32, 4)),
+        ("quantize_mxfp4_not_divisible", [4, 48], QuantParams::for_mode(Mode::Mxfp4)),
+    ] {
+        expect_mlx(wgquant::quantize(&zeros(&shape), params), case);
+    }
+    // wgquant's own: MLX's CPU cannot quantize nvfp4 unless w.size divides by 32 (its fallback
+    // reshapes the codes in fours of eight); wgquant quantizes any whole groups.
+    let mlx = common::mlx_errors();
+    assert!(mlx["quantize_nvfp4_size_48"].starts_with("[reshape] Cannot reshape array of size 48"));
+    let q = wgquant::quantize(&zeros(&[3, 16]), QuantParams::for_mode(Mode::Nvfp4)).unwrap();
+    assert_eq!((q.weight.shape(), q.scales.shape()), (&[3, 2][..], &[3, 1][..]));
+}
+
+#[test]
+fn fp_mode_dequantize_errors_are_mlx_words() {
+    let gpu = gpu_or_skip!();
+    let t = |shape: &[usize], dtype| Tensor::zeros(&gpu, shape, dtype).unwrap();
+    let (mxfp4, nvfp4) = (QuantParams::for_mode(Mode::Mxfp4), QuantParams::for_mode(Mode::Nvfp4));
+    let parts =
+        |w: Tensor, scales: Tensor, biases: Option<Tensor>, params| Quantized::from_parts(w, scales, biases, params);
+    let (u32_w, u8_s) = (|| t(&[4, 8], DType::U32), |shape: &[usize]| t(shape, DType::U8));
+    let cases = [
+        ("dequantize_mxfp4_scales_float", parts(u32_w(), t(&[4, 2], DType::F32), None, mxfp4)),
+        (
+            "dequantize_mxfp4_scales_float_and_biases",
+            parts(u32_w(), t(&[4, 2], DType::F32), Some(t(&[4, 2], DType::F32)), mxfp4),
+        ),
+        ("dequantize_mxfp4_biases", parts(u32_w(), u8_s(&[4, 2]), Some(u8_s(&[4, 2])), mxfp4)),
+        ("dequantize_mxfp4_shape", parts(u32_w(), u8_s(&[4, 3]), None, mxfp4)),
+        ("dequantize_mxfp4_batch", parts(t(&[2, 4, 8], DType::U32), u8_s(&[4, 2]), None, mxfp4)),
+        ("dequantize_mxfp4_batch_dims", parts(t(&[2, 4, 8], DType::U32), u8_s(&[3, 4, 2]), None, mxfp4)),
+        ("dequantize_mxfp4_group_64", parts(u32_w(), u8_s(&[4, 1]), None, mxfp4.with_group_size(64))),
+        ("dequantize_nvfp4_bits_8", parts(u32_w(), u8_s(&[4, 4]), None, nvfp4.with_bits(8))),
+        (
+            "dequantize_mxfp4_group_64_not_u32",
+            parts(t(&[4, 8], DType::F32), u8_s(&[4, 2]), None, mxfp4.with_group_size(64)),
+        ),
+        ("dequantize_mxfp4_ndim_1", parts(t(&[8], DType::U32), u8_s(&[2]), None, mxfp4)),
+        ("dequantize_mxfp4_group_0", parts(u32_w(), u8_s(&[4, 2]), None, mxfp4.with_group_size(0))),
+    ];
+    for (case, result) in cases {
+        expect_mlx(result, case);
+    }
+    let good = parts(u32_w(), u8_s(&[4, 2]), None, mxfp4).unwrap();
+    expect_mlx(wgquant::dequantize(&good, Some(DType::U32)), "dequantize_mxfp4_uint32_out");
+    // The fields are public: dequantize checks again (an affine layout under an fp mode).
+    let affine = wgquant::quantize(&t(&[4, 64], DType::F32), QuantParams::affine(32, 4)).unwrap();
+    let tampered = Quantized { params: mxfp4, ..affine };
+    assert!(matches!(wgquant::dequantize(&tampered, None), Err(Error::FpScalesNotU8 { .. })));
 }
 
 /// wgquant's own messages: `Tensor` has no MLX counterpart for these.

@@ -355,6 +355,7 @@ fn plan_steps(
             if model.is_quantized() {
                 return Err(Error::AlreadyQuantized { path: model.dir().to_path_buf() });
             }
+            params.require_affine("convert")?;
             params.validate("convert")?;
             let mixed = match recipe {
                 Some(_) if params.mode != Mode::Affine => return Err(Error::RecipeNeedsAffine),
@@ -378,6 +379,7 @@ fn plan_steps(
                     }
                     None => *params,
                 };
+                layer_params.require_affine("convert")?;
                 layer_params.validate("convert")?;
                 let scale_dtype = float_dtype(entry.dtype);
                 let (k, lead) = entry.shape.split_last().expect("quantizable weights have rank >= 2");
@@ -424,6 +426,7 @@ fn plan_steps(
                 let quantized = |l: &&LayerInfo| l.quantization.is_some();
                 if let Some(layer) = layer_of_weight(&entry.name).filter(quantized) {
                     let params = layer.quantization.expect("filtered on quantized layers");
+                    params.require_affine("convert")?;
                     params.validate("convert")?;
                     let scales = layer.scales.as_ref().expect("checked when the model was opened");
                     let companions = layer.scales.iter().chain(&layer.biases);

@@ -1,15 +1,20 @@
-//! Affine dequantize: `scale · q + bias` per element, into a float dtype.
+//! Dequantize into a float dtype: affine (`scale · q + bias` per element) and the fp modes
+//! (element times scale), one kernel body with the mode as a prelude constant.
 
 use std::fmt;
 
+use super::fp_quantize::FP_FORMATS;
 use super::matmul_format::CODES;
 use super::{bindings, params, Binding, Family, ParamsLayout, ResourceUsage, Snippet, ELEMENTWISE_WG_SIZE, FLOATS};
 use crate::dtype::DType;
+use crate::params::{Mode, FP_MODES};
 
 /// A dequantize kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DequantizeKey {
-    /// Scales and biases dtype (the compute type).
+    /// The mode (an fp mode fixes the group size and bits, and has `u8` scales and no biases).
+    pub mode: Mode,
+    /// Scales and biases dtype (affine: the compute type; fp modes: `U8`).
     pub scale_dtype: DType,
     /// Output dtype.
     pub out_dtype: DType,
@@ -25,7 +30,8 @@ params! {
 }
 
 bindings! {
-    /// `wgsl/dequantize.wgsl`'s bindings.
+    /// `wgsl/dequantize.wgsl`'s bindings (the fp modes, which have no biases, bind the scales
+    /// twice).
     DequantizeBindings {
         w_q: 1 Read "array<u32>",
         scales: 2 Read "array<u32>",
@@ -34,8 +40,19 @@ bindings! {
     }
 }
 
+impl DequantizeKey {
+    /// The kernel of an fp mode into `out_dtype`.
+    pub fn fp(mode: Mode, out_dtype: DType) -> DequantizeKey {
+        let (group_size, bits) = mode.defaults();
+        DequantizeKey { mode, scale_dtype: DType::U8, out_dtype, bits, group_size }
+    }
+}
+
 impl fmt::Display for DequantizeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.mode.is_fp() {
+            return write!(f, "dequantize_{}_to_{}", self.mode, self.out_dtype.short_name());
+        }
         write!(
             f,
             "dequantize_{}_to_{}_gs{}_b{}",
@@ -58,6 +75,7 @@ impl Family for DequantizeKey {
 
     fn prelude(&self) -> Vec<(&'static str, u32)> {
         vec![
+            ("MODE", self.mode.wgsl_id()),
             ("BITS", self.bits),
             ("GROUP_SIZE", self.group_size),
             ("SCALE_DTYPE", self.scale_dtype.wgsl_id()),
@@ -66,7 +84,7 @@ impl Family for DequantizeKey {
     }
 
     fn snippets(&self) -> Vec<Snippet> {
-        vec![CODES]
+        vec![CODES, FP_FORMATS]
     }
 
     fn constants(&self) -> Vec<(&'static str, u32)> {
@@ -90,9 +108,18 @@ impl Family for DequantizeKey {
         for bits in crate::params::SUPPORTED_BITS {
             for group_size in crate::params::SUPPORTED_GROUP_SIZES {
                 for scale_dtype in FLOATS {
-                    keys.extend(FLOATS.map(|out_dtype| DequantizeKey { scale_dtype, out_dtype, bits, group_size }));
+                    keys.extend(FLOATS.map(|out_dtype| DequantizeKey {
+                        mode: Mode::Affine,
+                        scale_dtype,
+                        out_dtype,
+                        bits,
+                        group_size,
+                    }));
                 }
             }
+        }
+        for mode in FP_MODES {
+            keys.extend(FLOATS.map(|out_dtype| DequantizeKey::fp(mode, out_dtype)));
         }
         keys
     }

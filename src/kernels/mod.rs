@@ -13,6 +13,7 @@ use std::hash::Hash;
 
 mod binary;
 mod dequantize;
+mod fp_quantize;
 mod gather;
 mod matmul;
 mod matmul_format;
@@ -31,6 +32,8 @@ pub(crate) use binary::{BinaryBindings, BinaryParams};
 pub use binary::{BinaryKey, BinaryOp};
 pub use dequantize::DequantizeKey;
 pub(crate) use dequantize::{DequantizeBindings, DequantizeParams};
+pub use fp_quantize::FpQuantizeKey;
+pub(crate) use fp_quantize::{FpQuantizeBindings, FpQuantizeParams, FP_GROUPS_PER_INVOCATION};
 pub use gather::GatherKey;
 pub(crate) use gather::{GatherBindings, GatherParams};
 pub use matmul::MatmulKey;
@@ -257,6 +260,7 @@ macro_rules! families {
 families! {
     Quantize(QuantizeKey),
     Dequantize(DequantizeKey),
+    FpQuantize(FpQuantizeKey),
     Matmul(MatmulKey),
     Gather(GatherKey),
     RmsNorm(RmsNormKey),

@@ -92,9 +92,11 @@ impl QuantizedEmbedding {
     /// Quantizes `embedding`'s table with `params` (MLX's `from_embedding`).
     ///
     /// # Errors
-    /// Those of [`crate::quantize`]: `dims` not divisible by the group size, unsupported
-    /// parameters, device errors.
+    /// An fp mode ([`crate::Error::UnsupportedMode`]: layers are affine for now); those of
+    /// [`crate::quantize`]: `dims` not divisible by the group size, unsupported parameters,
+    /// device errors.
     pub fn from_embedding(embedding: &Embedding, params: QuantParams) -> Result<QuantizedEmbedding> {
+        params.require_affine("QuantizedEmbedding")?;
         Ok(QuantizedEmbedding { weight: ops::quantize(&embedding.weight, params)? })
     }
 
@@ -102,9 +104,11 @@ impl QuantizedEmbedding {
     /// biases, as a checkpoint stores them.
     ///
     /// # Errors
-    /// The checks of [`Quantized::from_parts`], a table that is not 2-D.
+    /// An fp mode (not yet supported), the checks of [`Quantized::from_parts`], a table that is
+    /// not 2-D.
     pub fn new(weight: Quantized) -> Result<QuantizedEmbedding> {
         let op = "QuantizedEmbedding";
+        weight.params.require_affine(op)?;
         weight.validate(op)?;
         if weight.weight.ndim() != 2 {
             return Err(Error::NdimMismatch { op, what: "the weight", expected: "2", ndim: weight.weight.ndim() });

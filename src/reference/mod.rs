@@ -5,11 +5,16 @@
 //! Values are `f32` on the host; a dtype argument says what the GPU stores, and results are
 //! rounded to it exactly as MLX rounds (round to nearest, ties to even).
 
+mod fp;
 mod matmul;
 mod nn;
 mod quantize;
 mod quantized_matmul;
 
+pub use fp::{
+    e2m1_code, e4m3_code, e4m3_value, e8m0_value, fp_dequantize, fp_dequantize_value, fp_group_scale, fp_quantize,
+    fp_quantize_value, mlx_round, HostFpQuantized, E2M1_VALUES,
+};
 pub use matmul::matmul;
 pub use nn::{add, multiply, relu, rms_norm, scaled_dot_product_attention, silu, softmax, take};
 pub use quantize::{

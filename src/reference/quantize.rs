@@ -89,9 +89,18 @@ pub fn unpack(words: &[u32], bits: u32, i: usize) -> u32 {
 /// rounded to `dtype`, the dtype `w` had.
 ///
 /// # Errors
-/// `k` not divisible by the group size, unsupported parameters.
+/// An fp mode (its twin is [`super::fp_quantize`]), `k` not divisible by the group size,
+/// unsupported parameters.
 pub fn quantize(w: &[f32], k: usize, params: QuantParams, dtype: DType) -> Result<HostQuantized> {
     let op = "quantize";
+    if params.mode.is_fp() {
+        return Err(Error::InvalidOption {
+            op: "reference::quantize",
+            option: "mode",
+            value: params.mode.to_string(),
+            allowed: "affine (the fp modes: reference::fp_quantize)".into(),
+        });
+    }
     let gs = params.group_size as usize;
     if gs == 0 || k == 0 || k % gs != 0 || w.len() % k != 0 {
         return Err(Error::NotDivisibleByGroup {

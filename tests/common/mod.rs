@@ -175,6 +175,15 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// A u8 tensor as (values, shape).
+    pub fn u8(&self, name: &str) -> (Vec<u8>, Vec<usize>) {
+        let view = self.tensors().tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(view.dtype(), safetensors::Dtype::U8, "{name}");
+        (view.data().to_vec(), view.shape().to_vec())
+    }
+}
+
 /// Parses `case<TAB>message` lines.
 pub fn mlx_errors() -> std::collections::HashMap<String, String> {
     let path = format!("{}/tests/fixtures/mlx_errors.txt", env!("CARGO_MANIFEST_DIR"));

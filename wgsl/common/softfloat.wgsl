@@ -195,6 +195,12 @@ fn f32_div(a: f32, b: f32) -> f32 {
 // s * q for a small unsigned integer q (< 256), correctly rounded. Done in integers so that a
 // following addition cannot be fused into an FMA (MLX rounds the product, then the sum).
 fn f32_mul_uint(s: f32, q: u32) -> f32 {
+    return f32_mul_uint_pow2(s, q, 0);
+}
+
+// s * q * 2^k for a small unsigned integer q (< 256), correctly rounded (subnormal results
+// included, which drivers that flush them would lose in float arithmetic).
+fn f32_mul_uint_pow2(s: f32, q: u32, k: i32) -> f32 {
     let us = bitcast<u32>(s);
     let sign = us & F32_SIGN;
     let abs_s = us & 0x7fffffffu;
@@ -210,7 +216,7 @@ fn f32_mul_uint(s: f32, q: u32) -> f32 {
     let n = f32_unpack(abs_s);
     let p = u32(n.x) * q; // < 2^24 * 2^8
     let lead = firstLeadingBit(p);
-    let e = n.y + i32(lead) - 23;
+    let e = n.y + i32(lead) - 23 + k;
     if lead > 24u {
         let shift = lead - 24u;
         return f32_round_pack(sign, e, p >> shift, (p & ((1u << shift) - 1u)) != 0u);
