@@ -104,8 +104,8 @@ fn fp_quantize(w: &Tensor, params: QuantParams) -> Result<Quantized> {
     let groups_per_row = k / params.group_size as usize;
     let lead = &w.shape()[..w.ndim() - 1];
     let with_last = |last: usize| [lead, &[last]].concat();
-    let weight = Tensor::zeros(gpu, &with_last(packed_width), DType::U32)?;
-    let scales = Tensor::zeros(gpu, &with_last(groups_per_row), DType::U8)?;
+    let weight = Tensor::zeros_for(op, gpu, &with_last(packed_width), DType::U32)?;
+    let scales = Tensor::zeros_for(op, gpu, &with_last(groups_per_row), DType::U8)?;
 
     // As for affine: only a non-empty w reaches the row sizes, which then fit.
     if rows > 0 && k > 0 {
