@@ -12,10 +12,13 @@
 //! ```
 //! `--quick` uses a small model (2 blocks of width 256) that lavapipe runs in seconds.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use wgquant::{f16, wgpu, DType, Gpu, QuantParams, Quantized, Result, Tensor};
+use wgquant::random::SplitMix64;
+use wgquant::{wgpu, DType, Gpu, QuantParams, Quantized, Result, Tensor};
 
 #[derive(Parser, Debug)]
 #[command(about = "Llama-3-8B decode step: GPU, host and wall time of 225 quantized_matmuls")]
@@ -61,36 +64,6 @@ impl Shape {
         let (h, kv, mlp) = (self.hidden, self.kv, self.mlp);
         let block = [(h, h), (kv, h), (kv, h), (h, h), (mlp, h), (mlp, h), (h, mlp)];
         (0..self.blocks).flat_map(|_| block).chain(std::iter::once((self.vocab, h))).collect()
-    }
-}
-
-/// SplitMix64: random codes and scales (timing does not depend on the values).
-struct Words(u64);
-
-impl Words {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn halves(&mut self, gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
-        let values: Vec<f16> = (0..shape.iter().product())
-            .map(|_| f16::from_f32(((self.next() >> 40) as f32 / 16_777_216.0 - 0.5) * 0.1))
-            .collect();
-        Tensor::from_slice(gpu, &values, shape)
-    }
-
-    fn weight(&mut self, gpu: &Gpu, (n, k): (usize, usize), params: QuantParams) -> Result<Quantized> {
-        let width = params.packed_width(k);
-        let packed: Vec<u32> = (0..n * width).map(|_| self.next() as u32).collect();
-        let weight = Tensor::from_slice(gpu, &packed, &[n, width])?;
-        let groups = k / params.group_size as usize;
-        let scales = self.halves(gpu, &[n, groups])?;
-        let biases = self.halves(gpu, &[n, groups])?;
-        Quantized::from_parts(weight, scales, Some(biases), params)
     }
 }
 
@@ -212,12 +185,15 @@ fn main() -> Result<()> {
     let gpu = Gpu::new()?;
     println!("adapter: {}", gpu.describe());
 
-    let mut words = Words(7);
+    let mut rng = SplitMix64::new(7);
     let products = shape.products();
-    let weights = products.iter().map(|&p| words.weight(&gpu, p, params)).collect::<Result<Vec<_>>>()?;
+    let weights = products
+        .iter()
+        .map(|&p| common::random_weight(&gpu, &mut rng, p, params, DType::F16))
+        .collect::<Result<Vec<_>>>()?;
     let weight_bytes: u64 = weights.iter().map(Quantized::size_in_bytes).sum();
-    let x_hidden = words.halves(&gpu, &[args.rows, shape.hidden])?;
-    let x_mlp = words.halves(&gpu, &[args.rows, shape.mlp])?;
+    let x_hidden = common::tensor(&gpu, &mut rng, &[args.rows, shape.hidden], DType::F16)?;
+    let x_mlp = common::tensor(&gpu, &mut rng, &[args.rows, shape.mlp], DType::F16)?;
     let ops = weights.len();
     let step = || {
         weights
