@@ -622,7 +622,8 @@ fn a_file_of_no_tensors_round_trips() {
         write_safetensors(&path, &[], &metadata).unwrap();
         let none: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
         let theirs =
-            safetensors::serialize(none, (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect())).unwrap();
+            safetensors::serialize(none, (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect()))
+                .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), theirs, "metadata {metadata:?}");
         let file = SafetensorsFile::open(&path).unwrap();
         assert_eq!(file.metadata(), &metadata);

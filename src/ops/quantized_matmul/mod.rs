@@ -18,7 +18,9 @@ mod plan;
 mod problem;
 
 use crate::error::Result;
-use crate::gpu::{BufferWindow, Dispatch, Gpu, Scratch, VECTOR_BYTES};
+use std::sync::Arc;
+
+use crate::gpu::{BufferWindow, Dispatch, Gpu, Scratch, MAX_CACHED_TABLE_BYTES, VECTOR_BYTES};
 use crate::kernels::QmmShape;
 use crate::tensor::{Quantized, Tensor};
 
@@ -28,7 +30,7 @@ use problem::Problem;
 const OP: &str = "quantized_matmul";
 
 /// Which kernel family [`quantized_matmul_with`] uses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum QmmKernel {
     /// By shape, as MLX chooses: the vector kernels for few rows of x, the tiled one otherwise.
     #[default]
@@ -48,7 +50,7 @@ pub enum QmmKernel {
 
 /// Kernel choice and tuning knobs of [`quantized_matmul_with`]; `None` means the default for
 /// the shape and device. For tests (every kernel on every shape) and benchmarks (tuning).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct QmmOptions {
     /// The kernel family.
     pub kernel: QmmKernel,
@@ -127,10 +129,46 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
         // Output buffers hold at least their bytes in whole vectors.
         y: problem.y_bytes.next_multiple_of(VECTOR_BYTES),
     };
-    let plan = plan::plan(&problem, &sizes, options, &PlanCaps::of(gpu.caps()))?;
-    let y = Tensor::output_for(OP, gpu, &problem.out_shape, out_dtype, plan.zeroes_y())?;
-    run(gpu, &Operands { x, q, biases, y: &y }, &plan)?;
+    let key = PlanKey { problem, sizes, options: *options };
+    // A product with a small batch table (every decode step's) keeps its plan, pipelines and
+    // tables per device; a larger one is planned per call, its table not worth keeping.
+    let prepared = if key.problem.batches.len() * 12 <= MAX_CACHED_TABLE_BYTES {
+        gpu.memo(&key, || Prepared::new(gpu, &key))?
+    } else {
+        Arc::new(Prepared::new(gpu, &key)?)
+    };
+    let problem = &key.problem;
+    let y = Tensor::output_for(OP, gpu, &problem.out_shape, out_dtype, prepared.plan.zeroes_y())?;
+    run(gpu, &Operands { x, q, biases, y: &y }, &prepared)?;
     Ok(y)
+}
+
+/// What a plan is a pure function of (with the device's caps).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PlanKey {
+    problem: Problem,
+    sizes: OperandSizes,
+    options: QmmOptions,
+}
+
+/// A plan with its pipelines built and batch tables uploaded.
+struct Prepared {
+    plan: Plan,
+    pipelines: Vec<Arc<wgpu::ComputePipeline>>,
+    tables: Vec<Option<wgpu::Buffer>>,
+}
+
+impl Prepared {
+    fn new(gpu: &Gpu, key: &PlanKey) -> Result<Prepared> {
+        let plan = plan::plan(&key.problem, &key.sizes, &key.options, &PlanCaps::of(gpu.caps()))?;
+        let pipelines = plan.steps.iter().map(|s| gpu.pipeline(&s.key)).collect::<Result<Vec<_>>>()?;
+        let tables = plan
+            .steps
+            .iter()
+            .map(|s| s.table.as_ref().map(|t| gpu.table_buffer("wgquant batch table", t)).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Prepared { plan, pipelines, tables })
+    }
 }
 
 /// The tensors of one call, as the plan's steps read them.
@@ -141,21 +179,17 @@ struct Operands<'a> {
     y: &'a Tensor,
 }
 
-/// Creates the plan's buffers and pipelines and submits its dispatches in one pass.
-fn run(gpu: &Gpu, ops: &Operands<'_>, plan: &Plan) -> Result<()> {
+/// Binds the operands and scratch buffers to the prepared plan's steps and submits its
+/// dispatches in one pass.
+fn run(gpu: &Gpu, ops: &Operands<'_>, prepared: &Prepared) -> Result<()> {
+    let plan = &prepared.plan;
     let partials = plan.partials.map(|count| gpu.scratch(Scratch::Partials, count as u64 * 4)).transpose()?;
     let prepared_x = plan.prepared_x.map(|bytes| gpu.scratch(Scratch::PreparedX, bytes)).transpose()?;
-    let tables = plan
-        .steps
-        .iter()
-        .map(|s| s.table.as_ref().map(|t| gpu.table_buffer("wgquant batch table", t)).transpose())
-        .collect::<Result<Vec<_>>>()?;
-    let pipelines = plan.steps.iter().map(|s| gpu.pipeline(&s.key)).collect::<Result<Vec<_>>>()?;
     let dispatches: Vec<Dispatch<'_>> = plan
         .steps
         .iter()
-        .zip(&tables)
-        .zip(&pipelines)
+        .zip(&prepared.tables)
+        .zip(&prepared.pipelines)
         .map(|((step, table), pipeline)| {
             let buffers = step
                 .windows
