@@ -211,7 +211,7 @@ fn run(gpu: &Gpu, ops: &Operands<'_>, prepared: &Prepared) -> Result<()> {
                     BufferWindow { buffer, offset: w.offset, size: w.size }
                 })
                 .collect();
-            Dispatch { pipeline, params: step.params.clone(), buffers, workgroups: step.workgroups }
+            Dispatch { pipeline, params: step.params.as_slice().into(), buffers, workgroups: step.workgroups }
         })
         .collect();
     gpu.submit(OP, &dispatches)
