@@ -325,7 +325,7 @@ fn workgroup_memory_of_every_variant() {
 
 /// The prelude constants of the format, (bits, group size), and everything else a quantized-
 /// matmul key varies: dtypes, tile and row constants, overrides.
-const FORMAT_AXIS: [&str; 2] = ["BITS", "GROUP_SIZE"];
+const FORMAT_AXIS: [&str; 3] = ["MODE", "BITS", "GROUP_SIZE"];
 const OTHER_AXES: [&str; 10] =
     ["X_DTYPE", "SCALE_DTYPE", "OUT_DTYPE", "VECS", "TRANSPOSE", "BM", "BN", "TN", "WG_SIZE", "MIN_SUBGROUP_SIZE"];
 

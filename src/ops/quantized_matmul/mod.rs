@@ -118,7 +118,8 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
     if problem.is_empty() {
         return Tensor::zeros_for(OP, gpu, &problem.out_shape, out_dtype);
     }
-    let biases = q.biases.as_ref().expect("validated");
+    // The fp modes have no biases: their kernels bind the scales in that place.
+    let biases = q.biases.as_ref().unwrap_or(&q.scales);
     let sizes = OperandSizes {
         x: x.storage().size(),
         weight: q.weight.storage().size(),
