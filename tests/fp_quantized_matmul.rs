@@ -367,3 +367,61 @@ fn edge_case_weights_on_every_kernel() {
     eprintln!("{constrained} outputs within their bounds, {unconstrained} with infinite bounds");
     assert!(constrained > 10 * unconstrained, "{constrained} constrained, {unconstrained} not");
 }
+
+/// The bound against the twin catches kernel bugs (no GPU needed): planted in the twin, each of
+/// these fails it on every mode and layout, while a correct product in another order (f32
+/// sums of the exact weights, k reversed) passes. Checked by hand on the GPU too: swapping
+/// nvfp4's second-half scale in qmv fails `test_fp_qmv` and `matches_mlx_fixtures`.
+#[test]
+fn planted_bugs_fail_the_bound() {
+    let mut rng = Rng::new(404);
+    for mode in FP_MODES {
+        for transpose in [true, false] {
+            let (n, k) = if transpose { (16, 64) } else { (64, 16) };
+            let case = Case { mode, dtype: DType::F32, transpose, m: 2, n, k, kernel: QmmKernel::Auto };
+            let params = case.params();
+            let (rows, cols) = case.w_shape();
+            // Neighbouring groups of different magnitudes, so that their scales differ.
+            let gs = params.group_size as usize;
+            let w: Vec<f32> = rng
+                .normals(rows * cols, 1.0 / (k as f32).sqrt())
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| v * [1.0, 4.0, 0.25][(i / gs) % 3])
+                .collect();
+            let host = reference::fp_quantize(&w, cols, params, DType::F32).unwrap();
+            let x = rng.normals(2 * k, 1.0);
+            let (want, bounds) = expected(&case, &x, &host);
+            let product =
+                |h: &HostFpQuantized| reference::fp_quantized_matmul(&x, 2, h, rows, params, transpose, DType::F32);
+            let name = case.name();
+
+            // Every group takes the next group's scale (for nvfp4: the wrong half of a block).
+            let mut next_scale = host.clone();
+            next_scale.scales.rotate_left(1);
+            // The first code of every group has its sign flipped.
+            let mut sign = host.clone();
+            let sign_bit = if mode == Mode::Mxfp8 { 0x80 } else { 0x8 };
+            let codes: Vec<u32> = (0..rows * cols)
+                .map(|i| reference::unpack(&host.weight, params.bits, i) ^ if i % gs == 0 { sign_bit } else { 0 })
+                .collect();
+            sign.weight = reference::pack(&codes, params.bits);
+            for (bug, planted) in [("next group's scale", next_scale), ("a sign flipped per group", sign)] {
+                let got = product(&planted);
+                assert!(common::first_outside_bound(&got, &want, &bounds).is_some(), "{name}: {bug} passes");
+            }
+
+            // Correct in another order: exact weights, k summed backwards.
+            let dense = reference::fp_dequantize(&host.weight, &host.scales, params, DType::F32);
+            let reversed: Vec<f32> = (0..2 * n)
+                .map(|i| {
+                    let (row, out) = (i / n, i % n);
+                    (0..k).rev().fold(0f32, |acc, kk| {
+                        acc + x[row * k + kk] * dense[if transpose { out * k + kk } else { kk * n + out }]
+                    })
+                })
+                .collect();
+            assert_eq!(common::first_outside_bound(&reversed, &want, &bounds), None, "{name}: reversed order");
+        }
+    }
+}
