@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo bench --bench qmm -- [--quick] [--sweep | --sweep-only] [--runs N] [--repeat N]
-//!                              [--dtype f16|bf16] [--rows M,M,..] [--json PATH] [--cooperative]
+//!                              [--dtype f16|bf16] [--rows M,M,..] [--json PATH] [--cooperative] [--fp]
 //! ```
 //! `--quick` uses small shapes (lavapipe runs it in seconds); `--sweep` also times the kernel
 //! knobs on the large shapes (`--sweep-only`: only them; a knob the device refuses is skipped);
@@ -19,13 +19,15 @@
 //! `qmm_bench.json`); `--cooperative` opens the device with wgpu's experimental cooperative
 //! matrices (`Gpu::with_cooperative_matrices`), so that `default` runs `qmv_coop` on tensor
 //! cores where it chooses to, and times `qmv` (`vector`) and `qmv_coop` (`cooperative`) by name
-//! for 2 to 8 rows of f16 x.
+//! for 2 to 8 rows of f16 x. `--fp` also times mxfp4, mxfp8 and nvfp4 weights on every shape
+//! (GB/s counts their packed words and scale bytes), for the fp modes' GEMV against affine 4-bit.
 
 mod common;
 
 use std::time::Duration;
 
 use wgquant::kernels::QmmShape;
+use wgquant::params::FP_MODES;
 use wgquant::random::SplitMix64;
 use wgquant::{DType, Gpu, GpuOptions, QmmKernel, QmmOptions, QuantParams, Quantized, Result};
 
@@ -64,9 +66,26 @@ struct Config {
     /// Open the device with cooperative matrices.
     #[arg(long)]
     cooperative: bool,
+    /// Also time the fp modes (mxfp4, mxfp8, nvfp4) on every shape, beside affine 4 and 8 bits.
+    #[arg(long)]
+    fp: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// Affine parameters at the bench's group size.
+fn affine(bits: u32) -> QuantParams {
+    QuantParams::affine(GROUP_SIZE, bits)
+}
+
+/// The format column: affine bits, or the fp mode's name.
+fn format_label(params: QuantParams) -> String {
+    if params.mode.is_fp() {
+        params.mode.to_string()
+    } else {
+        params.bits.to_string()
+    }
 }
 
 fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
@@ -111,7 +130,7 @@ struct Row {
     n: usize,
     k: usize,
     m: usize,
-    bits: u32,
+    params: QuantParams,
     variant: String,
     time: Duration,
     bytes: u64,
@@ -127,18 +146,17 @@ impl Row {
     }
 }
 
-/// Times each case (rows of x, variants) of `n` x `k` weights at `bits` bits, all on one set of
+/// Times each case (rows of x, variants) of `n` x `k` weights quantized with `params`, all on one set of
 /// weight copies.
 fn time_matmul(
     gpu: &Gpu,
     config: &Config,
     heater: &Heater,
     (n, k): (usize, usize),
-    bits: u32,
+    params: QuantParams,
     cases: &[(usize, Vec<(String, QmmOptions)>)],
 ) -> Result<Vec<Row>> {
-    let mut rng = SplitMix64::new(n as u64 * 31 + k as u64 * 7 + u64::from(bits));
-    let params = QuantParams::affine(GROUP_SIZE, bits);
+    let mut rng = SplitMix64::new(n as u64 * 31 + k as u64 * 7 + u64::from(params.bits));
     let one = common::random_weight(gpu, &mut rng, (n, k), params, config.dtype)?;
     let bytes = one.size_in_bytes();
     let copies = if config.quick { 2 } else { ROTATION_BYTES.div_ceil(bytes).max(2) as usize };
@@ -161,7 +179,7 @@ fn time_matmul(
             let time = median_time(gpu, config.runs, config.repeat as usize, |i| {
                 wgquant::quantized_matmul_with(&x, &weights[i % copies], true, option).map(drop)
             })?;
-            rows.push(Row { n, k, m, bits, variant: variant.clone(), time, bytes });
+            rows.push(Row { n, k, m, params, variant: variant.clone(), time, bytes });
         }
     }
     Ok(rows)
@@ -365,43 +383,45 @@ fn main() -> Result<()> {
     };
     let mut rows = Vec::new();
     for &(n, k) in if config.sweep_only { &[][..] } else { &shapes[..] } {
-        for bits in [4, 8] {
+        let fp = if config.fp { FP_MODES.map(QuantParams::for_mode).to_vec() } else { Vec::new() };
+        for params in [affine(4), affine(8)].into_iter().chain(fp) {
             let cases: Vec<_> = ms.iter().map(|&m| (m, variants(m))).collect();
-            rows.extend(time_matmul(&gpu, &config, &heater, (n, k), bits, &cases)?);
+            rows.extend(time_matmul(&gpu, &config, &heater, (n, k), params, &cases)?);
         }
     }
     if config.sweep {
         let cases: Vec<_> = ms.iter().map(|&m| (m, sweep_variants(m))).collect();
-        rows.extend(time_matmul(&gpu, &config, &heater, shapes[1], 4, &cases)?);
+        rows.extend(time_matmul(&gpu, &config, &heater, shapes[1], affine(4), &cases)?);
         // The tiled kernel's knobs at the most rows, 8 bits and the other long shape; qmv's
         // workgroup sizes at a few rows on the other shapes.
         if let Some(&m) = ms.iter().max().filter(|&&m| m > 32) {
-            rows.extend(time_matmul(&gpu, &config, &heater, shapes[1], 8, &[(m, sweep_variants(m))])?);
-            rows.extend(time_matmul(&gpu, &config, &heater, shapes[2], 4, &[(m, sweep_variants(m))])?);
+            rows.extend(time_matmul(&gpu, &config, &heater, shapes[1], affine(8), &[(m, sweep_variants(m))])?);
+            rows.extend(time_matmul(&gpu, &config, &heater, shapes[2], affine(4), &[(m, sweep_variants(m))])?);
         }
         if let Some(&m) = ms.iter().find(|&&m| m > 1 && m <= 32) {
             for shape in [shapes[0], shapes[2]] {
-                rows.extend(time_matmul(&gpu, &config, &heater, shape, 4, &[(m, sweep_variants(m))])?);
+                rows.extend(time_matmul(&gpu, &config, &heater, shape, affine(4), &[(m, sweep_variants(m))])?);
             }
         }
     }
 
     let dtype = config.dtype;
     println!(
-        "\nquantized_matmul, x {dtype}, scales/biases {dtype}, group {GROUP_SIZE}, median of {} runs",
+        "\nquantized_matmul, x {dtype}, scales/biases {dtype}, group {GROUP_SIZE} (affine; the fp modes: their own \
+         format), median of {} runs",
         config.runs
     );
     println!(
-        "{:>6} {:>6} {:>4} {:>4} {:<22} {:>10} {:>8} {:>8}",
-        "N", "K", "M", "bits", "variant", "us", "GB/s", "TFLOP/s"
+        "{:>6} {:>6} {:>4} {:>6} {:<22} {:>10} {:>8} {:>8}",
+        "N", "K", "M", "format", "variant", "us", "GB/s", "TFLOP/s"
     );
     for r in &rows {
         println!(
-            "{:>6} {:>6} {:>4} {:>4} {:<22} {:>10.1} {:>8.1} {:>8.3}",
+            "{:>6} {:>6} {:>4} {:>6} {:<22} {:>10.1} {:>8.1} {:>8.3}",
             r.n,
             r.k,
             r.m,
-            r.bits,
+            format_label(r.params),
             r.variant,
             r.time.as_secs_f64() * 1e6,
             r.gbs(),
@@ -419,7 +439,8 @@ fn to_json(gpu: &Gpu, copy_gbs: f64, fma_tflops: f64, config: &Config, rows: &[R
         .iter()
         .map(|r| {
             serde_json::json!({
-                "n": r.n, "k": r.k, "m": r.m, "bits": r.bits, "variant": r.variant,
+                "n": r.n, "k": r.k, "m": r.m, "bits": r.params.bits, "mode": r.params.mode.as_str(),
+                "variant": r.variant,
                 "median_us": r.time.as_secs_f64() * 1e6, "gbs": r.gbs(), "tflops": r.tflops(),
             })
         })

@@ -106,7 +106,7 @@ struct ConvertArgs {
     /// Elements per group: 32, 64 or 128 [default: the mode's, 64 for affine].
     #[arg(long)]
     group_size: Option<u32>,
-    /// Quantization mode (only affine is implemented).
+    /// Quantization mode: affine, mxfp4, mxfp8 or nvfp4 (mlx-lm's --q-mode).
     #[arg(long, default_value = "affine", value_parser = parse_mode)]
     mode: Mode,
     /// Mixed-precision recipe (mlx-lm's --quant-predicate): mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6.
@@ -178,7 +178,6 @@ fn convert(args: &ConvertArgs) -> Result<()> {
         let mut params = QuantParams::for_mode(args.mode);
         params.group_size = args.group_size.unwrap_or(params.group_size);
         params.bits = args.bits.unwrap_or(params.bits);
-        params.require_affine("convert")?;
         params.validate("convert")?;
         if args.recipe.is_some() && args.mode != Mode::Affine {
             return Err(Error::RecipeNeedsAffine);

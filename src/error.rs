@@ -118,6 +118,12 @@ pub enum Error {
     /// A mode MLX has that wgquant does not implement yet (in this op).
     #[error("[{op}] quantization mode '{mode}' is not yet supported by wgquant (supported: affine)")]
     UnsupportedMode { op: &'static str, mode: Mode },
+    /// wgquant's quantized matmul reads x in blocks of 32 along k: transposed nvfp4 weights (the
+    /// one mode whose groups are shorter) need k a multiple of 32.
+    #[error(
+        "[{op}] {mode} weights with transpose=true need the inner dimension K to be a multiple of 32 in wgquant, but K is {k}."
+    )]
+    FpInnerLength { op: &'static str, mode: Mode, k: usize },
     /// A mode string that is not one of MLX's.
     #[error("Invalid quantization mode '{0}'.")]
     InvalidMode(String),

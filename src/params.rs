@@ -14,12 +14,11 @@ pub enum Mode {
     /// `scale * q + bias` per group, any of 1–6 or 8 bits.
     #[default]
     Affine,
-    /// E2M1 elements with an E8M0 scale per 32 (`quantize` and `dequantize`; not yet
-    /// `quantized_matmul`, layers or checkpoints).
+    /// E2M1 elements with an E8M0 scale per 32.
     Mxfp4,
-    /// E4M3 elements with an E8M0 scale per 32 (as [`Mode::Mxfp4`]).
+    /// E4M3 elements with an E8M0 scale per 32.
     Mxfp8,
-    /// E2M1 elements with an E4M3 scale per 16 (as [`Mode::Mxfp4`]; no global scale yet).
+    /// E2M1 elements with an E4M3 scale per 16 (no global scale yet).
     Nvfp4,
 }
 

@@ -569,11 +569,18 @@ fn convert_flags_reach_the_checkpoint() {
     assert_eq!(config["quantization"]["lm_head"]["bits"], 6);
     assert_eq!(config["quantization"]["model.layers.0.mlp.down_proj"]["bits"], 3);
 
-    // A mode wgquant does not implement is refused before a GPU is opened.
-    let out = wgquant(&["convert", "in", "mx", "--mode", "mxfp4"], dir.path());
+    // A recipe in an fp mode is refused before a GPU is opened (mlx-lm's recipes are affine).
+    let out = wgquant(&["convert", "in", "mx", "--mode", "mxfp4", "--recipe", "mixed_3_6"], dir.path());
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("quantization mode 'mxfp4' is not yet supported"), "{}", text(&out.stderr));
     assert_eq!(listing(dir.path()), ["g32", "in", "mixed", "skip"]);
+    // An fp mode: mlx-lm's layout, and inspect shows the mode and the bits per weight.
+    let out = wgquant(&["convert", "in", "nv", "--mode", "nvfp4"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = wgquant(&["inspect", "nv"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("nvfp4 g16 b4"), "{shown}");
+    assert!(shown.contains("bits per weight:"), "{shown}");
 }
 
 /// A model directory holding one tensor described by `header`, backed by a sparse file of

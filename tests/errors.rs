@@ -70,12 +70,14 @@ fn dequantize_errors_are_mlx_words() {
 fn unsupported_modes_and_parameters_are_named() {
     let gpu = gpu_or_skip!();
     let w = Tensor::zeros(&gpu, &[4, 64], DType::F16).unwrap();
-    // wgquant's own: MLX multiplies by mxfp4 matrices; wgquant does not yet.
-    let q = wgquant::quantize(&w, QuantParams::for_mode(Mode::Mxfp4)).unwrap();
-    let err = wgquant::quantized_matmul(&w, &q, true).unwrap_err();
+    // wgquant's own: its kernels read x in blocks of 32 along K, which nvfp4 (groups of 16)
+    // need not fill.
+    let q = wgquant::quantize(&Tensor::zeros(&gpu, &[4, 48], DType::F16).unwrap(), QuantParams::for_mode(Mode::Nvfp4));
+    let err = wgquant::quantized_matmul(&Tensor::zeros(&gpu, &[1, 48], DType::F16).unwrap(), &q.unwrap(), true);
     assert_eq!(
-        err.to_string(),
-        "[quantized_matmul] quantization mode 'mxfp4' is not yet supported by wgquant (supported: affine)"
+        err.unwrap_err().to_string(),
+        "[quantized_matmul] nvfp4 weights with transpose=true need the inner dimension K to be a multiple of 32 in \
+         wgquant, but K is 48."
     );
     // wgquant's own: MLX 0.32.4's quantize dies of a division by zero (SIGFPE) at group size 0.
     let err = wgquant::quantize(&w, QuantParams::affine(0, 4)).unwrap_err();

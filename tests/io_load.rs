@@ -351,3 +351,37 @@ fn save_model_for_mlx() {
     let options = SaveOptions { max_shard_bytes: 30_000, ..SaveOptions::default() };
     save_model(&dir.join("quantized"), &model, &quantized, &config_json(), &options).unwrap();
 }
+
+/// The fp modes end to end: float model → `convert --mode` → `load_weights` into a fresh model
+/// equals `nn::quantize` in the mode in memory (same layers and repr, logits within
+/// `SAME_KERNELS_TOL`); and `save_model` of that quantized model loads back bit for bit.
+#[test]
+fn fp_mode_checkpoints_load_into_models() {
+    let gpu = gpu_or_skip!();
+    let dir = temp_dir();
+    let original = Model::random(&gpu, &config(), DType::F32, 1).unwrap();
+    save(&original, &dir.path().join("in"));
+    for mode in wgquant::params::FP_MODES {
+        let params = QuantParams::for_mode(mode);
+        let output = dir.path().join(mode.as_str());
+        convert(&dir.path().join("in"), &output, &gpu, &ConvertOptions::quantize(params), &mut |_, _| {}).unwrap();
+
+        let mut expected = Model::random(&gpu, &config(), DType::F32, 1).unwrap();
+        let mut predicate = nn::mlx_lm_predicate(params.group_size, nn::quantizable);
+        let expected_paths = nn::quantize(&mut expected, params, Some(&mut predicate)).unwrap();
+        let mut loaded = Model::random(&gpu, &config(), DType::F32, 2).unwrap();
+        let loaded_paths = load_weights(&mut loaded, load_checkpoint(&output, &gpu).unwrap()).unwrap();
+        assert_eq!(loaded_paths, expected_paths, "{mode}");
+        assert_eq!(loaded.to_string(), expected.to_string(), "{mode}");
+        assert!(loaded.to_string().contains(&format!("mode={mode}")), "{mode}");
+        let diff = max_abs_diff(&logits(&gpu, &loaded), &logits(&gpu, &expected));
+        assert!(diff <= SAME_KERNELS_TOL, "{mode}: quantized logits differ by {diff}");
+
+        let saved = dir.path().join(format!("{mode}-saved"));
+        save_model(&saved, &expected, &expected_paths, &config_json(), &SaveOptions::default()).unwrap();
+        let mut reloaded = Model::random(&gpu, &config(), DType::F32, 3).unwrap();
+        assert_eq!(load_weights(&mut reloaded, load_checkpoint(&saved, &gpu).unwrap()).unwrap(), expected_paths);
+        assert_eq!(logits(&gpu, &reloaded), logits(&gpu, &expected), "{mode}: the same packed words and scales");
+    }
+    assert_eq!(gpu.take_uncaptured_errors(), Vec::<String>::new());
+}

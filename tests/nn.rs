@@ -779,3 +779,50 @@ fn demo_reports_what_it_did() {
         assert!(logits.contains("same top-1 token for "), "{recipe}: {logits}");
     }
 }
+
+/// `nn::quantize` in the fp modes: QuantizedLinear and QuantizedEmbedding without biases (their
+/// parameters are `weight` and `scales`, and the Linear's `bias`), shown as MLX 0.32.4 shows them
+/// (recorded with `nn.quantize(nn.Sequential(nn.Linear(64, 8), nn.Embedding(10, 64)),
+/// mode=...)`), the linear's forward equal to its dequantized layer's up to f32 summation order
+/// (`SUMMATION_ORDER_REL`; the dequantized weights, bfloat16 as MLX's `dequantize` gives them
+/// for the fp modes, are exact there) and the embedding's rows those of `dequantize` (bfloat16).
+#[test]
+fn fp_modes_quantize_layers_as_mlx() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new(31);
+    for mode in wgquant::params::FP_MODES {
+        let params = QuantParams::for_mode(mode);
+        let (gs, bits) = mode.defaults();
+        let lin = linear(&gpu, &mut rng, 64, 8, true);
+        let emb: Layer = Box::new(embedding(&gpu, &mut rng, 10, 64));
+        let mut m = Sequential::new(vec![lin, emb]);
+        let done = nn::quantize(&mut m, params, None).unwrap();
+        assert_eq!(done.len(), 2, "{mode}");
+        let want = format!(
+            "Sequential(\n  (layers.0): QuantizedLinear(input_dims=64, output_dims=8, bias=True, group_size={gs}, \
+             bits={bits}, mode={mode})\n  (layers.1): QuantizedEmbedding(10, 64, group_size={gs}, bits={bits}, \
+             mode={mode})\n)"
+        );
+        assert_eq!(m.to_string(), want, "{mode}");
+        let mut names = keys(&m);
+        names.sort();
+        assert_eq!(
+            names,
+            ["layers.0.bias", "layers.0.scales", "layers.0.weight", "layers.1.scales", "layers.1.weight"]
+        );
+
+        let leaves = m.leaf_modules();
+        let x = upload(&gpu, &rng.normals(3 * 64, 1.0), &[3, 64]);
+        let y = download(&leaves[0].1.forward(&x).unwrap());
+        let ids = Tensor::from_slice(&gpu, &[7u32, 0, 9], &[3]).unwrap();
+        let rows = leaves[1].1.forward(&ids).unwrap();
+        assert_eq!((rows.shape(), rows.dtype()), (&[3, 64][..], DType::BF16), "{mode}");
+        let rows = download(&rows);
+        nn::dequantize_model(&mut m).unwrap();
+        let leaves = m.leaf_modules();
+        let reference = download(&leaves[0].1.forward(&x).unwrap());
+        let err = relative_error(&y, &reference);
+        assert!(err < SUMMATION_ORDER_REL, "{mode}: quantized vs dequantized linear {err}");
+        assert_eq!(rows, download(&leaves[1].1.forward(&ids).unwrap()), "{mode}: embedding rows");
+    }
+}

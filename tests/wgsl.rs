@@ -306,9 +306,12 @@ fn workgroup_memory_of_every_variant() {
     for key in every_key() {
         let label = key.to_string();
         let usage = key.workgroup();
-        let canonical_format = !label.contains("_gs")
-            || label.contains("f16_f16_to_f16_gs64_b4")
-            || label.contains("f32_f16_to_f16_gs64_b4");
+        // (fp-mode labels have no group size; the format does not change workgroup memory.)
+        let fp_format = wgquant::params::FP_MODES.iter().any(|mode| label.contains(&format!("_{mode}")));
+        let canonical_format = !fp_format
+            && (!label.contains("_gs")
+                || label.contains("f16_f16_to_f16_gs64_b4")
+                || label.contains("f32_f16_to_f16_gs64_b4"));
         if usage.workgroup_memory > 0
             && canonical_format
             && !label.starts_with("matmul_")
@@ -325,7 +328,7 @@ fn workgroup_memory_of_every_variant() {
 
 /// The prelude constants of the format, (bits, group size), and everything else a quantized-
 /// matmul key varies: dtypes, tile and row constants, overrides.
-const FORMAT_AXIS: [&str; 2] = ["BITS", "GROUP_SIZE"];
+const FORMAT_AXIS: [&str; 3] = ["MODE", "BITS", "GROUP_SIZE"];
 const OTHER_AXES: [&str; 10] =
     ["X_DTYPE", "SCALE_DTYPE", "OUT_DTYPE", "VECS", "TRANSPOSE", "BM", "BN", "TN", "WG_SIZE", "MIN_SUBGROUP_SIZE"];
 

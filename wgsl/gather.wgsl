@@ -1,6 +1,6 @@
 // gather.wgsl: out[r, c] = table[ids[r], c], MLX's `table[ids]` on rows. Elements are copied as
-// bits (ELEMENT_BYTES = 4 for f32/u32 such as packed quantized rows, 2 for f16/bf16), so any dtype
-// of that size gathers exactly. An id past the table gives a row of zeros (MLX reads out of
+// bits (ELEMENT_BYTES = 4 for f32/u32 such as packed quantized rows, 2 for f16/bf16, 1 for u8
+// such as the fp modes' scales), so any dtype of that size gathers exactly. An id past the table gives a row of zeros (MLX reads out of
 // bounds there; a host check would need a read-back).
 // Prelude: const ELEMENT_BYTES
 // Overrides: WG_SIZE

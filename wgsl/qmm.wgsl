@@ -11,7 +11,7 @@
 // return small values: wgpu bounds every loop, which keeps drivers from unrolling, and arrays
 // indexed at run time, or large values passed to functions a driver does not inline, end up in
 // slow local memory.
-// Prelude: const BITS, GROUP_SIZE, X_DTYPE, SCALE_DTYPE, OUT_DTYPE, TRANSPOSE (1: w_q is (n, k),
+// Prelude: const MODE, BITS, GROUP_SIZE, X_DTYPE, SCALE_DTYPE, OUT_DTYPE, TRANSPOSE (1: w_q is (n, k),
 //          groups along k; 0: w_q is (k, n), groups along n), BM (32, 64 or 128), BN (128 or
 //          256), TN (8 or 16 columns per invocation); the workgroup has BM / 8 · BN / TN
 //          invocations.
@@ -121,17 +121,18 @@ fn fetch_w_piece(tile: Tile, n0: u32, k0: u32, local: u32, i: u32) -> vec4<u32> 
     if bit % 32u + 8u * BITS > 32u {
         words.y = w_q[word + 1u];
     }
-    let scale_word = element_word(SCALE_DTYPE, piece.group);
-    words.z = scales[scale_word];
-    words.w = biases[scale_word];
+    let word_of_scale = scale_word(piece.group);
+    words.z = scales[word_of_scale];
+    words.w = biases[word_of_scale];
     return words;
 }
 
 fn stage_w_piece(tile: Tile, n0: u32, k0: u32, local: u32, i: u32, words: vec4<u32>) {
     let piece = piece_of(tile, n0, k0, local, i);
     // The codes come scaled by 1 / CODE_SCALE (see `window_codes`).
-    let scale = dtype_decode(SCALE_DTYPE, words.z, element_lane(SCALE_DTYPE, piece.group)) * CODE_SCALE;
-    let bias = vec4<f32>(dtype_decode(SCALE_DTYPE, words.w, element_lane(SCALE_DTYPE, piece.group)));
+    let scale_bias = decode_scale_bias(words.z, words.w, piece.group);
+    let scale = scale_bias.x * CODE_SCALE;
+    let bias = vec4<f32>(scale_bias.y);
     let first = (piece.code * BITS) % 32u;
     var lo = fma(scale, window_codes(window64(words.x, words.y, first)), bias);
     var hi = fma(scale, window_codes(window64(words.x, words.y, first + 4u * BITS)), bias);

@@ -22,7 +22,9 @@
 // take and return small values: wgpu bounds every loop, which keeps drivers from unrolling, and
 // arrays indexed at run time, or large values passed to functions a driver does not inline, end
 // up in slow local memory.
-// Prelude: const BITS, GROUP_SIZE, X_DTYPE, SCALE_DTYPE, OUT_DTYPE, VECS (1 ..= 8), PREPARED_CHUNK
+// The fp modes run the same code: their codes decode to elements and their groups' biases are
+// 0 (codes.wgsl); nvfp4's groups of 16 split each block in two, each half with its own scale.
+// Prelude: const MODE, BITS, GROUP_SIZE, X_DTYPE, SCALE_DTYPE, OUT_DTYPE, VECS (1 ..= 8), PREPARED_CHUNK
 // Overrides: WG_SIZE (invocations splitting k); MIN_SUBGROUP_SIZE (subgroup reduction only)
 // Bindings: 0 params | 1 batches | 2 x (vec4 words; prepared when VECS > 1, and then x_stride and
 //           the batch offsets count vectors) | 3 w_q (vec4 words) | 4 scales | 5 biases | 6 y
@@ -159,14 +161,17 @@ fn load_x_block(e: u32) -> XBlock {
     );
 }
 
-// Σ code · x over a block of one row (x scaled as in XBlock), quad by quad.
-fn block_dot(b: Block, xb: XBlock) -> f32 {
+// Σ code · x over each half of a block of one row (x scaled as in XBlock), quad by quad.
+fn block_dot(b: Block, xb: XBlock) -> vec2<f32> {
     let low = (dot(block_quad(b, 0u), xb.q0) + dot(block_quad(b, 1u), xb.q1))
         + (dot(block_quad(b, 2u), xb.q2) + dot(block_quad(b, 3u), xb.q3));
     let high = (dot(block_quad(b, 4u), xb.q4) + dot(block_quad(b, 5u), xb.q5))
         + (dot(block_quad(b, 6u), xb.q6) + dot(block_quad(b, 7u), xb.q7));
-    return low + high;
+    return vec2<f32>(low, high);
 }
+
+// Whether a block of 32 codes holds two groups (nvfp4's 16; every other group is 32 or more).
+const HALF_BLOCK_GROUPS: bool = GROUP_SIZE < 32u;
 
 // The scales (column 0) and biases (column 1) of group g of 4 rows of w_q.
 fn load_scales_biases(rows: vec4<u32>, g: u32) -> mat2x4<f32> {
@@ -290,7 +295,7 @@ fn kernel(local: u32, group: u32) {
     var hi = mat4x4<f32>();
     for (var blk = local; blk < params.k / 32u; blk += WG_SIZE) {
         let g = blk * 32u / GROUP_SIZE;
-        let sb_lo = load_scales_biases(w_lo, g);
+        var sb_lo = load_scales_biases(w_lo, g);
         var sb_hi = mat2x4<f32>();
         if GROUPS > 1u {
             sb_hi = load_scales_biases(w_hi, g);
@@ -298,20 +303,29 @@ fn kernel(local: u32, group: u32) {
         if VECS == 1u {
             // One row of x (two groups): slot 0 holds rows 0-3, slot 4 rows 4-7.
             let xb = load_x_block(x_lo.x + blk * 32u);
-            let d_lo = vec4<f32>(
-                block_dot(load_block(words_lo.x, blk), xb),
-                block_dot(load_block(words_lo.y, blk), xb),
-                block_dot(load_block(words_lo.z, blk), xb),
-                block_dot(load_block(words_lo.w, blk), xb),
-            );
-            let d_hi = vec4<f32>(
-                block_dot(load_block(words_hi.x, blk), xb),
-                block_dot(load_block(words_hi.y, blk), xb),
-                block_dot(load_block(words_hi.z, blk), xb),
-                block_dot(load_block(words_hi.w, blk), xb),
-            );
-            lo[0] += sb_lo[0] * d_lo + sb_lo[1] * xb.sum;
-            hi[0] += sb_hi[0] * d_hi + sb_hi[1] * xb.sum;
+            let h0 = block_dot(load_block(words_lo.x, blk), xb);
+            let h1 = block_dot(load_block(words_lo.y, blk), xb);
+            let h2 = block_dot(load_block(words_lo.z, blk), xb);
+            let h3 = block_dot(load_block(words_lo.w, blk), xb);
+            let h4 = block_dot(load_block(words_hi.x, blk), xb);
+            let h5 = block_dot(load_block(words_hi.y, blk), xb);
+            let h6 = block_dot(load_block(words_hi.z, blk), xb);
+            let h7 = block_dot(load_block(words_hi.w, blk), xb);
+            // The halves of each row's block.
+            let first_lo = vec4<f32>(h0.x, h1.x, h2.x, h3.x);
+            let second_lo = vec4<f32>(h0.y, h1.y, h2.y, h3.y);
+            let first_hi = vec4<f32>(h4.x, h5.x, h6.x, h7.x);
+            let second_hi = vec4<f32>(h4.y, h5.y, h6.y, h7.y);
+            if HALF_BLOCK_GROUPS {
+                // nvfp4: the second half is the next group (no biases).
+                let next_lo = load_scales_biases(w_lo, g + 1u);
+                let next_hi = load_scales_biases(w_hi, g + 1u);
+                lo[0] += sb_lo[0] * first_lo + next_lo[0] * second_lo;
+                hi[0] += sb_hi[0] * first_hi + next_hi[0] * second_hi;
+                continue;
+            }
+            lo[0] += sb_lo[0] * (first_lo + second_lo) + sb_lo[1] * xb.sum;
+            hi[0] += sb_hi[0] * (first_hi + second_hi) + sb_hi[1] * xb.sum;
             continue;
         }
         // More rows of x (see the top of the file). The block of row v of x starts at
@@ -339,6 +353,19 @@ fn kernel(local: u32, group: u32) {
         d = quad_step(d, quad_codes(lo_blocks, 1u), quad_codes(hi_blocks, 1u), xb_lo, xb_hi, 1u);
         d = quad_step(d, quad_codes(lo_blocks, 2u), quad_codes(hi_blocks, 2u), xb_lo, xb_hi, 2u);
         d = quad_step(d, quad_codes(lo_blocks, 3u), quad_codes(hi_blocks, 3u), xb_lo, xb_hi, 3u);
+        if HALF_BLOCK_GROUPS {
+            // nvfp4: the first half of the block is a group of its own, added with its scales
+            // (no biases); the second half goes on with the next group's.
+            lo = add_block(lo, d.lo, sb_lo, vec4<f32>());
+            if GROUPS > 1u {
+                hi = add_block(hi, d.hi, sb_hi, vec4<f32>());
+                sb_hi = load_scales_biases(w_hi, g + 1u);
+            } else {
+                hi = add_block(hi, d.hi, sb_lo, vec4<f32>());
+            }
+            sb_lo = load_scales_biases(w_lo, g + 1u);
+            d = Sums(mat4x4<f32>(), mat4x4<f32>());
+        }
         d = quad_step(d, quad_codes(lo_blocks, 4u), quad_codes(hi_blocks, 4u), xb_lo, xb_hi, 4u);
         d = quad_step(d, quad_codes(lo_blocks, 5u), quad_codes(hi_blocks, 5u), xb_lo, xb_hi, 5u);
         d = quad_step(d, quad_codes(lo_blocks, 6u), quad_codes(hi_blocks, 6u), xb_lo, xb_hi, 6u);

@@ -7,7 +7,7 @@
 // Each invocation moves one quad, so that every load of x is in flight at once (a loop over a
 // block's quads made each invocation wait for its loads one after another); the 8 invocations
 // of a block add their quads' sums through workgroup memory.
-// Prelude: const X_DTYPE, BITS, PREPARED_CHUNK
+// Prelude: const X_DTYPE, MODE, BITS, PREPARED_CHUNK
 // Overrides: WG_SIZE (a multiple of 8)
 // Bindings: 0 params | 1 x (rows of k elements) | 2 prepared (rows of prepared_row_vectors)
 // Dispatch: one invocation per quad of x (rows · k / 4), in a 2-D grid when large.

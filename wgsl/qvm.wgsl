@@ -3,7 +3,7 @@
 // outputs for VECS rows of x over one slice of k, reading rows of w_q in order, so neighbouring
 // invocations read neighbouring words. With k_splits > 1 each slice writes f32 partial sums to
 // its own slot of y, and qmm_sum_partials.wgsl adds them up.
-// Prelude: const BITS, GROUP_SIZE, X_DTYPE, SCALE_DTYPE, OUT_DTYPE, VECS (1 ..= 4)
+// Prelude: const MODE, BITS, GROUP_SIZE, X_DTYPE, SCALE_DTYPE, OUT_DTYPE, VECS (1 ..= 4)
 // Overrides: WG_SIZE (quads of outputs per workgroup)
 // Bindings: 0 params | 1 batches | 2 x | 3 w_q | 4 scales | 5 biases | 6 y
 // Dispatch: n_tiles = ceil(n / (4 WG_SIZE)), m_tiles = ceil(m / VECS), k_splits slices, per batch

@@ -258,7 +258,7 @@ pub fn convert(
                 return Err(count.to_error());
             }
             non_finite.extend(counts);
-            for (name, tensor) in compute(gpu, &step.action, inputs)? {
+            for (name, tensor) in compute(gpu, &step.action, inputs, dtype)? {
                 writers[shard_of[&name].0].write(&name, &tensor)?;
             }
             done += step.input_bytes;
@@ -355,7 +355,6 @@ fn plan_steps(
             if model.is_quantized() {
                 return Err(Error::AlreadyQuantized { path: model.dir().to_path_buf() });
             }
-            params.require_affine("convert")?;
             params.validate("convert")?;
             let mixed = match recipe {
                 Some(_) if params.mode != Mode::Affine => return Err(Error::RecipeNeedsAffine),
@@ -379,9 +378,11 @@ fn plan_steps(
                     }
                     None => *params,
                 };
-                layer_params.require_affine("convert")?;
                 layer_params.validate("convert")?;
-                let scale_dtype = float_dtype(entry.dtype);
+                // Affine scales and biases in the weight's dtype; the fp modes' scales are bytes
+                // and they have no biases (mlx-lm's layout).
+                let fp = layer_params.mode.is_fp();
+                let scale_dtype = if fp { FileDType::U8 } else { float_dtype(entry.dtype) };
                 let (k, lead) = entry.shape.split_last().expect("quantizable weights have rank >= 2");
                 // The packed width is `k * bits / 32`, and readers unpack `width * 32`.
                 if k.checked_mul(32).is_none() {
@@ -393,25 +394,21 @@ fn plan_steps(
                 }
                 let with_last = |last: usize| lead.iter().copied().chain([last]).collect::<Vec<_>>();
                 let path = &layer.path;
+                let groups = with_last(k / layer_params.group_size as usize);
+                let mut outputs = vec![
+                    TensorSpec {
+                        name: entry.name.clone(),
+                        dtype: FileDType::U32,
+                        shape: with_last(layer_params.packed_width(*k)),
+                    },
+                    TensorSpec { name: format!("{path}.scales"), dtype: scale_dtype, shape: groups.clone() },
+                ];
+                if !fp {
+                    outputs.push(TensorSpec { name: format!("{path}.biases"), dtype: scale_dtype, shape: groups });
+                }
                 steps.push(Step {
                     action: Action::Quantize { layer: path.clone(), params: layer_params },
-                    outputs: vec![
-                        TensorSpec {
-                            name: entry.name.clone(),
-                            dtype: FileDType::U32,
-                            shape: with_last(layer_params.packed_width(*k)),
-                        },
-                        TensorSpec {
-                            name: format!("{path}.scales"),
-                            dtype: scale_dtype,
-                            shape: with_last(k / layer_params.group_size as usize),
-                        },
-                        TensorSpec {
-                            name: format!("{path}.biases"),
-                            dtype: scale_dtype,
-                            shape: with_last(k / layer_params.group_size as usize),
-                        },
-                    ],
+                    outputs,
                     input_bytes: entry.size_in_bytes,
                 });
             }
@@ -426,15 +423,17 @@ fn plan_steps(
                 let quantized = |l: &&LayerInfo| l.quantization.is_some();
                 if let Some(layer) = layer_of_weight(&entry.name).filter(quantized) {
                     let params = layer.quantization.expect("filtered on quantized layers");
-                    params.require_affine("convert")?;
                     params.validate("convert")?;
                     let scales = layer.scales.as_ref().expect("checked when the model was opened");
                     let companions = layer.scales.iter().chain(&layer.biases);
+                    // mx.dequantize's dtype: the scales' (affine), bfloat16 (the fp modes).
+                    let out =
+                        if params.mode.is_fp() { float_dtype(FileDType::BF16) } else { float_dtype(scales.dtype) };
                     steps.push(Step {
                         action: Action::Dequantize { layer: layer.path.clone(), params },
                         outputs: vec![TensorSpec {
                             name: entry.name.clone(),
-                            dtype: float_dtype(scales.dtype),
+                            dtype: out,
                             shape: layer.logical_shape(),
                         }],
                         input_bytes: entry.size_in_bytes + companions.map(|t| t.size_in_bytes).sum::<u64>(),
@@ -477,7 +476,11 @@ fn read_inputs(
     let names = match action {
         Action::Copy(name) => vec![name.clone()],
         Action::Quantize { layer, .. } => vec![format!("{layer}.weight")],
-        Action::Dequantize { layer, .. } => ["weight", "scales", "biases"].map(|part| format!("{layer}.{part}")).into(),
+        Action::Dequantize { layer, params } => {
+            let parts: &[&str] =
+                if params.mode.is_fp() { &["weight", "scales"] } else { &["weight", "scales", "biases"] };
+            parts.iter().map(|part| format!("{layer}.{part}")).collect()
+        }
     };
     let mut inputs = Vec::with_capacity(names.len());
     let mut counts = Vec::new();
@@ -548,27 +551,38 @@ fn cast_counted(
     Ok((cast, count))
 }
 
-/// Runs a step on its inputs: the named output tensors.
-fn compute(gpu: &Gpu, action: &Action, inputs: Vec<HostTensor>) -> Result<Vec<(String, HostTensor)>> {
+/// Runs a step on its inputs: the named output tensors; `dtype` is the conversion's target
+/// dtype of float tensors, if any.
+fn compute(
+    gpu: &Gpu,
+    action: &Action,
+    inputs: Vec<HostTensor>,
+    dtype: Option<DType>,
+) -> Result<Vec<(String, HostTensor)>> {
     if let Action::Copy(name) = action {
         return Ok(inputs.into_iter().map(|tensor| (name.clone(), tensor)).collect());
     }
     match (action, inputs.as_slice()) {
         (Action::Quantize { layer, params }, [weight]) => {
             let q = crate::quantize(&weight.to_gpu(gpu)?, *params)?;
-            let biases = q.biases.as_ref().expect("affine quantization returns biases");
-            Ok(vec![
+            let mut out = vec![
                 (format!("{layer}.weight"), HostTensor::from_gpu(&q.weight)?),
                 (format!("{layer}.scales"), HostTensor::from_gpu(&q.scales)?),
-                (format!("{layer}.biases"), HostTensor::from_gpu(biases)?),
-            ])
+            ];
+            if let Some(biases) = &q.biases {
+                out.push((format!("{layer}.biases"), HostTensor::from_gpu(biases)?));
+            }
+            Ok(out)
         }
-        (Action::Dequantize { layer, params }, [weight, scales, biases]) => {
-            let (weight, scales, biases) = (weight.to_gpu(gpu)?, scales.to_gpu(gpu)?, biases.to_gpu(gpu)?);
-            let q = Quantized::from_parts(weight, scales, Some(biases), *params)?;
-            Ok(vec![(format!("{layer}.weight"), HostTensor::from_gpu(&crate::dequantize(&q, None)?)?)])
+        (Action::Dequantize { layer, params }, [weight, scales, rest @ ..]) => {
+            let biases = rest.first().map(|b| b.to_gpu(gpu)).transpose()?;
+            let q = Quantized::from_parts(weight.to_gpu(gpu)?, scales.to_gpu(gpu)?, biases, *params)?;
+            // The scales' dtype (affine: read_inputs cast them to the target dtype); the fp modes'
+            // byte scales take the target dtype, or MLX's default, bfloat16.
+            let out = if params.mode.is_fp() { dtype } else { None };
+            Ok(vec![(format!("{layer}.weight"), HostTensor::from_gpu(&crate::dequantize(&q, out)?)?)])
         }
-        _ => unreachable!("read_inputs gives one input per copy or quantize step, three per dequantize"),
+        _ => unreachable!("read_inputs gives one input per copy or quantize step, two or three per dequantize"),
     }
 }
 

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::fp_quantize::FP_FORMATS;
-use super::matmul_format::CODES;
+use super::matmul_format::{CODES, MODES};
 use super::{bindings, params, Binding, Family, ParamsLayout, ResourceUsage, Snippet, ELEMENTWISE_WG_SIZE, FLOATS};
 use crate::dtype::DType;
 use crate::params::{Mode, FP_MODES};
@@ -84,7 +84,7 @@ impl Family for DequantizeKey {
     }
 
     fn snippets(&self) -> Vec<Snippet> {
-        vec![CODES, FP_FORMATS]
+        vec![MODES, CODES, FP_FORMATS]
     }
 
     fn constants(&self) -> Vec<(&'static str, u32)> {

@@ -62,7 +62,7 @@ impl Family for FpQuantizeKey {
     }
 
     fn snippets(&self) -> Vec<Snippet> {
-        vec![FP_FORMATS]
+        vec![super::matmul_format::MODES, FP_FORMATS]
     }
 
     fn constants(&self) -> Vec<(&'static str, u32)> {

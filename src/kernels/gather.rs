@@ -61,6 +61,6 @@ impl Family for GatherKey {
     }
 
     fn keys() -> Vec<Self> {
-        vec![GatherKey { element_bytes: 2 }, GatherKey { element_bytes: 4 }]
+        vec![GatherKey { element_bytes: 1 }, GatherKey { element_bytes: 2 }, GatherKey { element_bytes: 4 }]
     }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::matmul_format::{CODES, F16_4_64, QMM_IO, QMM_OPERANDS, QMM_WORDS};
+use super::matmul_format::{CODES, F16_4_64, MODES, QMM_IO, QMM_OPERANDS, QMM_WORDS};
 use super::{
     Binding, Family, MatmulFormat, ParamsLayout, QuantizedMatmulBindings, QuantizedMatmulParams, ResourceUsage, Snippet,
 };
@@ -97,7 +97,7 @@ impl Family for QmmKey {
     }
 
     fn snippets(&self) -> Vec<Snippet> {
-        vec![QMM_IO, CODES, QMM_OPERANDS, QMM_WORDS]
+        vec![QMM_IO, MODES, CODES, QMM_OPERANDS, QMM_WORDS]
     }
 
     fn constants(&self) -> Vec<(&'static str, u32)> {

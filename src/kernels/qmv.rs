@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::matmul_format::F16_4_64;
-use super::matmul_format::{CODES, PREPARED_X, QMM_IO, QMM_OPERANDS, QMV_BINDINGS};
+use super::matmul_format::{CODES, MODES, PREPARED_X, QMM_IO, QMM_OPERANDS, QMV_BINDINGS};
 use super::{Binding, Family, MatmulFormat, ParamsLayout, QuantizedMatmulParams, ResourceUsage, Snippet};
 use crate::dtype::DType;
 
@@ -93,7 +93,7 @@ impl Family for QmvKey {
             Reduction::Subgroup { .. } => REDUCE_SUBGROUP,
             Reduction::Workgroup => REDUCE_WORKGROUP,
         };
-        vec![QMM_IO, CODES, PREPARED_X, QMM_OPERANDS, reduce]
+        vec![QMM_IO, MODES, CODES, PREPARED_X, QMM_OPERANDS, reduce]
     }
 
     fn constants(&self) -> Vec<(&'static str, u32)> {

@@ -1,11 +1,12 @@
 //! Lays rows of x out for `qmv` with several rows of x: f32, quad-major, each quad times the
-//! code scale of `bits`, with block sums.
+//! code scale of `bits` (1 for the fp modes), with block sums.
 
 use std::fmt;
 
-use super::matmul_format::{CODES, PREPARED_X};
+use super::matmul_format::{CODES, MODES, PREPARED_X};
 use super::{bindings, params, Binding, Family, ParamsLayout, ResourceUsage, Snippet, ELEMENTWISE_WG_SIZE, FLOATS};
 use crate::dtype::DType;
+use crate::params::{Mode, FP_MODES};
 
 /// Blocks of 32 elements per chunk of prepared x: within a chunk, a block's quads lie this many
 /// 16-byte vectors apart (`wgsl/common/prepared_x.wgsl`). 8 makes each quad's run one 128-byte
@@ -15,6 +16,8 @@ pub(crate) const PREPARED_CHUNK: u32 = 8;
 /// A `qmv_prepare` kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct QmvPrepareKey {
+    /// The mode of the weights x will multiply (an fp mode's codes are unscaled elements).
+    pub mode: Mode,
     /// dtype of x.
     pub x_dtype: DType,
     /// Bits per code of the weights x will multiply.
@@ -36,6 +39,9 @@ bindings! {
 
 impl fmt::Display for QmvPrepareKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.mode.is_fp() {
+            return write!(f, "qmv_prepare_{}_{}", self.x_dtype.short_name(), self.mode);
+        }
         write!(f, "qmv_prepare_{}_b{}", self.x_dtype.short_name(), self.bits)
     }
 }
@@ -50,11 +56,16 @@ impl Family for QmvPrepareKey {
     }
 
     fn prelude(&self) -> Vec<(&'static str, u32)> {
-        vec![("X_DTYPE", self.x_dtype.wgsl_id()), ("BITS", self.bits), ("PREPARED_CHUNK", PREPARED_CHUNK)]
+        vec![
+            ("X_DTYPE", self.x_dtype.wgsl_id()),
+            ("MODE", self.mode.wgsl_id()),
+            ("BITS", self.bits),
+            ("PREPARED_CHUNK", PREPARED_CHUNK),
+        ]
     }
 
     fn snippets(&self) -> Vec<Snippet> {
-        vec![CODES, PREPARED_X]
+        vec![MODES, CODES, PREPARED_X]
     }
 
     fn constants(&self) -> Vec<(&'static str, u32)> {
@@ -77,7 +88,11 @@ impl Family for QmvPrepareKey {
     fn keys() -> Vec<Self> {
         let mut keys = Vec::new();
         for bits in crate::params::SUPPORTED_BITS {
-            keys.extend(FLOATS.map(|x_dtype| QmvPrepareKey { x_dtype, bits }));
+            keys.extend(FLOATS.map(|x_dtype| QmvPrepareKey { mode: Mode::Affine, x_dtype, bits }));
+        }
+        for mode in FP_MODES {
+            let bits = mode.defaults().1;
+            keys.extend(FLOATS.map(|x_dtype| QmvPrepareKey { mode, x_dtype, bits }));
         }
         keys
     }

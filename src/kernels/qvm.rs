@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::matmul_format::{CODES, QMM_IO, QMM_OPERANDS, QMM_WORDS};
+use super::matmul_format::{CODES, MODES, QMM_IO, QMM_OPERANDS, QMM_WORDS};
 use super::{
     Binding, Family, MatmulFormat, ParamsLayout, QuantizedMatmulBindings, QuantizedMatmulParams, ResourceUsage, Snippet,
 };
@@ -42,7 +42,7 @@ impl Family for QvmKey {
     }
 
     fn snippets(&self) -> Vec<Snippet> {
-        vec![QMM_IO, CODES, QMM_OPERANDS, QMM_WORDS]
+        vec![QMM_IO, MODES, CODES, QMM_OPERANDS, QMM_WORDS]
     }
 
     fn constants(&self) -> Vec<(&'static str, u32)> {

@@ -92,23 +92,19 @@ impl QuantizedEmbedding {
     /// Quantizes `embedding`'s table with `params` (MLX's `from_embedding`).
     ///
     /// # Errors
-    /// An fp mode ([`crate::Error::UnsupportedMode`]: layers are affine for now); those of
-    /// [`crate::quantize`]: `dims` not divisible by the group size, unsupported parameters,
-    /// device errors.
+    /// Those of [`crate::quantize`]: `dims` not divisible by the group size, unsupported
+    /// parameters, device errors.
     pub fn from_embedding(embedding: &Embedding, params: QuantParams) -> Result<QuantizedEmbedding> {
-        params.require_affine("QuantizedEmbedding")?;
         Ok(QuantizedEmbedding { weight: ops::quantize(&embedding.weight, params)? })
     }
 
     /// A layer from a quantized table `(num_embeddings, dims * bits / 32)` with its scales and
-    /// biases, as a checkpoint stores them.
+    /// biases (none in the fp modes), as a checkpoint stores them.
     ///
     /// # Errors
-    /// An fp mode (not yet supported), the checks of [`Quantized::from_parts`], a table that is
-    /// not 2-D.
+    /// The checks of [`Quantized::from_parts`], a table that is not 2-D.
     pub fn new(weight: Quantized) -> Result<QuantizedEmbedding> {
         let op = "QuantizedEmbedding";
-        weight.params.require_affine(op)?;
         weight.validate(op)?;
         if weight.weight.ndim() != 2 {
             return Err(Error::NdimMismatch { op, what: "the weight", expected: "2", ndim: weight.weight.ndim() });
@@ -156,7 +152,8 @@ impl QuantizedEmbedding {
 
 impl Module for QuantizedEmbedding {
     /// `dequantize(weight[ids], scales[ids], biases[ids])`: `ids.shape + (dims,)` in the scales'
-    /// dtype. Scalar ids give one row, which `dequantize` rejects, as in MLX.
+    /// dtype (affine) or bfloat16 (the fp modes, MLX's default). Scalar ids give one row, which
+    /// `dequantize` rejects, as in MLX.
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let q = &self.weight;
         let rows = Quantized {

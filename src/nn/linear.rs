@@ -101,23 +101,20 @@ impl QuantizedLinear {
     /// Quantizes `linear`'s weight with `params` and keeps its bias (MLX's `from_linear`).
     ///
     /// # Errors
-    /// An fp mode ([`crate::Error::UnsupportedMode`]: layers are affine for now); those of
-    /// [`crate::quantize`]: an input size not divisible by the group size (MLX's
+    /// Those of [`crate::quantize`]: an input size not divisible by the group size (MLX's
     /// `[quantize] ... divisible ...` message), unsupported parameters, device errors.
     pub fn from_linear(linear: &Linear, params: QuantParams) -> Result<QuantizedLinear> {
-        params.require_affine("QuantizedLinear")?;
         Ok(QuantizedLinear { weight: ops::quantize(&linear.weight, params)?, bias: linear.bias.clone() })
     }
 
     /// A layer from a quantized weight `(output_dims, input_dims * bits / 32)` and its scales and
-    /// biases (as a checkpoint stores them), plus an optional bias.
+    /// biases (none in the fp modes; as a checkpoint stores them), plus an optional bias.
     ///
     /// # Errors
-    /// An fp mode (not yet supported), the checks of [`Quantized::from_parts`] (repeated: the
-    /// fields are public), a weight that is not 2-D, a bad bias.
+    /// The checks of [`Quantized::from_parts`] (repeated: the fields are public), a weight that
+    /// is not 2-D, a bad bias.
     pub fn new(weight: Quantized, bias: Option<Tensor>) -> Result<QuantizedLinear> {
         let op = "QuantizedLinear";
-        weight.params.require_affine(op)?;
         weight.validate(op)?;
         if weight.weight.ndim() != 2 {
             return Err(Error::NdimMismatch { op, what: "the weight", expected: "2", ndim: weight.weight.ndim() });
@@ -153,7 +150,8 @@ impl QuantizedLinear {
         self.weight.weight.shape()[0]
     }
 
-    /// The float layer with the dequantized weight (mlx-lm's `dequantize_model`).
+    /// The float layer with the dequantized weight (mlx-lm's `dequantize_model`): in the
+    /// scales' dtype (affine), or bfloat16 (the fp modes), as MLX's `dequantize` defaults.
     ///
     /// # Errors
     /// Device errors.

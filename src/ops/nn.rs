@@ -27,7 +27,7 @@ use crate::tensor::Tensor;
 /// would need a read-back).
 ///
 /// # Errors
-/// `table` not 2-D or of an 8-bit dtype, `ids` not `uint32`, tensors on different devices,
+/// `table` not 2-D, `ids` not `uint32`, tensors on different devices,
 /// `table` larger than one storage binding, device errors.
 pub fn take(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let op = "take";
@@ -38,14 +38,6 @@ pub fn take(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         return Err(Error::UnsupportedDType { op, what: "ids", dtype: ids.dtype(), supported: "uint32" });
     }
     let element_bytes = table.dtype().size_in_bytes();
-    if element_bytes == 1 {
-        return Err(Error::UnsupportedDType {
-            op,
-            what: "the table",
-            dtype: table.dtype(),
-            supported: "float32, float16, bfloat16, uint32",
-        });
-    }
     same_device(op, &[table, ids])?;
     fits_binding(op, table)?;
     let (table_rows, width) = (table.shape()[0], table.shape()[1]);

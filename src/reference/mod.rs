@@ -21,4 +21,4 @@ pub use quantize::{
     dequantize, dequantize_value, dequantize_value_fused, dequantize_with, group_scale_bias, pack, quantize,
     quantize_value, unpack, HostQuantized,
 };
-pub use quantized_matmul::{quantized_matmul, quantized_matmul_fused, HostMatrix};
+pub use quantized_matmul::{fp_quantized_matmul, quantized_matmul, quantized_matmul_fused, HostMatrix};

@@ -5,6 +5,7 @@
 use crate::dtype::DType;
 use crate::params::QuantParams;
 
+use super::fp::{fp_dequantize, HostFpQuantized};
 use super::matmul::matmul;
 use super::quantize::{dequantize, dequantize_value_fused, dequantize_with, HostQuantized};
 
@@ -47,6 +48,27 @@ pub fn quantized_matmul_fused(x: &[f32], m: usize, w: &HostMatrix<'_>, transpose
     dense_matmul(x, m, w, &dense, transpose, out_dtype)
 }
 
+/// `x @ dequantize(w).T` (`transpose`) or `x @ dequantize(w)` for an fp-mode matrix of `rows`
+/// packed rows and `x` of `m` rows: MLX's fp `dequantize` into `out_dtype` (x's dtype, the
+/// product's: MLX's rule for the fp modes), then an f32 product in order of k, rounded to it.
+/// (Element times scale has at most 8 significant bits, so the weights are exact in every
+/// dtype unless they leave its range.)
+pub fn fp_quantized_matmul(
+    x: &[f32],
+    m: usize,
+    w: &HostFpQuantized,
+    rows: usize,
+    params: QuantParams,
+    transpose: bool,
+    out_dtype: DType,
+) -> Vec<f32> {
+    let dense = fp_dequantize(&w.weight, &w.scales, params, out_dtype);
+    let cols = dense.len() / rows.max(1);
+    let (k, n) = if transpose { (cols, rows) } else { (rows, cols) };
+    assert_eq!(x.len(), m * k, "x holds {m} rows of k = {k}");
+    matmul(x, &dense, None, (m, n, k), transpose, out_dtype)
+}
+
 /// `x` times `w` dequantized to `dense`.
 fn dense_matmul(x: &[f32], m: usize, w: &HostMatrix<'_>, dense: &[f32], transpose: bool, out_dtype: DType) -> Vec<f32> {
     let (rows, cols) = (w.rows, w.width());
@@ -73,5 +95,19 @@ mod tests {
         let y = quantized_matmul(&[1.0, 2.0], 2, &matrix, false, DType::F32);
         assert_eq!(y[..3], [0.0, 1.0, 2.0]);
         assert_eq!(y[32 + 15], 30.0);
+    }
+
+    #[test]
+    fn fp_product_matches_a_hand_computed_one() {
+        // One mxfp4 group: codes 0..15 are the E2M1 values 0, 0.5, ..., 6, -0, ..., -6 (summing
+        // to 0), twice; scale byte 128 is 2. x = 1 on the first 8 gives 2 · 18 = 36.
+        let params = QuantParams::for_mode(crate::params::Mode::Mxfp4);
+        let codes: Vec<u32> = (0..32).map(|i| i % 16).collect();
+        let w = HostFpQuantized { weight: crate::reference::pack(&codes, 4), scales: vec![128] };
+        let x: Vec<f32> = (0..32).map(|i| if i < 8 { 1.0 } else { 0.0 }).collect();
+        assert_eq!(fp_quantized_matmul(&x, 1, &w, 1, params, true, DType::F32), vec![36.0]);
+        // Untransposed the matrix is 1 x 32: x = [1] gives the dequantized row.
+        let y = fp_quantized_matmul(&[1.0], 1, &w, 1, params, false, DType::BF16);
+        assert_eq!(y[..8], [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0]);
     }
 }

@@ -8,10 +8,13 @@ Run with mlx[cpu]==0.32.4, mlx-lm==0.32.2 and numpy (CI: `.ci/run` makes the vir
         tokenizer files) for `wgquant convert` to quantize.
 
     python tests/interop/mlx_interop.py check FLOAT_DIR CONVERTED_DIR
-            [--group-size 64] [--bits 4] [--recipe mixed_3_6] [--skip REGEX] [--dtype f16]
-        Loads wgquant's output with mx.load and checks, against the options convert had:
-        every key, dtype and shape; packed weights, scales and biases bit-identical to
-        mx.quantize of the original tensors; the other tensors equal to the originals cast
+            [--mode affine] [--group-size 64] [--bits 4] [--recipe mixed_3_6] [--skip REGEX]
+            [--dtype f16]
+        Loads wgquant's output with mx.load and checks, against the options convert had
+        (group size and bits default to the mode's): every key, dtype and shape; packed
+        weights, scales and (affine) biases bit-identical to mx.quantize of the original
+        tensors in that mode (the fp modes: uint8 scales, no biases key), and mx.dequantize
+        of them runs; the other tensors equal to the originals cast
         to the dtype; config.json's "quantization" (and its "quantization_config" copy)
         with mlx-lm's per-layer entries for recipes (mlx-lm's own mixed_quant_predicate_builder,
         so mlx-lm==0.32.2 must be installed for --recipe); the index (sorted weight_map, total_size)
@@ -178,10 +181,14 @@ def check(args):
     dtype_name = args.dtype or torch_dtype
     cast = (lambda a: a.astype(DTYPES[dtype_name])) if dtype_name else (lambda a: a)
 
+    mode = args.mode
+    group_size, bits_default = MODE_DEFAULTS[mode]
+    args.group_size = args.group_size or group_size
+    args.bits = args.bits or bits_default
     q = config.get("quantization")
     expect(q is not None, "config.json has no quantization section")
     expect(config.get("quantization_config") == q, "quantization_config is not a copy of quantization")
-    expect(q.get("group_size") == args.group_size and q.get("bits") == args.bits and q.get("mode") == "affine",
+    expect(q.get("group_size") == args.group_size and q.get("bits") == args.bits and q.get("mode") == mode,
            f"quantization defaults {q}")
     expect(config["model_type"] == float_config["model_type"], "config.json lost its keys")
 
@@ -216,17 +223,24 @@ def check(args):
                    f"{path}: per-layer entry {entry}, mlx-lm's rule gives {bits} bits")
         else:
             expect(path not in q, f"{path}: unexpected per-layer entry")
-        names = [f"{path}.weight", f"{path}.scales", f"{path}.biases"]
+        names = [f"{path}.weight", f"{path}.scales"] + ([f"{path}.biases"] if mode == "affine" else [])
         expected_keys.update(names)
         if not all(n in ours for n in names):
             continue
         quantized += 1
-        reference = mx.quantize(cast(original), group_size=args.group_size, bits=bits)
+        reference = mx.quantize(cast(original), group_size=args.group_size, bits=bits, mode=mode)
+        reference = [a for a in reference if a is not None]
+        expect(len(reference) == len(names), f"{path}: mx.quantize gives {len(reference)} arrays")
         for name, want in zip(names, reference):
             got = ours[name]
             expect(got.dtype == want.dtype and got.shape == want.shape,
                    f"{name}: {got.dtype} {got.shape}, mx.quantize gives {want.dtype} {want.shape}")
             expect(bits_equal(got, want), f"{name}: not bit-identical to mx.quantize")
+        # MLX itself takes the layer as a quantized matrix of this mode.
+        parts = [ours[n] for n in names]
+        deq = mx.dequantize(*parts[:2], parts[2] if len(parts) > 2 else None,
+                            group_size=args.group_size, bits=bits, mode=mode)
+        expect(deq.shape == original.shape, f"{path}: mx.dequantize gives shape {deq.shape}")
     missing = sorted(expected_keys - set(ours))
     extra = sorted(set(ours) - expected_keys)
     expect(not missing, f"missing keys: {missing}")
@@ -382,8 +396,9 @@ def main():
     p = sub.add_parser("check")
     p.add_argument("float_dir")
     p.add_argument("converted_dir")
-    p.add_argument("--group-size", type=int, default=64)
-    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--mode", choices=MODE_DEFAULTS, default="affine")
+    p.add_argument("--group-size", type=int)
+    p.add_argument("--bits", type=int)
     p.add_argument("--recipe")
     p.add_argument("--skip")
     p.add_argument("--dtype", choices=DTYPES)

@@ -2,12 +2,7 @@
 // CPU computes them, in integer arithmetic (softfloat.wgsl) so that every driver gives the same
 // codes and values. The CPU twin, with the reasons for each rule, is src/reference/fp.rs.
 // Dtype arguments are dtype.wgsl's ids; kernels pass prelude constants, so switches fold away.
-
-// Mode ids, as `Mode::wgsl_id` numbers them.
-const MODE_AFFINE: u32 = 0u;
-const MODE_MXFP4: u32 = 1u;
-const MODE_MXFP8: u32 = 2u;
-const MODE_NVFP4: u32 = 3u;
+// Expects: modes.wgsl.
 
 // E2M1 magnitudes by index, in halves: 0, 0.5, 1, 1.5, 2, 3, 4, 6.
 const E2M1_HALVES = array<u32, 8>(0u, 1u, 2u, 3u, 4u, 6u, 8u, 12u);

@@ -3,9 +3,9 @@
 // of w_q are bound is each kernel's own (qmm_words.wgsl, or vectors in qmv.wgsl).
 // Hot paths avoid private arrays indexed by loop counters: wgpu bounds every loop, which keeps
 // drivers from unrolling, and such arrays then live in slow local memory.
-// Expects: const BITS, SCALE_DTYPE; fn w_word(i: u32) -> u32, word i of w_q; codes.wgsl.
+// Expects: const BITS, MODE, SCALE_DTYPE; fn w_word(i: u32) -> u32, word i of w_q; codes.wgsl.
 // Bindings: 0 params | 1 batches (x offset, w row offset, y offset per entry) | 4 scales
-//           | 5 biases
+//           | 5 biases (the fp modes, which have no biases, bind the scales again)
 
 // `MatmulParams` in Rust.
 struct Params {
@@ -78,9 +78,26 @@ fn load_codes4(row_word: u32, i: u32) -> vec4<f32> {
     return window_codes(window64(w_word(word), next, bit % 32u));
 }
 
+// The word of scales (and of biases) holding group g's: the fp modes' scales are bytes.
+fn scale_word(g: u32) -> u32 {
+    if MODE != MODE_AFFINE {
+        return g / 4u;
+    }
+    return element_word(SCALE_DTYPE, g);
+}
+
+// (scale, bias) of group g from the words `scale_word(g)` of scales and biases: the fp modes
+// have a scale byte and no bias.
+fn decode_scale_bias(scale_bits: u32, bias_bits: u32, g: u32) -> vec2<f32> {
+    if MODE != MODE_AFFINE {
+        return vec2<f32>(fp_scale((scale_bits >> (8u * (g % 4u))) & 0xffu), 0.0);
+    }
+    let lane = element_lane(SCALE_DTYPE, g);
+    return vec2<f32>(dtype_decode(SCALE_DTYPE, scale_bits, lane), dtype_decode(SCALE_DTYPE, bias_bits, lane));
+}
+
 // (scale, bias) of group g.
 fn load_scale_bias(g: u32) -> vec2<f32> {
-    let word = element_word(SCALE_DTYPE, g);
-    let lane = element_lane(SCALE_DTYPE, g);
-    return vec2<f32>(dtype_decode(SCALE_DTYPE, scales[word], lane), dtype_decode(SCALE_DTYPE, biases[word], lane));
+    let word = scale_word(g);
+    return decode_scale_bias(scales[word], biases[word], g);
 }

@@ -1,4 +1,4 @@
-//! `quantized_matmul` (MLX's `mx.quantized_matmul`, affine mode): MLX's checks and shapes, the
+//! `quantized_matmul` (MLX's `mx.quantized_matmul`, every mode): MLX's checks and shapes, the
 //! choice of kernel by shape, batching, and splitting operands that do not fit one storage
 //! binding.
 //!
@@ -65,7 +65,8 @@ pub struct QmmOptions {
 }
 
 /// `x @ dequantize(w).T` (`transpose`) or `x @ dequantize(w)`: MLX's `mx.quantized_matmul(x, w,
-/// scales, biases, transpose, group_size, bits)`, affine mode.
+/// scales, biases, transpose, group_size, bits, mode)`, in every mode (the fp modes have `u8`
+/// scales and no biases).
 ///
 /// With `transpose`, `q.weight` is `(..., N, K·bits/32)` and groups run along K (the layout of a
 /// linear layer's weight); without, it is `(..., K, N·bits/32)` and groups run along N. `x` has
@@ -73,17 +74,20 @@ pub struct QmmOptions {
 /// the weight have rank > 2, their batch axes broadcast (`x (2,1,5,64)` with `w (3,8,·)` gives
 /// `(2,3,5,8)`); a 2-D weight folds all of x's leading axes into rows; a 2-D `x` with a batched
 /// weight uses the first matrix, as MLX does. The result's dtype is `promote(x.dtype,
-/// scales.dtype)`; sums are f32 whatever the dtypes.
+/// scales.dtype)` (affine) or x's dtype (the fp modes), as MLX's; sums are f32 whatever the
+/// dtypes.
 ///
 /// The work is recorded and submitted without waiting (or joins a [`Gpu::batch`]); nothing is
 /// read back. Operands larger than one storage binding are split across dispatches.
 ///
 /// # Errors
-/// MLX's errors in MLX's words and order: an unsupported mode, missing biases, non-float scales,
-/// a weight that is not `u32`, scales and biases of different shapes, weight and scales with
+/// MLX's errors in MLX's words and order: missing biases or non-float scales (affine), scales
+/// not `uint8` or biases given (fp modes), a weight that is not `u32`, scales and biases of different shapes, weight and scales with
 /// different batch shapes or incompatible widths for the bits and group size, x's last axis not
 /// matching the weight's inner dimension, batch axes that do not broadcast; then bits or group
-/// sizes outside MLX's lists. wgquant also refuses an `x` that is not f32, f16 or bf16 (MLX would
+/// sizes outside MLX's lists, or an fp mode's other than its own (MLX's words; MLX's CPU does not
+/// check them). wgquant also refuses transposed nvfp4 weights whose K is not a multiple of 32
+/// ([`Error::FpInnerLength`](crate::Error::FpInnerLength)), an `x` that is not f32, f16 or bf16 (MLX would
 /// promote integers), and tensors on different devices. Device errors, including
 /// [`Error::ExceedsDeviceLimit`](crate::Error::ExceedsDeviceLimit) when even one row does not fit a binding.
 ///
@@ -120,7 +124,8 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
     if problem.is_empty() {
         return Tensor::zeros_for(OP, gpu, &problem.out_shape, out_dtype);
     }
-    let biases = q.biases.as_ref().expect("validated");
+    // The fp modes have no biases: their kernels bind the scales in that place.
+    let biases = q.biases.as_ref().unwrap_or(&q.scales);
     let sizes = OperandSizes {
         x: x.storage().size(),
         weight: q.weight.storage().size(),

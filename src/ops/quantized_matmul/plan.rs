@@ -268,7 +268,7 @@ pub(super) fn plan(problem: &Problem, sizes: &OperandSizes, options: &QmmOptions
 /// whose windows fit a binding.
 fn prepare_steps(problem: &Problem, x_size: u64, caps: &PlanCaps) -> Result<Vec<Step>> {
     let (k, format) = (problem.k, problem.format);
-    let key: KernelKey = QmvPrepareKey { x_dtype: format.x_dtype, bits: format.bits }.into();
+    let key: KernelKey = QmvPrepareKey { mode: format.mode, x_dtype: format.x_dtype, bits: format.bits }.into();
     let (x_row, prepared_row) = ((k * format.x_dtype.size_in_bytes()) as u64, prepared_row_bytes(k));
     let prepared_size = problem.x_rows as u64 * prepared_row;
     let align = caps.offset_alignment;
@@ -915,9 +915,16 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+    use crate::params::Mode;
 
-    const F16_4_64: MatmulFormat =
-        MatmulFormat { x_dtype: DType::F16, scale_dtype: DType::F16, out_dtype: DType::F16, bits: 4, group_size: 64 };
+    const F16_4_64: MatmulFormat = MatmulFormat {
+        mode: Mode::Affine,
+        x_dtype: DType::F16,
+        scale_dtype: DType::F16,
+        out_dtype: DType::F16,
+        bits: 4,
+        group_size: 64,
+    };
 
     /// WebGPU's default limits (16 KiB of workgroup memory, 256 invocations), with the
     /// subgroups of an NVIDIA GPU.
@@ -1227,21 +1234,26 @@ mod tests {
         assert!(matches!(plan_of(&p, &QmmOptions::default(), &caps), Err(Error::ExceedsDeviceLimit { .. })));
     }
 
-    /// `key` at 4 bits and group size 64 (every other axis kept), for the quantized-matmul
-    /// families, whose format's bits and group size combine with no other axis of the WGSL
-    /// (tests/wgsl.rs, `bits_and_group_size_combine_with_no_other_axis`); `None` for the others.
-    fn at_canonical_bits(key: &KernelKey) -> Option<(KernelKey, (u32, u32))> {
-        let canonical = |f: MatmulFormat| MatmulFormat { bits: 4, group_size: 64, ..f };
+    /// `key` in affine mode at 4 bits and group size 64 (every other axis kept), for the
+    /// quantized-matmul families, whose format's mode, bits and group size combine with no other
+    /// axis of the WGSL (tests/wgsl.rs, `bits_and_group_size_combine_with_no_other_axis`), with
+    /// the format's mode, bits and group size; `None` for the others. An fp mode's `u8` scales
+    /// become affine scales in the dtype of y (of x where y holds f32 partial sums): the fp
+    /// modes read their scale bytes without SCALE_DTYPE.
+    fn at_canonical_bits(key: &KernelKey) -> Option<(KernelKey, (Mode, u32, u32))> {
+        let canonical = |f: MatmulFormat| {
+            let scale_dtype = match (f.mode, f.out_dtype) {
+                (Mode::Affine, _) => f.scale_dtype,
+                (_, DType::F32) => f.x_dtype,
+                (_, out) => out,
+            };
+            MatmulFormat { mode: Mode::Affine, scale_dtype, bits: 4, group_size: 64, ..f }
+        };
+        let axis = |f: MatmulFormat| (f.mode, f.bits, f.group_size);
         Some(match key {
-            KernelKey::Qmv(k) => {
-                (QmvKey { format: canonical(k.format), ..*k }.into(), (k.format.bits, k.format.group_size))
-            }
-            KernelKey::Qvm(k) => {
-                (QvmKey { format: canonical(k.format), ..*k }.into(), (k.format.bits, k.format.group_size))
-            }
-            KernelKey::Qmm(k) => {
-                (QmmKey { format: canonical(k.format), ..*k }.into(), (k.format.bits, k.format.group_size))
-            }
+            KernelKey::Qmv(k) => (QmvKey { format: canonical(k.format), ..*k }.into(), axis(k.format)),
+            KernelKey::Qvm(k) => (QvmKey { format: canonical(k.format), ..*k }.into(), axis(k.format)),
+            KernelKey::Qmm(k) => (QmmKey { format: canonical(k.format), ..*k }.into(), axis(k.format)),
             _ => return None,
         })
     }
@@ -1261,7 +1273,7 @@ mod tests {
             .chain(KernelKey::extension_kernels())
             .flat_map(|key| key.override_variants().into_iter().chain([key]))
             .collect();
-        let validated_bits: HashSet<(std::mem::Discriminant<KernelKey>, (u32, u32))> =
+        let validated_bits: HashSet<(std::mem::Discriminant<KernelKey>, (Mode, u32, u32))> =
             validated.iter().filter_map(|key| Some((std::mem::discriminant(key), at_canonical_bits(key)?.1))).collect();
         let covered = |key: &KernelKey| match at_canonical_bits(key) {
             Some((canonical, bits)) => {
@@ -1277,12 +1289,22 @@ mod tests {
                 for bits in crate::params::SUPPORTED_BITS {
                     for group_size in crate::params::SUPPORTED_GROUP_SIZES {
                         let out_dtype = x_dtype.promote(scale_dtype);
-                        formats.push(MatmulFormat { x_dtype, scale_dtype, out_dtype, bits, group_size });
+                        formats.push(MatmulFormat {
+                            mode: Mode::Affine,
+                            x_dtype,
+                            scale_dtype,
+                            out_dtype,
+                            bits,
+                            group_size,
+                        });
                     }
                 }
             }
+            for mode in crate::params::FP_MODES {
+                formats.push(MatmulFormat::fp(mode, x_dtype));
+            }
         }
-        assert_eq!(formats.len(), 189);
+        assert_eq!(formats.len(), 189 + 9);
         // Every option a caller may set: the kernel, qmv's workgroup size, every qmm tile, and
         // k split or not.
         let mut options = Vec::new();

@@ -3,7 +3,6 @@
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::MatmulFormat;
-use crate::params::Mode;
 use crate::tensor::{element_count, Quantized, Tensor};
 
 use super::OP;
@@ -34,22 +33,29 @@ pub(super) struct Problem {
 }
 
 impl Problem {
-    /// MLX's checks, in MLX's order (`quantized_matmul` and `extract_quantized_matmul_dims` in
-    /// `mlx/ops.cpp`), then the shapes.
+    /// MLX's checks, in MLX's order (`validate_mode_with_type`, `quantized_matmul` and
+    /// `extract_quantized_matmul_dims` in `mlx/ops.cpp`), then the shapes.
     pub fn new(x: &Tensor, q: &Quantized, transpose: bool) -> Result<Problem> {
         let params = q.params;
-        if params.mode != Mode::Affine {
-            return Err(Error::UnsupportedMode { op: OP, mode: params.mode });
-        }
-        let biases = q.biases.as_ref().ok_or(Error::MissingBiases { op: OP })?;
         let (weight, scales) = (&q.weight, &q.scales);
-        if !scales.dtype().is_float() || !biases.dtype().is_float() {
-            return Err(Error::NotFloatingScales { op: OP, scales: scales.dtype(), biases: biases.dtype() });
+        let mode = params.mode;
+        if mode.is_fp() {
+            if scales.dtype() != DType::U8 {
+                return Err(Error::FpScalesNotU8 { op: OP, dtype: scales.dtype() });
+            }
+            if q.biases.is_some() {
+                return Err(Error::FpBiases { op: OP, mode });
+            }
+        } else {
+            let biases = q.biases.as_ref().ok_or(Error::MissingBiases { op: OP })?;
+            if !scales.dtype().is_float() || !biases.dtype().is_float() {
+                return Err(Error::NotFloatingScales { op: OP, scales: scales.dtype(), biases: biases.dtype() });
+            }
         }
         if weight.dtype() != DType::U32 {
             return Err(Error::MatmulWeightNotU32 { dtype: weight.dtype() });
         }
-        if scales.shape() != biases.shape() {
+        if let Some(biases) = q.biases.as_ref().filter(|b| b.shape() != scales.shape()) {
             return Err(Error::ScalesBiasesShape { scales: scales.shape().to_vec(), biases: biases.shape().to_vec() });
         }
         if weight.ndim() < 2 {
@@ -91,13 +97,21 @@ impl Problem {
         if !x.dtype().is_float() {
             return Err(Error::NotFloatingX { dtype: x.dtype() });
         }
-        params.check_affine(OP)?;
+        // MLX's CPU backend checks neither list; its kernels do (affine), or read the mode's
+        // own format whatever the parameters say (fp modes): wgquant refuses in MLX's words.
+        params.validate(OP)?;
+        // The kernels read x in blocks of 32 along k; nvfp4's groups of 16 allow other lengths.
+        if transpose && k % 32 != 0 {
+            return Err(Error::FpInnerLength { op: OP, mode, k });
+        }
         if !x.gpu().same_device(weight.gpu()) || !weight.gpu().same_device(scales.gpu()) {
             return Err(Error::DeviceMismatch { op: OP });
         }
-        if !weight.gpu().same_device(biases.gpu()) {
+        if q.biases.as_ref().is_some_and(|b| !weight.gpu().same_device(b.gpu())) {
             return Err(Error::DeviceMismatch { op: OP });
         }
+        // Affine: promote(x, scales), as MLX; the fp modes: x's dtype.
+        let out_dtype = if mode.is_fp() { x.dtype() } else { x.dtype().promote(scales.dtype()) };
 
         let xs = x.shape();
         let batched = xs.len() > 2 && ws.len() > 2;
@@ -115,8 +129,7 @@ impl Problem {
         // zero axis anywhere) needs no table, however many batch entries its other axes name.
         let too_large = || Error::ShapeOverflow { op: OP, shape: out_shape.clone() };
         let y_elements = element_count(&out_shape).ok_or_else(too_large)?;
-        let y_bytes =
-            y_elements.checked_mul(x.dtype().promote(scales.dtype()).size_in_bytes()).ok_or_else(too_large)? as u64;
+        let y_bytes = y_elements.checked_mul(out_dtype.size_in_bytes()).ok_or_else(too_large)? as u64;
         let limit = x.gpu().caps().limits.max_buffer_size;
         if y_bytes > limit {
             return Err(Error::ExceedsDeviceLimit { op: OP, what: "the output's bytes", value: y_bytes, limit });
@@ -131,9 +144,10 @@ impl Problem {
             vec![(0, 0)]
         };
         let format = MatmulFormat {
+            mode,
             x_dtype: x.dtype(),
             scale_dtype: scales.dtype(),
-            out_dtype: x.dtype().promote(scales.dtype()),
+            out_dtype,
             bits: params.bits,
             group_size: params.group_size,
         };
