@@ -146,14 +146,18 @@ fn nested_and_per_thread_batches() {
     assert_eq!(bits(&y), want);
 }
 
-/// A kernel that keeps one invocation busy for a while (seconds on lavapipe).
+/// A kernel that keeps one invocation busy for a while: several seconds on lavapipe, so that no
+/// scheduling delay of a loaded CI machine between the dispatch and the wait lets it finish
+/// first (one second of it did, once, with other builds running).
 const BUSY_WGSL: &str = "
 @group(0) @binding(0) var<storage, read_write> out: array<u32>;
 @compute @workgroup_size(1)
 fn main() {
     var x = out[0];
-    for (var i = 0u; i < 1000000000u; i++) {
-        x = x * 1664525u + 1013904223u;
+    for (var j = 0u; j < 8u; j++) {
+        for (var i = 0u; i < 1000000000u; i++) {
+            x = x * 1664525u + 1013904223u;
+        }
     }
     out[0] = x;
 }
