@@ -11,4 +11,4 @@ mod validate;
 pub use matmul::{linear, matmul};
 pub use nn::{add, astype, multiply, relu, rms_norm, scaled_dot_product_attention, silu, softmax, take};
 pub use quantize::{dequantize, quantize};
-pub use quantized_matmul::{quantized_matmul, quantized_matmul_with, QmmKernel, QmmOptions};
+pub use quantized_matmul::{gather_qmm, quantized_matmul, quantized_matmul_with, QmmKernel, QmmOptions};

@@ -14,8 +14,11 @@
 //!   through wgpu's experimental cooperative matrices, k in slices summed by
 //!   `qmm_sum_partials`; only on a device a caller opened with them ([`Caps::cooperative_f16`](crate::gpu::Caps::cooperative_f16)).
 
+mod gather;
 mod plan;
 mod problem;
+
+pub use gather::gather_qmm;
 
 use crate::error::Result;
 use crate::gpu::{BufferWindow, Dispatch, Gpu, Scratch, VECTOR_BYTES};
@@ -129,7 +132,7 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
     };
     let plan = plan::plan(&problem, &sizes, options, &PlanCaps::of(gpu.caps()))?;
     let y = Tensor::output_for(OP, gpu, &problem.out_shape, out_dtype, plan.zeroes_y())?;
-    run(gpu, &Operands { x, q, biases, y: &y }, &plan)?;
+    run(OP, gpu, &Operands { x, q, biases, y: &y }, &plan, None)?;
     Ok(y)
 }
 
@@ -141,44 +144,57 @@ struct Operands<'a> {
     y: &'a Tensor,
 }
 
-/// Creates the plan's buffers and pipelines and submits its dispatches in one pass.
-fn run(gpu: &Gpu, ops: &Operands<'_>, plan: &Plan) -> Result<()> {
+/// A batch table filled on the GPU (`gather_qmm`'s): the dispatch that fills `buffer`, which
+/// the plan's matmul steps then bind in place of tables of their own.
+struct GpuTable<'a> {
+    fill: Dispatch<'a>,
+    buffer: &'a wgpu::Buffer,
+}
+
+/// Creates the plan's buffers (errors name `op`) and pipelines and submits its dispatches in one pass, after
+/// `gpu_table`'s fill where the steps read a table built on the GPU.
+fn run(op: &'static str, gpu: &Gpu, ops: &Operands<'_>, plan: &Plan, gpu_table: Option<GpuTable<'_>>) -> Result<()> {
     let partials = plan.partials.map(|count| gpu.scratch(Scratch::Partials, count as u64 * 4)).transpose()?;
     let prepared_x = plan.prepared_x.map(|bytes| gpu.scratch(Scratch::PreparedX, bytes)).transpose()?;
     let tables = plan
         .steps
         .iter()
-        .map(|s| s.table.as_ref().map(|t| gpu.table_buffer("wgquant batch table", t)).transpose())
+        .map(|s| match (&s.table, &gpu_table) {
+            (Some(t), None) => gpu.table_buffer("wgquant batch table", t).map(Some),
+            _ => Ok(None),
+        })
         .collect::<Result<Vec<_>>>()?;
     let pipelines = plan.steps.iter().map(|s| gpu.pipeline(&s.key)).collect::<Result<Vec<_>>>()?;
-    let dispatches: Vec<Dispatch<'_>> = plan
-        .steps
-        .iter()
-        .zip(&tables)
-        .zip(&pipelines)
-        .map(|((step, table), pipeline)| {
-            let buffers = step
-                .windows
-                .iter()
-                .map(|w| {
-                    let buffer = match w.source {
-                        Source::X => ops.x.storage(),
-                        Source::Weight => ops.q.weight.storage(),
-                        Source::Scales => ops.q.scales.storage(),
-                        Source::Biases => ops.biases.storage(),
-                        Source::Y => ops.y.storage(),
-                        Source::PreparedX => prepared_x.as_deref().expect("the plan sizes its prepared x"),
-                        Source::Partials => partials.as_deref().expect("the plan lists its partial sums"),
-                        Source::Table => {
-                            let table = table.as_ref().expect("a step binding its table has one");
-                            return BufferWindow { buffer: table, offset: 0, size: table.size() };
-                        }
-                    };
-                    BufferWindow { buffer, offset: w.offset, size: w.size }
-                })
-                .collect();
-            Dispatch { pipeline, params: step.params.clone(), buffers, workgroups: step.workgroups }
-        })
-        .collect();
-    gpu.submit(OP, &dispatches)
+    let mut dispatches: Vec<Dispatch<'_>> = Vec::with_capacity(plan.steps.len() + 1);
+    let gpu_table_buffer = gpu_table.as_ref().map(|t| t.buffer);
+    if let Some(t) = gpu_table {
+        dispatches.push(t.fill);
+    }
+    dispatches.extend(plan.steps.iter().zip(&tables).zip(&pipelines).map(|((step, table), pipeline)| {
+        let buffers = step
+            .windows
+            .iter()
+            .map(|w| {
+                let buffer = match w.source {
+                    Source::X => ops.x.storage(),
+                    Source::Weight => ops.q.weight.storage(),
+                    Source::Scales => ops.q.scales.storage(),
+                    Source::Biases => ops.biases.storage(),
+                    Source::Y => ops.y.storage(),
+                    Source::PreparedX => prepared_x.as_deref().expect("the plan sizes its prepared x"),
+                    Source::Partials => partials.as_deref().expect("the plan lists its partial sums"),
+                    Source::Table => {
+                        let table = match gpu_table_buffer {
+                            Some(buffer) => buffer,
+                            None => table.as_ref().expect("a step binding its table has one"),
+                        };
+                        return BufferWindow { buffer: table, offset: 0, size: table.size() };
+                    }
+                };
+                BufferWindow { buffer, offset: w.offset, size: w.size }
+            })
+            .collect();
+        Dispatch { pipeline, params: step.params.clone(), buffers, workgroups: step.workgroups }
+    }));
+    gpu.submit(op, &dispatches)
 }
