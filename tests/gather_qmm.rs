@@ -269,32 +269,34 @@ fn test_gather_qmm() {
 }
 
 /// Decode-shaped products (x (T, 1, 1, K), rhs (T, top_k)) at every bits value and group size,
-/// both layouts and all three dtypes, against the twin.
+/// in both layouts and all three dtypes, against the twin.
 #[test]
 fn decode_every_format_and_dtype() {
     let gpu = gpu_or_skip!();
     let rhs = Indices::new(&[3, 0, 1, 3, 2, 2], &[3, 2]);
     let mut worst = 0.0f32;
     let mut seed = 200;
-    for (gs, bits) in [32, 64, 128].into_iter().flat_map(|gs| [1, 2, 3, 4, 5, 6, 8].map(|b| (gs, b))) {
-        for (transpose, dtype) in [(true, DType::F32), (false, DType::F16), (true, DType::BF16)] {
-            let (k, n) = if transpose { (128, 16) } else { (24, 128) };
-            let case = Case {
-                name: "decode",
-                transpose,
-                params: QuantParams::affine(gs, bits),
-                x_batch: vec![3, 1],
-                m: 1,
-                k,
-                n,
-                w_batch: vec![EXPERTS],
-                lhs: None,
-                rhs: Some(rhs.clone()),
-                dtype,
-            };
-            seed += 1;
-            worst = worst.max(check(&gpu, &case, seed));
-        }
+    // Each format once, the layouts and dtypes taking turns (lavapipe time).
+    let formats = [32, 64, 128].into_iter().flat_map(|gs| [1, 2, 3, 4, 5, 6, 8].map(|b| (gs, b)));
+    let layouts = [(true, DType::F32), (false, DType::F16), (true, DType::BF16), (false, DType::F32)];
+    for (i, (gs, bits)) in formats.enumerate() {
+        let (transpose, dtype) = layouts[i % layouts.len()];
+        let (k, n) = if transpose { (128, 16) } else { (24, 128) };
+        let case = Case {
+            name: "decode",
+            transpose,
+            params: QuantParams::affine(gs, bits),
+            x_batch: vec![3, 1],
+            m: 1,
+            k,
+            n,
+            w_batch: vec![EXPERTS],
+            lhs: None,
+            rhs: Some(rhs.clone()),
+            dtype,
+        };
+        seed += 1;
+        worst = worst.max(check(&gpu, &case, seed));
     }
     eprintln!("worst |Δ| = {worst:.3} of its bound");
 }
