@@ -387,6 +387,12 @@ pub enum Error {
     /// have parameter named ...`).
     #[error("Module {type_name} does not have parameter named \"{key}\"")]
     NoSuchParameter { key: String, type_name: String },
+    /// [`Module::forward_experts`](crate::nn::Module::forward_experts) on a layer without experts.
+    #[error("{layer} is not a layer of experts: it takes no indices")]
+    TakesNoIndices { layer: &'static str },
+    /// [`Module::forward`](crate::nn::Module::forward) on a layer of experts, which needs indices.
+    #[error("{layer} is a layer of experts: call it with indices (Module::forward_experts)")]
+    NeedsIndices { layer: &'static str },
     /// An error raised while converting the module at `path` (for instance MLX's `[quantize] ...
     /// divisible ...` message for a layer whose input size does not split into groups).
     #[error("{path}: {source}")]

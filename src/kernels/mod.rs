@@ -15,6 +15,7 @@ mod binary;
 mod dequantize;
 mod fp_quantize;
 mod gather;
+mod gather_sort;
 mod gather_table;
 mod matmul;
 mod matmul_format;
@@ -37,6 +38,8 @@ pub use fp_quantize::FpQuantizeKey;
 pub(crate) use fp_quantize::{FpQuantizeBindings, FpQuantizeParams, FP_GROUPS_PER_INVOCATION};
 pub use gather::GatherKey;
 pub(crate) use gather::{GatherBindings, GatherParams};
+pub use gather_sort::GatherSortKey;
+pub(crate) use gather_sort::{GatherSortBindings, GatherSortParams};
 pub use gather_table::GatherTableKey;
 pub(crate) use gather_table::{GatherTableBindings, GatherTableParams, GIVEN_LHS, GIVEN_RHS};
 pub use matmul::MatmulKey;
@@ -267,6 +270,7 @@ families! {
     Matmul(MatmulKey),
     Gather(GatherKey),
     GatherTable(GatherTableKey),
+    GatherSort(GatherSortKey),
     RmsNorm(RmsNormKey),
     Softmax(SoftmaxKey),
     Unary(UnaryKey),
