@@ -215,6 +215,9 @@ pub enum Error {
     /// Integer indices other than `uint32` (MLX casts them; wgquant's kernels read `uint32`).
     #[error("[{op}] Indices must be uint32 (wgquant reads them on the GPU as they are), but got {dtype}.")]
     IndicesNotU32 { op: &'static str, dtype: DType },
+    /// Indices into an operand whose batch holds no matrix (MLX would read out of bounds).
+    #[error("[{op}] {operand} has no matrices for the indices to name (batch shape {}).", mlx_shape(.batch))]
+    EmptyGatherBatch { op: &'static str, operand: &'static str, batch: Vec<usize> },
     /// `[gather_qmm] Input must have at least two dimensions but got input with shape (64).`
     #[error("[{op}] Input must have at least two dimensions but got input with shape {}.", mlx_shape(.shape))]
     GatherNdim { op: &'static str, shape: Vec<usize> },

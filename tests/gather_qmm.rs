@@ -546,6 +546,11 @@ fn errors_match_mlx_words() {
     for (name, ours) in cases {
         assert_eq!(ours, mlx[name], "{name}");
     }
+    // wgquant's own: indices into an empty batch (MLX reads out of bounds; nothing to clamp to).
+    assert_eq!(
+        err(&f32s(&[0, 2, 64]), &q, Some(&idx(&[0, 1])), Some(&idx(&[0, 1]))),
+        "[gather_qmm] x has no matrices for the indices to name (batch shape (0))."
+    );
     // wgquant's own: MLX casts other integer indices to uint32; wgquant reads uint32 as they are.
     let bytes = Tensor::zeros(&gpu, &[4], DType::U8).unwrap();
     assert_eq!(

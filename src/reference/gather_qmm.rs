@@ -21,7 +21,8 @@ pub struct HostIndices<'a> {
 /// the GPU does. Returns the output shape (`broadcast + (m, n)`) and values in `out_dtype`.
 ///
 /// # Panics
-/// If the index shapes do not broadcast (the op refuses those first).
+/// If the index shapes do not broadcast, or an operand's batch is empty (the op refuses both
+/// first).
 #[allow(clippy::too_many_arguments)]
 pub fn gather_qmm(
     x: &[f32],

@@ -37,6 +37,7 @@ const OP: &str = "gather_qmm";
 /// MLX's errors in MLX's words, tagged `[gather_qmm]`: those of [`quantized_matmul`] on x and the
 /// weight, x or the weight of rank < 2, indices that are not integers, index shapes that do not
 /// broadcast. wgquant's own: integer indices other than `uint32` ([`Error::IndicesNotU32`]),
+/// indices into an operand whose batch holds no matrix ([`Error::EmptyGatherBatch`]),
 /// tensors on different devices, and an operand larger than one storage binding
 /// ([`Error::ExceedsDeviceLimit`]; `quantized_matmul` splits those, a gathered product does
 /// not yet).
@@ -94,6 +95,13 @@ pub fn gather_qmm(
     if problem.is_empty() {
         return Tensor::zeros_for(OP, gpu, &problem.out_shape, out_dtype);
     }
+    let (x_matrices, w_matrices) = (element_count(x_batch).unwrap_or(1), element_count(w_batch).unwrap_or(1));
+    // Clamping needs a matrix to clamp to.
+    for (operand, batch, matrices) in [("x", x_batch, x_matrices), ("the weight", w_batch, w_matrices)] {
+        if matrices == 0 {
+            return Err(Error::EmptyGatherBatch { op: OP, operand, batch: batch.to_vec() });
+        }
+    }
     let biases = q.biases.as_ref().expect("checked");
     let sizes = OperandSizes {
         x: x.storage().size(),
@@ -118,7 +126,6 @@ pub fn gather_qmm(
 
     let entries = problem.batches.len();
     let x_stride = if plan.prepared_x.is_some() { prepared_row_vectors(problem.k) } else { problem.k };
-    let (x_matrices, w_matrices) = (element_count(x_batch).unwrap_or(1), element_count(w_batch).unwrap_or(1));
     let given = if lhs_indices.is_some() { GIVEN_LHS } else { 0 } | if rhs_indices.is_some() { GIVEN_RHS } else { 0 };
     let params = GatherTableParams {
         entries: to_u32(entries)?,
