@@ -12,14 +12,14 @@
 //! ```
 //! `--quick` uses a small model (2 blocks of width 256) that lavapipe runs in seconds.
 
+mod common;
+
 use std::time::Instant;
 
 use clap::Parser;
+use common::{median, micros, Probes};
+use wgquant::random::SplitMix64;
 use wgquant::{DType, Gpu, QuantParams, Quantized, Result, Tensor};
-
-mod common;
-
-use common::{median, micros, Probes, Words};
 
 #[derive(Parser, Debug)]
 #[command(about = "Llama-3-8B decode step: GPU, host and wall time of 225 quantized_matmuls")]
@@ -75,12 +75,15 @@ fn main() -> Result<()> {
     let gpu = Gpu::new()?;
     println!("adapter: {}", gpu.describe());
 
-    let mut words = Words(7);
+    let mut rng = SplitMix64::new(7);
     let products = shape.products();
-    let weights = products.iter().map(|&p| words.weight(&gpu, p, params)).collect::<Result<Vec<_>>>()?;
+    let weights = products
+        .iter()
+        .map(|&p| common::random_weight(&gpu, &mut rng, p, params, DType::F16))
+        .collect::<Result<Vec<_>>>()?;
     let weight_bytes: u64 = weights.iter().map(Quantized::size_in_bytes).sum();
-    let x_hidden = words.halves(&gpu, &[args.rows, shape.hidden])?;
-    let x_mlp = words.halves(&gpu, &[args.rows, shape.mlp])?;
+    let x_hidden = common::tensor(&gpu, &mut rng, &[args.rows, shape.hidden], DType::F16)?;
+    let x_mlp = common::tensor(&gpu, &mut rng, &[args.rows, shape.mlp], DType::F16)?;
     let ops = weights.len();
     let step = || {
         weights

@@ -17,12 +17,12 @@
 //! `--quick` uses a small layer (8 experts, top 2, hidden 256, width 128, 32 tokens) that
 //! lavapipe runs in seconds.
 
-use clap::Parser;
-use wgquant::{gather_qmm, quantized_matmul, Gpu, QuantParams, Quantized, Result, Tensor};
-
 mod common;
 
-use common::{median, Probes, Words};
+use clap::Parser;
+use common::{median, random_stacked, random_weight, tensor, Probes};
+use wgquant::random::SplitMix64;
+use wgquant::{gather_qmm, quantized_matmul, DType, Gpu, QuantParams, Quantized, Result, Tensor};
 
 #[derive(Parser, Debug)]
 #[command(about = "Qwen3-30B-A3B MoE layer: decode GB/s over touched experts, sorted prefill TFLOP/s against dense")]
@@ -94,19 +94,20 @@ fn main() -> Result<()> {
         println!("no timestamp queries on this adapter: nothing to time");
         return Ok(());
     }
-    let mut words = Words(11);
+    let mut rng = SplitMix64::new(11);
+    let f16 = DType::F16;
     let layer = Layer {
-        gate: words.stacked(&gpu, &[e], (w, d), params)?,
-        up: words.stacked(&gpu, &[e], (w, d), params)?,
-        down: words.stacked(&gpu, &[e], (d, w), params)?,
+        gate: random_stacked(&gpu, &mut rng, &[e], (w, d), params, f16)?,
+        up: random_stacked(&gpu, &mut rng, &[e], (w, d), params, f16)?,
+        down: random_stacked(&gpu, &mut rng, &[e], (d, w), params, f16)?,
     };
     let per_expert = (layer.gate.size_in_bytes() + layer.up.size_in_bytes() + layer.down.size_in_bytes()) / e as u64;
 
     // Decode: one token, x (1, 1, 1, d), its top_k distinct experts.
     let experts: Vec<u32> = (0..k).map(|i| ((i * 37 + 5) % e) as u32).collect();
     let idx = Tensor::from_slice(&gpu, &experts, &[1, k])?;
-    let x = words.halves(&gpu, &[1, 1, 1, d])?;
-    let h = words.halves(&gpu, &[1, k, 1, w])?;
+    let x = tensor(&gpu, &mut rng, &[1, 1, 1, d], f16)?;
+    let h = tensor(&gpu, &mut rng, &[1, k, 1, w], f16)?;
     let decode = timed(&gpu, args.steps, || layer.products(&x, &h, &idx, false))?;
     let touched = k as u64 * per_expert;
     let probes = Probes::new(&gpu, if args.quick { 16 << 20 } else { 1 << 30 });
@@ -115,21 +116,21 @@ fn main() -> Result<()> {
 
     // Sorted prefill: tokens · top_k pairs grouped by expert (as SwitchGLU sorts them).
     let pairs = tokens * k;
-    let mut sorted: Vec<u32> = (0..pairs).map(|_| (words.next() % e as u64) as u32).collect();
+    let mut sorted: Vec<u32> = (0..pairs).map(|_| rng.below(e) as u32).collect();
     sorted.sort_unstable();
     let idx = Tensor::from_slice(&gpu, &sorted, &[pairs])?;
-    let xs = words.halves(&gpu, &[pairs, 1, d])?;
-    let hs = words.halves(&gpu, &[pairs, 1, w])?;
+    let xs = tensor(&gpu, &mut rng, &[pairs, 1, d], f16)?;
+    let hs = tensor(&gpu, &mut rng, &[pairs, 1, w], f16)?;
     let prefill = timed(&gpu, args.steps, || layer.products(&xs, &hs, &idx, true))?;
     let flops = 2.0 * pairs as f64 * 3.0 * (d * w) as f64;
     let prefill_tflops = flops / prefill / 1e12;
     // Dense: the same rows through one expert-sized matrix per projection.
     let dense_layer = Layer {
-        gate: words.weight(&gpu, (w, d), params)?,
-        up: words.weight(&gpu, (w, d), params)?,
-        down: words.weight(&gpu, (d, w), params)?,
+        gate: random_weight(&gpu, &mut rng, (w, d), params, f16)?,
+        up: random_weight(&gpu, &mut rng, (w, d), params, f16)?,
+        down: random_weight(&gpu, &mut rng, (d, w), params, f16)?,
     };
-    let (xd, hd) = (words.halves(&gpu, &[pairs, d])?, words.halves(&gpu, &[pairs, w])?);
+    let (xd, hd) = (tensor(&gpu, &mut rng, &[pairs, d], f16)?, tensor(&gpu, &mut rng, &[pairs, w], f16)?);
     let dense = timed(&gpu, args.steps, || {
         Ok(vec![
             quantized_matmul(&xd, &dense_layer.gate, true)?,

@@ -21,11 +21,13 @@
 //! cores where it chooses to, and times `qmv` (`vector`) and `qmv_coop` (`cooperative`) by name
 //! for 2 to 8 rows of f16 x.
 
+mod common;
+
 use std::time::Duration;
 
-use half::{bf16, f16};
 use wgquant::kernels::QmmShape;
-use wgquant::{DType, Gpu, GpuOptions, QmmKernel, QmmOptions, QuantParams, Quantized, Result, Tensor};
+use wgquant::random::SplitMix64;
+use wgquant::{DType, Gpu, GpuOptions, QmmKernel, QmmOptions, QuantParams, Quantized, Result};
 
 /// Weight bytes the rotation spans, so that no cache holds the weights between runs (the H100's
 /// L2 is 50 MB).
@@ -87,46 +89,6 @@ impl Config {
     }
 }
 
-/// A deterministic stream of pseudo-random words (SplitMix64).
-struct Words(u64);
-
-impl Words {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Small values in (-0.05, 0.05).
-    fn smalls(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| ((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1).collect()
-    }
-
-    /// A tensor of small values of `dtype` (f16 or bf16).
-    fn tensor(&mut self, gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let values = self.smalls(shape.iter().product());
-        if dtype == DType::BF16 {
-            Tensor::from_slice(gpu, &values.into_iter().map(bf16::from_f32).collect::<Vec<_>>(), shape)
-        } else {
-            Tensor::from_slice(gpu, &values.into_iter().map(f16::from_f32).collect::<Vec<_>>(), shape)
-        }
-    }
-}
-
-/// A quantized weight of random codes, `dtype` scales and biases (timing does not depend on
-/// the values).
-fn random_weight(gpu: &Gpu, n: usize, k: usize, bits: u32, dtype: DType, words: &mut Words) -> Result<Quantized> {
-    let params = QuantParams::affine(GROUP_SIZE, bits);
-    let packed: Vec<u32> = (0..n * params.packed_width(k)).map(|_| words.next() as u32).collect();
-    let groups = k / GROUP_SIZE as usize;
-    let weight = Tensor::from_slice(gpu, &packed, &[n, params.packed_width(k)])?;
-    let scales = words.tensor(gpu, &[n, groups], dtype)?;
-    let biases = words.tensor(gpu, &[n, groups], dtype)?;
-    Quantized::from_parts(weight, scales, Some(biases), params)
-}
-
 /// Median GPU time of one call of `f`, over `runs` samples after a warm-up; each sample times
 /// `repeat` calls `f(0), f(1), ..` recorded back to back into one pass (call numbers run on
 /// across samples) and divides by `repeat`.
@@ -175,19 +137,20 @@ fn time_matmul(
     bits: u32,
     cases: &[(usize, Vec<(String, QmmOptions)>)],
 ) -> Result<Vec<Row>> {
-    let mut words = Words(n as u64 * 31 + k as u64 * 7 + u64::from(bits));
-    let one = random_weight(gpu, n, k, bits, config.dtype, &mut words)?;
+    let mut rng = SplitMix64::new(n as u64 * 31 + k as u64 * 7 + u64::from(bits));
+    let params = QuantParams::affine(GROUP_SIZE, bits);
+    let one = common::random_weight(gpu, &mut rng, (n, k), params, config.dtype)?;
     let bytes = one.size_in_bytes();
     let copies = if config.quick { 2 } else { ROTATION_BYTES.div_ceil(bytes).max(2) as usize };
     // One set of weights for every row count, so that the timings of one shape differ by the rows
     // of x alone: on an H100, the same product on sets allocated at different points of a run
     // took up to 1.6x as long (19.4 against 30.9 µs), and a row count's ratio to M = 1 with it.
     let weights: Vec<Quantized> = std::iter::once(Ok(one))
-        .chain((1..copies).map(|_| random_weight(gpu, n, k, bits, config.dtype, &mut words)))
+        .chain((1..copies).map(|_| common::random_weight(gpu, &mut rng, (n, k), params, config.dtype)))
         .collect::<Result<_>>()?;
     let mut rows = Vec::new();
     for &(m, ref options) in cases {
-        let x = words.tensor(gpu, &[m, k], config.dtype)?;
+        let x = common::tensor(gpu, &mut rng, &[m, k], config.dtype)?;
         for (variant, option) in options {
             if let Err(e) = wgquant::quantized_matmul_with(&x, &weights[0], true, option) {
                 eprintln!("{variant}: {e}");

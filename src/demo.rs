@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuOptions};
 use crate::nn::{self, LlamaConfig, Model, Module, Recipe};
 use crate::params::QuantParams;
+use crate::random::SplitMix64;
 use crate::tensor::Tensor;
 
 /// The demo's settings (the binary's `wgquant demo` flags, with their defaults there).
@@ -185,18 +186,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// Seeded token ids below `vocab` (SplitMix64).
+/// Seeded token ids below `vocab`.
 fn random_tokens(gpu: &Gpu, n: usize, vocab: usize, seed: u64) -> Result<Tensor> {
-    let mut state = seed ^ 0x5eed_5eed;
-    let ids: Vec<u32> = (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            ((z ^ (z >> 31)) % vocab as u64) as u32
-        })
-        .collect();
+    let mut rng = SplitMix64::new(seed ^ 0x5eed_5eed);
+    let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
     Tensor::from_slice(gpu, &ids, &[n])
 }
 

@@ -39,6 +39,8 @@ pub mod kernels;
 pub mod nn;
 pub mod ops;
 pub mod params;
+#[doc(hidden)]
+pub mod random;
 pub mod reference;
 pub mod tensor;
 

@@ -611,3 +611,22 @@ fn mutated_headers_never_panic() {
     eprintln!("{CASES} mutants: {accepted} accepted, {refused} refused in {:?}", start.elapsed());
     assert!(accepted > 0 && refused > CASES / 2, "the mutations exercise both outcomes");
 }
+
+/// A file of no tensors (with or without metadata) is legal safetensors: the writer writes what
+/// the safetensors crate writes, and the reader opens it.
+#[test]
+fn a_file_of_no_tensors_round_trips() {
+    for metadata in [BTreeMap::new(), BTreeMap::from([("format".to_string(), "mlx".to_string())])] {
+        let dir = temp_dir();
+        let path = dir.path().join("empty.safetensors");
+        write_safetensors(&path, &[], &metadata).unwrap();
+        let none: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
+        let theirs =
+            safetensors::serialize(none, (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect()))
+                .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), theirs, "metadata {metadata:?}");
+        let file = SafetensorsFile::open(&path).unwrap();
+        assert_eq!(file.metadata(), &metadata);
+        assert!(file.tensors().is_empty());
+    }
+}

@@ -1,51 +1,56 @@
-//! What the benches share: seeded random weights, the raw-dispatch floor and the copy ceiling.
+//! What the benchmarks share: seeded random weights and activations (timing does not depend on
+//! the values, only on their shapes and dtypes), the raw-dispatch floor and the copy ceiling.
 #![allow(dead_code)] // each bench uses its own part
 
 use std::time::{Duration, Instant};
 
-use wgquant::{f16, wgpu, Gpu, QuantParams, Quantized, Result, Tensor};
+use wgquant::random::SplitMix64;
+use wgquant::{bf16, f16, wgpu, DType, Gpu, QuantParams, Quantized, Result, Tensor};
 
-/// SplitMix64: random codes and scales (timing does not depend on the values).
-pub struct Words(pub u64);
+/// Values in (-0.05, 0.05).
+pub fn smalls(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+    (0..n).map(|_| (rng.uniform() - 0.5) * 0.1).collect()
+}
 
-impl Words {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+/// A tensor of small values in `dtype` (f32, f16 or bf16).
+pub fn tensor(gpu: &Gpu, rng: &mut SplitMix64, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let values = smalls(rng, shape.iter().product());
+    match dtype {
+        DType::BF16 => Tensor::from_slice(gpu, &values.into_iter().map(bf16::from_f32).collect::<Vec<_>>(), shape),
+        DType::F16 => Tensor::from_slice(gpu, &values.into_iter().map(f16::from_f32).collect::<Vec<_>>(), shape),
+        _ => Tensor::from_slice(gpu, &values, shape),
     }
+}
 
-    pub fn halves(&mut self, gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
-        let values: Vec<f16> = (0..shape.iter().product())
-            .map(|_| f16::from_f32(((self.next() >> 40) as f32 / 16_777_216.0 - 0.5) * 0.1))
-            .collect();
-        Tensor::from_slice(gpu, &values, shape)
-    }
+/// A quantized `n` x `k` weight of random codes with `dtype` scales and biases.
+pub fn random_weight(
+    gpu: &Gpu,
+    rng: &mut SplitMix64,
+    (n, k): (usize, usize),
+    params: QuantParams,
+    dtype: DType,
+) -> Result<Quantized> {
+    random_stacked(gpu, rng, &[], (n, k), params, dtype)
+}
 
-    pub fn weight(&mut self, gpu: &Gpu, (n, k): (usize, usize), params: QuantParams) -> Result<Quantized> {
-        self.stacked(gpu, &[], (n, k), params)
-    }
-
-    /// Matrices `(n, k)` stacked along `batch` (a layer of experts), quantized with `params`.
-    pub fn stacked(
-        &mut self,
-        gpu: &Gpu,
-        batch: &[usize],
-        (n, k): (usize, usize),
-        params: QuantParams,
-    ) -> Result<Quantized> {
-        let matrices: usize = batch.iter().product();
-        let shape = |last: usize| [batch, &[n, last]].concat();
-        let width = params.packed_width(k);
-        let packed: Vec<u32> = (0..matrices * n * width).map(|_| self.next() as u32).collect();
-        let weight = Tensor::from_slice(gpu, &packed, &shape(width))?;
-        let groups = k / params.group_size as usize;
-        let scales = self.halves(gpu, &shape(groups))?;
-        let biases = self.halves(gpu, &shape(groups))?;
-        Quantized::from_parts(weight, scales, Some(biases), params)
-    }
+/// [`random_weight`]s stacked along `batch` (a layer of experts).
+pub fn random_stacked(
+    gpu: &Gpu,
+    rng: &mut SplitMix64,
+    batch: &[usize],
+    (n, k): (usize, usize),
+    params: QuantParams,
+    dtype: DType,
+) -> Result<Quantized> {
+    let shape = |last: usize| [batch, &[n, last]].concat();
+    let matrices: usize = batch.iter().product();
+    let width = params.packed_width(k);
+    let packed: Vec<u32> = (0..matrices * n * width).map(|_| rng.next_u64() as u32).collect();
+    let weight = Tensor::from_slice(gpu, &packed, &shape(width))?;
+    let groups = k / params.group_size as usize;
+    let scales = tensor(gpu, rng, &shape(groups), dtype)?;
+    let biases = tensor(gpu, rng, &shape(groups), dtype)?;
+    Quantized::from_parts(weight, scales, Some(biases), params)
 }
 
 /// A trivial kernel (the floor) and a grid-stride copy (the bandwidth ceiling).

@@ -7,7 +7,9 @@
 //! must read as zeros is cleared at the start of the next submission, before any work that
 //! could use it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +61,7 @@ impl Drop for TensorBuffer {
 /// last time and its cached bind groups ([`Gpu::bind_group`]) still match.
 #[derive(Default)]
 pub(super) struct Pool {
-    free: HashMap<u64, VecDeque<wgpu::Buffer>>,
+    free: FxHashMap<u64, VecDeque<wgpu::Buffer>>,
     /// Released buffers with the submission count that must complete before reuse (`None`:
     /// released while a batch was open; stamped once none is).
     pending: Vec<(wgpu::Buffer, Option<u64>)>,

@@ -16,7 +16,7 @@ mod pipeline;
 mod recorder;
 mod scope;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +32,7 @@ struct GpuInner {
     queue: wgpu::Queue,
     caps: Caps,
     timeout: Duration,
-    pipelines: Mutex<HashMap<KernelKey, Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<FxHashMap<KernelKey, Arc<wgpu::ComputePipeline>>>,
     bindings: Mutex<pipeline::Bindings>,
     pool: Mutex<memory::Pool>,
     /// Reused pool buffers to clear before the next submission's work.

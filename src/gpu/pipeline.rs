@@ -2,7 +2,7 @@
 //! device limits before wgpu sees them), their bind group layouts, read-only buffers by content
 //! (uniform parameters, small batch tables), and bind groups by the identity of what they bind.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::{Dispatch, Gpu};
 use crate::error::{Error, Result};
@@ -34,11 +34,12 @@ struct BindKey {
 /// buffer evicts the groups that bind it, so that the cache never keeps memory alive.
 #[derive(Default)]
 pub(super) struct Bindings {
-    layouts: HashMap<wgpu::ComputePipeline, wgpu::BindGroupLayout>,
-    contents: HashMap<(wgpu::BufferUsages, Vec<u8>), wgpu::Buffer>,
-    groups: HashMap<BindKey, wgpu::BindGroup>,
+    layouts: FxHashMap<wgpu::ComputePipeline, wgpu::BindGroupLayout>,
+    /// Per usage, buffers by their bytes (looked up by a borrowed slice: no key is built).
+    contents: Vec<(wgpu::BufferUsages, FxHashMap<Vec<u8>, wgpu::Buffer>)>,
+    groups: FxHashMap<BindKey, wgpu::BindGroup>,
     /// Buffers whose end wgquant sees, with the keys of the cached groups that bind them.
-    tracked: HashMap<wgpu::Buffer, Vec<BindKey>>,
+    tracked: FxHashMap<wgpu::Buffer, Vec<BindKey>>,
     /// Bind groups created (cache misses), for [`Gpu::bind_groups_created`].
     created: u64,
 }
@@ -170,17 +171,20 @@ impl Gpu {
         contents: &[u8],
         usage: wgpu::BufferUsages,
     ) -> wgpu::Buffer {
-        let key = (usage, contents.to_vec());
-        if let Some(buffer) = b.contents.get(&key) {
+        let cached = b.contents.iter().find(|(u, _)| *u == usage).and_then(|(_, map)| map.get(contents));
+        if let Some(buffer) = cached {
             return buffer.clone();
         }
-        if b.contents.len() >= MAX_CONTENTS {
-            let stale: Vec<wgpu::Buffer> = b.contents.drain().map(|(_, u)| u).collect();
+        if b.contents.iter().map(|(_, map)| map.len()).sum::<usize>() >= MAX_CONTENTS {
+            let stale: Vec<wgpu::Buffer> = b.contents.drain(..).flat_map(|(_, map)| map.into_values()).collect();
             stale.iter().for_each(|u| drop(b.tracked.remove(u)));
             b.forget_all_groups();
         }
         let buffer = self.buffer_holding(what, contents, usage);
-        b.contents.insert(key, buffer.clone());
+        match b.contents.iter_mut().find(|(u, _)| *u == usage) {
+            Some((_, map)) => drop(map.insert(contents.to_vec(), buffer.clone())),
+            None => b.contents.push((usage, FxHashMap::from_iter([(contents.to_vec(), buffer.clone())]))),
+        }
         b.tracked.insert(buffer.clone(), Vec::new());
         buffer
     }

@@ -364,8 +364,11 @@ fn layout(path: &Path, specs: Vec<TensorSpec>, metadata: &BTreeMap<String, Strin
     }
     let header_error =
         |e: &dyn std::fmt::Display| Error::HeaderJson { path: path.to_path_buf(), message: e.to_string() };
-    let metadata_map: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let header = safetensors::tensor::Metadata::new(Some(metadata_map), infos).map_err(|e| header_error(&e))?;
+    // No metadata is no `__metadata__` key (an empty one next to no tensors serializes as
+    // `{,"__metadata__":{}}`, which no reader takes).
+    let metadata_map = (!metadata.is_empty())
+        .then(|| metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<String, String>>());
+    let header = safetensors::tensor::Metadata::new(metadata_map, infos).map_err(|e| header_error(&e))?;
     let mut json = serde_json::to_vec(&header).map_err(|e| header_error(&e))?;
     json.resize(json.len().next_multiple_of(8), b' ');
     let header_len = json.len() as u64;

@@ -13,6 +13,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops;
+use crate::random::SplitMix64;
 use crate::tensor::Tensor;
 
 /// The sizes of a [`Model`] (mlx-lm's `ModelArgs` fields of the same names).
@@ -119,7 +120,7 @@ impl Model {
                 divisor: heads,
             });
         }
-        let mut init = Init { gpu, dtype, state: seed };
+        let mut init = Init { gpu, dtype, rng: SplitMix64::new(seed) };
         let (d, h) = (config.hidden_size, config.intermediate_size);
         let embed_tokens: Layer = Box::new(init.embedding(config.vocab_size, d)?);
         let layers = (0..config.num_hidden_layers)
@@ -224,28 +225,14 @@ impl Module for Mlp {
 
 display_as_module!(Model, LlamaModel, TransformerBlock, Attention, Mlp);
 
-/// Seeded weights (SplitMix64; Box-Muller for normals), uploaded in one dtype.
+/// Seeded weights, uploaded in one dtype.
 struct Init<'a> {
     gpu: &'a Gpu,
     dtype: DType,
-    state: u64,
+    rng: SplitMix64,
 }
 
 impl Init<'_> {
-    fn next_uniform(&mut self) -> f32 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    fn next_normal(&mut self) -> f32 {
-        let u1 = self.next_uniform().max(1e-7);
-        let u2 = self.next_uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-    }
-
     fn upload(&self, values: &[f32], shape: &[usize]) -> Result<Tensor> {
         let t = Tensor::from_slice(self.gpu, values, shape)?;
         if self.dtype == DType::F32 {
@@ -258,13 +245,13 @@ impl Init<'_> {
     fn linear(&mut self, input_dims: usize, output_dims: usize) -> Result<Layer> {
         let scale = (input_dims as f32).sqrt().recip();
         let values: Vec<f32> =
-            (0..input_dims * output_dims).map(|_| scale * (2.0 * self.next_uniform() - 1.0)).collect();
+            (0..input_dims * output_dims).map(|_| scale * (2.0 * self.rng.uniform() - 1.0)).collect();
         Ok(Box::new(Linear::new(self.upload(&values, &[output_dims, input_dims])?, None)?))
     }
 
     fn embedding(&mut self, num_embeddings: usize, dims: usize) -> Result<Embedding> {
         let scale = (dims as f32).sqrt().recip();
-        let values: Vec<f32> = (0..num_embeddings * dims).map(|_| scale * self.next_normal()).collect();
+        let values: Vec<f32> = (0..num_embeddings * dims).map(|_| scale * self.rng.normal()).collect();
         Embedding::new(self.upload(&values, &[num_embeddings, dims])?)
     }
 

@@ -26,7 +26,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::params::{Mode, QuantParams};
 
-use super::quantize::{pack, unpack};
+use super::quantize::{group_size_of, pack, unpack};
 
 /// E2M1 values by code (`sign << 3 | magnitude index`), in MLX's table order.
 pub const E2M1_VALUES: [f32; 16] =
@@ -184,7 +184,6 @@ pub fn fp_quantize_value(w: f32, divisor: f32, mode: Mode, dtype: DType) -> u32 
 /// # Errors
 /// An affine mode, `k` not divisible by the group size, parameters the mode does not take.
 pub fn fp_quantize(w: &[f32], k: usize, params: QuantParams, dtype: DType) -> Result<HostFpQuantized> {
-    let op = "quantize";
     if !params.mode.is_fp() {
         return Err(Error::InvalidOption {
             op: "reference::fp_quantize",
@@ -193,15 +192,7 @@ pub fn fp_quantize(w: &[f32], k: usize, params: QuantParams, dtype: DType) -> Re
             allowed: "mxfp4, mxfp8, nvfp4 (affine: reference::quantize)".into(),
         });
     }
-    let gs = params.group_size as usize;
-    if gs == 0 || k == 0 || k % gs != 0 || w.len() % k != 0 {
-        return Err(Error::NotDivisibleByGroup {
-            op,
-            group_size: params.group_size,
-            shape: vec![w.len() / k.max(1), k],
-        });
-    }
-    params.validate(op)?;
+    let gs = group_size_of(w, k, params)?;
     let mut codes = Vec::with_capacity(w.len());
     let mut scales = Vec::with_capacity(w.len() / gs);
     for group in w.chunks(gs) {

@@ -50,6 +50,22 @@ pub fn group_scale_bias(group: &[f32], bits: u32) -> (f32, f32) {
     }
 }
 
+/// The group size of `params` once rows of `k` elements of `w` split into whole groups and
+/// `params` pass MLX's checks (both quantizers' shared preconditions, in MLX's order).
+pub(super) fn group_size_of(w: &[f32], k: usize, params: QuantParams) -> Result<usize> {
+    let op = "quantize";
+    let gs = params.group_size as usize;
+    if gs == 0 || k == 0 || k % gs != 0 || w.len() % k != 0 {
+        return Err(Error::NotDivisibleByGroup {
+            op,
+            group_size: params.group_size,
+            shape: vec![w.len() / k.max(1), k],
+        });
+    }
+    params.validate(op)?;
+    Ok(gs)
+}
+
 /// The code of `v` in a group with f32 `scale` and `bias` (NaN gives 0, as MLX does in practice).
 pub fn quantize_value(v: f32, scale: f32, bias: f32, bits: u32) -> u32 {
     let q = ((v - bias) / scale).round_ties_even();
@@ -92,7 +108,6 @@ pub fn unpack(words: &[u32], bits: u32, i: usize) -> u32 {
 /// An fp mode (its twin is [`super::fp_quantize`]), `k` not divisible by the group size,
 /// unsupported parameters.
 pub fn quantize(w: &[f32], k: usize, params: QuantParams, dtype: DType) -> Result<HostQuantized> {
-    let op = "quantize";
     if params.mode.is_fp() {
         return Err(Error::InvalidOption {
             op: "reference::quantize",
@@ -101,15 +116,7 @@ pub fn quantize(w: &[f32], k: usize, params: QuantParams, dtype: DType) -> Resul
             allowed: "affine (the fp modes: reference::fp_quantize)".into(),
         });
     }
-    let gs = params.group_size as usize;
-    if gs == 0 || k == 0 || k % gs != 0 || w.len() % k != 0 {
-        return Err(Error::NotDivisibleByGroup {
-            op,
-            group_size: params.group_size,
-            shape: vec![w.len() / k.max(1), k],
-        });
-    }
-    params.validate(op)?;
+    let gs = group_size_of(w, k, params)?;
     let mut codes = Vec::with_capacity(w.len());
     let (mut scales, mut biases) = (Vec::new(), Vec::new());
     for group in w.chunks(gs) {
