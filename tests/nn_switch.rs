@@ -78,12 +78,17 @@ fn twin(block: &SwitchGLU, x: &[f32], indices: &[u32]) -> Vec<f32> {
     y
 }
 
+/// The block's forward, submitted op by op and, the same again, recorded in one batch (where
+/// the products share the scratch their batch tables are built in): both must agree bit for bit.
 fn run(gpu: &Gpu, block: &SwitchGLU, x: &[f32], indices: &[u32], tokens: usize) -> Vec<f32> {
     let x_gpu = Tensor::from_slice(gpu, x, &[tokens, DIMS]).unwrap();
     let idx = Tensor::from_slice(gpu, indices, &[tokens, TOP_K]).unwrap();
     let y = block.forward_experts(&x_gpu, &idx).unwrap();
     assert_eq!(y.shape(), &[tokens, TOP_K, DIMS]);
-    common::download(&y)
+    let batched = gpu.batch(|| block.forward_experts(&x_gpu, &idx)).unwrap();
+    let (y, batched) = (common::download(&y), common::download(&batched));
+    assert_eq!(common::first_bit_difference(&y, &batched), None, "one batch and op by op differ");
+    y
 }
 
 fn assert_near_twin(name: &str, got: &[f32], want: &[f32]) {

@@ -24,6 +24,7 @@ use std::time::Duration;
 pub use context::{Caps, GpuOptions};
 pub(crate) use geometry::{aligned_row_step, grid, row_chunks, BufferWindow, VECTOR_BYTES};
 pub(crate) use memory::{Scratch, TensorBuffer};
+pub(crate) use pipeline::MAX_CACHED_TABLE_BYTES;
 
 use crate::kernels::KernelKey;
 
@@ -34,6 +35,7 @@ struct GpuInner {
     timeout: Duration,
     pipelines: Mutex<FxHashMap<KernelKey, Arc<wgpu::ComputePipeline>>>,
     bindings: Mutex<pipeline::Bindings>,
+    memos: Mutex<pipeline::Memos>,
     pool: Mutex<memory::Pool>,
     /// Reused pool buffers to clear before the next submission's work.
     clears: Mutex<Vec<wgpu::Buffer>>,
@@ -64,6 +66,7 @@ impl GpuInner {
             timeout,
             pipelines: Mutex::default(),
             bindings: Mutex::default(),
+            memos: Mutex::default(),
             pool: Mutex::default(),
             clears: Mutex::default(),
             scratch: Mutex::default(),

@@ -2,6 +2,9 @@
 //! device limits before wgpu sees them), their bind group layouts, read-only buffers by content
 //! (uniform parameters, small batch tables), and bind groups by the identity of what they bind.
 
+use std::any::{Any, TypeId};
+use std::hash::Hash;
+
 use rustc_hash::FxHashMap;
 
 use super::{Dispatch, Gpu};
@@ -17,6 +20,12 @@ const MAX_CONTENTS: usize = 4096;
 /// batch layout (every decode step) binds the same table and hits the bind group cache; larger
 /// ones are made per call, whose work dwarfs the upload.
 pub(crate) const MAX_CACHED_TABLE_BYTES: usize = 4096;
+
+/// Entries one memo keeps ([`Gpu::memo`]); past it the memo starts over.
+const MAX_MEMO_ENTRIES: usize = 1024;
+
+/// Per-device memos of ops' planning, one map per key and value type.
+pub(super) type Memos = FxHashMap<TypeId, Box<dyn Any + Send>>;
 
 /// Bind groups kept; past it the cache starts over.
 const MAX_BIND_GROUPS: usize = 16384;
@@ -104,6 +113,38 @@ impl Gpu {
             map.insert(key.clone(), Arc::clone(&pipeline));
         }
         Ok(pipeline)
+    }
+
+    /// What `build` makes of `key`, made once per device and key and kept: an op keeps the
+    /// planning of a call that repeats (a decode step's products) rather than redo it per
+    /// call. `build` runs outside the lock (it may compile pipelines); of two threads building
+    /// one key at once, both results are correct and the later is kept.
+    pub(crate) fn memo<K, V>(&self, key: &K, build: impl FnOnce() -> Result<V>) -> Result<Arc<V>>
+    where
+        K: Hash + Eq + Clone + Send + 'static,
+        V: Send + Sync + 'static,
+    {
+        fn map_of<K: Hash + Eq + Send + 'static, V: Send + Sync + 'static>(
+            memos: &mut Memos,
+        ) -> &mut FxHashMap<K, Arc<V>> {
+            memos
+                .entry(TypeId::of::<FxHashMap<K, Arc<V>>>())
+                .or_insert_with(|| Box::new(FxHashMap::<K, Arc<V>>::default()))
+                .downcast_mut()
+                .expect("each memo is filed under its own type")
+        }
+        let lock = || self.inner.memos.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(value) = map_of::<K, V>(&mut lock()).get(key) {
+            return Ok(Arc::clone(value));
+        }
+        let value = Arc::new(build()?);
+        let mut memos = lock();
+        let map = map_of::<K, V>(&mut memos);
+        if map.len() >= MAX_MEMO_ENTRIES {
+            map.clear();
+        }
+        map.insert(key.clone(), Arc::clone(&value));
+        Ok(value)
     }
 
     /// The bind group of `d`: its parameters at binding 0, its windows at 1, 2, ... Served

@@ -4,9 +4,11 @@
 //! `wgsl/gather_table.wgsl`, in the same submission as the products: the indices are never
 //! read back. The matmul kernels (`qmv`, `qvm`, `qmm`) then run over it unchanged.
 
+use std::sync::Arc;
+
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::{BufferWindow, Dispatch, Scratch, VECTOR_BYTES};
+use crate::gpu::{BufferWindow, Dispatch, Gpu, Scratch, MAX_CACHED_TABLE_BYTES, VECTOR_BYTES};
 use crate::kernels::{
     GatherTableBindings, GatherTableKey, GatherTableParams, ELEMENTWISE_WG_SIZE, GIVEN_LHS, GIVEN_RHS,
 };
@@ -14,7 +16,7 @@ use crate::tensor::{element_count, Quantized, Tensor};
 
 use super::plan::{self, prepared_row_vectors, to_u32, OperandSizes, PlanCaps, Source};
 use super::problem::{broadcast_shapes, check, Dims, Problem};
-use super::{quantized_matmul, run, GpuTable, Operands, QmmOptions};
+use super::{quantized_matmul, run, GpuTable, Operands, PlanKey, Prepared, QmmOptions};
 
 const OP: &str = "gather_qmm";
 
@@ -122,7 +124,15 @@ pub fn gather_qmm(
     }
     // `qmv_coop` reads one matrix of w and no table.
     caps.cooperative_f16 = false;
-    let plan = plan::plan(&problem, &sizes, &QmmOptions::default(), &caps)?;
+    let key = GatheredPlan(PlanKey { problem, sizes, options: QmmOptions::default() });
+    // As `quantized_matmul` keeps a repeated product's plan and pipelines (a decode step's), under
+    // a key of its own: a gathered plan differs (no `qmv_coop`, no host tables).
+    let prepared = if key.0.problem.batches.len() * 12 <= MAX_CACHED_TABLE_BYTES {
+        gpu.memo(&key, || gathered_plan(gpu, &key.0, &caps))?
+    } else {
+        Arc::new(gathered_plan(gpu, &key.0, &caps)?)
+    };
+    let (problem, plan) = (&key.0.problem, &prepared.plan);
 
     let entries = problem.batches.len();
     let x_stride = if plan.prepared_x.is_some() { prepared_row_vectors(problem.k) } else { problem.k };
@@ -157,8 +167,21 @@ pub fn gather_qmm(
     let y = Tensor::output_for(OP, gpu, &problem.out_shape, out_dtype, plan.zeroes_y())?;
     debug_assert!(plan.steps.iter().all(|s| s.windows.iter().all(|w| w.source != Source::Table)
         || s.table.as_ref().is_some_and(|t| t.len() == 3 * entries)));
-    run(OP, gpu, &Operands { x, q, biases, y: &y }, &plan, Some(GpuTable { fill, buffer: &table }))?;
+    run(OP, gpu, &Operands { x, q, biases, y: &y }, &prepared, Some(GpuTable { fill, buffer: &table }))?;
     Ok(y)
+}
+
+/// A gathered product's plan, filed apart from `quantized_matmul`'s ([`Gpu::memo`] keys by type).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct GatheredPlan(PlanKey);
+
+/// The plan of `key` on a device with `caps`, with its pipelines built; its steps bind the table
+/// the GPU fills, so no host table is uploaded.
+fn gathered_plan(gpu: &Gpu, key: &PlanKey, caps: &PlanCaps) -> Result<Prepared> {
+    let plan = plan::plan(&key.problem, &key.sizes, &key.options, caps)?;
+    let pipelines = plan.steps.iter().map(|s| gpu.pipeline(&s.key)).collect::<Result<Vec<_>>>()?;
+    let tables = plan.steps.iter().map(|_| None).collect();
+    Ok(Prepared { plan, pipelines, tables })
 }
 
 /// All of `buffer`.

@@ -21,7 +21,9 @@ mod problem;
 pub use gather::gather_qmm;
 
 use crate::error::Result;
-use crate::gpu::{BufferWindow, Dispatch, Gpu, Scratch, VECTOR_BYTES};
+use std::sync::Arc;
+
+use crate::gpu::{BufferWindow, Dispatch, Gpu, Scratch, MAX_CACHED_TABLE_BYTES, VECTOR_BYTES};
 use crate::kernels::QmmShape;
 use crate::tensor::{Quantized, Tensor};
 
@@ -31,7 +33,7 @@ use problem::Problem;
 const OP: &str = "quantized_matmul";
 
 /// Which kernel family [`quantized_matmul_with`] uses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum QmmKernel {
     /// By shape, as MLX chooses: the vector kernels for few rows of x, the tiled one otherwise.
     #[default]
@@ -51,7 +53,7 @@ pub enum QmmKernel {
 
 /// Kernel choice and tuning knobs of [`quantized_matmul_with`]; `None` means the default for
 /// the shape and device. For tests (every kernel on every shape) and benchmarks (tuning).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct QmmOptions {
     /// The kernel family.
     pub kernel: QmmKernel,
@@ -130,10 +132,46 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
         // Output buffers hold at least their bytes in whole vectors.
         y: problem.y_bytes.next_multiple_of(VECTOR_BYTES),
     };
-    let plan = plan::plan(&problem, &sizes, options, &PlanCaps::of(gpu.caps()))?;
-    let y = Tensor::output_for(OP, gpu, &problem.out_shape, out_dtype, plan.zeroes_y())?;
-    run(OP, gpu, &Operands { x, q, biases, y: &y }, &plan, None)?;
+    let key = PlanKey { problem, sizes, options: *options };
+    // A product with a small batch table (every decode step's) keeps its plan, pipelines and
+    // tables per device; a larger one is planned per call, its table not worth keeping.
+    let prepared = if key.problem.batches.len() * 12 <= MAX_CACHED_TABLE_BYTES {
+        gpu.memo(&key, || Prepared::new(gpu, &key))?
+    } else {
+        Arc::new(Prepared::new(gpu, &key)?)
+    };
+    let problem = &key.problem;
+    let y = Tensor::output_for(OP, gpu, &problem.out_shape, out_dtype, prepared.plan.zeroes_y())?;
+    run(OP, gpu, &Operands { x, q, biases, y: &y }, &prepared, None)?;
     Ok(y)
+}
+
+/// What a plan is a pure function of (with the device's caps).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PlanKey {
+    problem: Problem,
+    sizes: OperandSizes,
+    options: QmmOptions,
+}
+
+/// A plan with its pipelines built and batch tables uploaded.
+struct Prepared {
+    plan: Plan,
+    pipelines: Vec<Arc<wgpu::ComputePipeline>>,
+    tables: Vec<Option<wgpu::Buffer>>,
+}
+
+impl Prepared {
+    fn new(gpu: &Gpu, key: &PlanKey) -> Result<Prepared> {
+        let plan = plan::plan(&key.problem, &key.sizes, &key.options, &PlanCaps::of(gpu.caps()))?;
+        let pipelines = plan.steps.iter().map(|s| gpu.pipeline(&s.key)).collect::<Result<Vec<_>>>()?;
+        let tables = plan
+            .steps
+            .iter()
+            .map(|s| s.table.as_ref().map(|t| gpu.table_buffer("wgquant batch table", t)).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Prepared { plan, pipelines, tables })
+    }
 }
 
 /// The tensors of one call, as the plan's steps read them.
@@ -151,50 +189,51 @@ struct GpuTable<'a> {
     buffer: &'a wgpu::Buffer,
 }
 
-/// Creates the plan's buffers (errors name `op`) and pipelines and submits its dispatches in one pass, after
-/// `gpu_table`'s fill where the steps read a table built on the GPU.
-fn run(op: &'static str, gpu: &Gpu, ops: &Operands<'_>, plan: &Plan, gpu_table: Option<GpuTable<'_>>) -> Result<()> {
+/// Binds the operands and scratch buffers to the prepared plan's steps and submits its
+/// dispatches in one pass (errors name `op`), after `gpu_table`'s fill where the steps read a
+/// table built on the GPU.
+fn run(
+    op: &'static str,
+    gpu: &Gpu,
+    ops: &Operands<'_>,
+    prepared: &Prepared,
+    gpu_table: Option<GpuTable<'_>>,
+) -> Result<()> {
+    let plan = &prepared.plan;
     let partials = plan.partials.map(|count| gpu.scratch(Scratch::Partials, count as u64 * 4)).transpose()?;
     let prepared_x = plan.prepared_x.map(|bytes| gpu.scratch(Scratch::PreparedX, bytes)).transpose()?;
-    let tables = plan
-        .steps
-        .iter()
-        .map(|s| match (&s.table, &gpu_table) {
-            (Some(t), None) => gpu.table_buffer("wgquant batch table", t).map(Some),
-            _ => Ok(None),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let pipelines = plan.steps.iter().map(|s| gpu.pipeline(&s.key)).collect::<Result<Vec<_>>>()?;
     let mut dispatches: Vec<Dispatch<'_>> = Vec::with_capacity(plan.steps.len() + 1);
     let gpu_table_buffer = gpu_table.as_ref().map(|t| t.buffer);
     if let Some(t) = gpu_table {
         dispatches.push(t.fill);
     }
-    dispatches.extend(plan.steps.iter().zip(&tables).zip(&pipelines).map(|((step, table), pipeline)| {
-        let buffers = step
-            .windows
-            .iter()
-            .map(|w| {
-                let buffer = match w.source {
-                    Source::X => ops.x.storage(),
-                    Source::Weight => ops.q.weight.storage(),
-                    Source::Scales => ops.q.scales.storage(),
-                    Source::Biases => ops.biases.storage(),
-                    Source::Y => ops.y.storage(),
-                    Source::PreparedX => prepared_x.as_deref().expect("the plan sizes its prepared x"),
-                    Source::Partials => partials.as_deref().expect("the plan lists its partial sums"),
-                    Source::Table => {
-                        let table = match gpu_table_buffer {
-                            Some(buffer) => buffer,
-                            None => table.as_ref().expect("a step binding its table has one"),
-                        };
-                        return BufferWindow { buffer: table, offset: 0, size: table.size() };
-                    }
-                };
-                BufferWindow { buffer, offset: w.offset, size: w.size }
-            })
-            .collect();
-        Dispatch { pipeline, params: step.params.clone(), buffers, workgroups: step.workgroups }
-    }));
+    dispatches.extend(plan.steps.iter().zip(&prepared.tables).zip(&prepared.pipelines).map(
+        |((step, table), pipeline)| {
+            let buffers = step
+                .windows
+                .iter()
+                .map(|w| {
+                    let buffer = match w.source {
+                        Source::X => ops.x.storage(),
+                        Source::Weight => ops.q.weight.storage(),
+                        Source::Scales => ops.q.scales.storage(),
+                        Source::Biases => ops.biases.storage(),
+                        Source::Y => ops.y.storage(),
+                        Source::PreparedX => prepared_x.as_deref().expect("the plan sizes its prepared x"),
+                        Source::Partials => partials.as_deref().expect("the plan lists its partial sums"),
+                        Source::Table => {
+                            let table = match gpu_table_buffer {
+                                Some(buffer) => buffer,
+                                None => table.as_ref().expect("a step binding its table has one"),
+                            };
+                            return BufferWindow { buffer: table, offset: 0, size: table.size() };
+                        }
+                    };
+                    BufferWindow { buffer, offset: w.offset, size: w.size }
+                })
+                .collect();
+            Dispatch { pipeline, params: step.params.clone(), buffers, workgroups: step.workgroups }
+        },
+    ));
     gpu.submit(op, &dispatches)
 }

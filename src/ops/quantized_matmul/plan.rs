@@ -89,7 +89,7 @@ impl PlanCaps {
 }
 
 /// Bytes of each operand's buffer (bound whole when every one fits a binding).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct OperandSizes {
     pub x: u64,
     pub weight: u64,

@@ -10,7 +10,7 @@ use super::OP;
 
 /// A validated product: sizes, batch entries and dtypes. Nothing in it changes once built: what
 /// the plan does to x (preparing it for `qmv`) is a step of the plan.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Problem {
     /// Rows of x per batch entry.
     pub m: usize,
