@@ -116,7 +116,8 @@ impl Gpu {
 /// One kernel launch: a pipeline, its uniform parameters, its buffers and a workgroup count.
 pub(crate) struct Dispatch<'a> {
     pub pipeline: &'a wgpu::ComputePipeline,
-    pub params: Vec<u8>,
+    /// Borrowed where a kept plan holds them, so that recording copies nothing.
+    pub params: std::borrow::Cow<'a, [u8]>,
     pub buffers: Vec<BufferWindow<'a>>,
     pub workgroups: u32,
 }

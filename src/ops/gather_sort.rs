@@ -57,7 +57,7 @@ pub fn gather_sort(indices: &Tensor) -> Result<GatherSorted> {
     let pipeline = gpu.pipeline(&GatherSortKey.into())?;
     let dispatch = Dispatch {
         pipeline: &pipeline,
-        params: bytemuck::bytes_of(&params).to_vec(),
+        params: bytemuck::bytes_of(&params).into(),
         buffers: GatherSortBindings {
             indices: whole(indices),
             x_rows: whole(&sorted.x_rows),

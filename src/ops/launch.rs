@@ -22,7 +22,7 @@ impl<'a> Launch<'a> {
     where
         'a: 'p,
     {
-        Dispatch { pipeline, params: self.params, buffers: self.buffers, workgroups: self.workgroups }
+        Dispatch { pipeline, params: self.params.into(), buffers: self.buffers, workgroups: self.workgroups }
     }
 }
 

@@ -159,7 +159,7 @@ pub fn gather_qmm(
     let rhs = rhs_indices.map_or(&axes, |t| t.storage());
     let fill = Dispatch {
         pipeline: &pipeline,
-        params: bytemuck::bytes_of(&params).to_vec(),
+        params: bytemuck::bytes_of(&params).into(),
         buffers: GatherTableBindings { axes: whole(&axes), lhs: whole(lhs), rhs: whole(rhs), table: whole(&table) }
             .into_vec(),
         workgroups: to_u32(entries.div_ceil(ELEMENTWISE_WG_SIZE as usize))?,

@@ -232,7 +232,7 @@ fn run(
                     BufferWindow { buffer, offset: w.offset, size: w.size }
                 })
                 .collect();
-            Dispatch { pipeline, params: step.params.clone(), buffers, workgroups: step.workgroups }
+            Dispatch { pipeline, params: step.params.as_slice().into(), buffers, workgroups: step.workgroups }
         },
     ));
     gpu.submit(op, &dispatches)
