@@ -301,6 +301,30 @@ fn decode_every_format_and_dtype() {
     eprintln!("worst |Δ| = {worst:.3} of its bound");
 }
 
+/// Products whose k the planner splits into slices summed through partial sums (`qvm` from
+/// k = 128, `qmm` from k = 512 when its tiles are few), their entries paired on the GPU.
+#[test]
+fn split_k_over_gathered_entries() {
+    let gpu = gpu_or_skip!();
+    // (m, k, n, transpose): qvm split four ways; qmm split two ways.
+    for (m, k, n, transpose) in [(1, 256, 64, false), (40, 512, 32, true)] {
+        let case = Case {
+            name: "split k",
+            transpose,
+            params: QuantParams::affine(64, 4),
+            x_batch: vec![3],
+            m,
+            k,
+            n,
+            w_batch: vec![EXPERTS],
+            lhs: Some(Indices::new(&[2, 0], &[2, 1])),
+            rhs: Some(Indices::new(&[3, 1, 0], &[3])),
+            dtype: DType::F32,
+        };
+        check(&gpu, &case, 600 + m as u64);
+    }
+}
+
 /// Indices past their operand's batch are clamped to its last matrix (documented on
 /// `gather_qmm`): nothing reads outside a buffer, and the result is the twin's.
 #[test]
