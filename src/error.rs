@@ -133,8 +133,8 @@ pub enum Error {
     #[error("[{op}] The matrix should be given as a uint32")]
     WeightNotU32 { op: &'static str },
     /// `[quantized_matmul] The weight matrix should be uint32 but received float32`
-    #[error("[quantized_matmul] The weight matrix should be uint32 but received {dtype}")]
-    MatmulWeightNotU32 { dtype: DType },
+    #[error("[{op}] The weight matrix should be uint32 but received {dtype}")]
+    MatmulWeightNotU32 { op: &'static str, dtype: DType },
     /// `[dequantize] Biases must be provided for affine quantization.`
     #[error("[{op}] Biases must be provided for affine quantization.")]
     MissingBiases { op: &'static str },
@@ -172,31 +172,32 @@ pub enum Error {
     ScalesShape { op: &'static str, weight: Vec<usize>, scales: Vec<usize>, group_size: u32, bits: u32 },
     /// `[quantized_matmul] Scales and biases should have the same shape. ...`
     #[error(
-        "[quantized_matmul] Scales and biases should have the same shape. Received scales with shape {} and biases with {}",
+        "[{op}] Scales and biases should have the same shape. Received scales with shape {} and biases with {}",
         mlx_shape(.scales),
         mlx_shape(.biases)
     )]
-    ScalesBiasesShape { scales: Vec<usize>, biases: Vec<usize> },
+    ScalesBiasesShape { op: &'static str, scales: Vec<usize>, biases: Vec<usize> },
     /// `[quantized_matmul] Weight and scales should have the same batch shape. ...`
     #[error(
-        "[quantized_matmul] Weight and scales should have the same batch shape. Received weight with shape {}, scales with {}.",
+        "[{op}] Weight and scales should have the same batch shape. Received weight with shape {}, scales with {}.",
         mlx_shape(.weight),
         mlx_shape(.scales)
     )]
-    WeightScalesBatch { weight: Vec<usize>, scales: Vec<usize> },
+    WeightScalesBatch { op: &'static str, weight: Vec<usize>, scales: Vec<usize> },
     /// `[quantized_matmul] The shapes of the weight and scales are incompatible based on bits and group_size. ...`
     #[error(
-        "[quantized_matmul] The shapes of the weight and scales are incompatible based on bits and group_size. w.shape() == {} and scales.shape() == {} with group_size={group_size} and bits={bits}",
+        "[{op}] The shapes of the weight and scales are incompatible based on bits and group_size. w.shape() == {} and scales.shape() == {} with group_size={group_size} and bits={bits}",
         mlx_shape(.weight),
         mlx_shape(.scales)
     )]
-    WeightScalesIncompatible { weight: Vec<usize>, scales: Vec<usize>, group_size: u32, bits: u32 },
+    WeightScalesIncompatible { op: &'static str, weight: Vec<usize>, scales: Vec<usize>, group_size: u32, bits: u32 },
     /// `[quantized_matmul] Last dimension of first input with shape (..., 128) does not match ...`
     #[error(
-        "[quantized_matmul] Last dimension of first input with shape (..., {x_last}) does not match the expanded quantized matrix ({rows}, {cols}) computed from shape {} with group_size={group_size}, bits={bits} and transpose={transpose}",
+        "[{op}] Last dimension of first input with shape (..., {x_last}) does not match the expanded quantized matrix ({rows}, {cols}) computed from shape {} with group_size={group_size}, bits={bits} and transpose={transpose}",
         mlx_shape(.weight)
     )]
     InnerDimMismatch {
+        op: &'static str,
         x_last: usize,
         rows: usize,
         cols: usize,
@@ -212,8 +213,20 @@ pub enum Error {
     #[error("[broadcast_shapes] Shapes {} and {} cannot be broadcast.", mlx_shape(.a), mlx_shape(.b))]
     BroadcastShapes { a: Vec<usize>, b: Vec<usize> },
     /// `quantized_matmul` with an input that is not floating point.
-    #[error("[quantized_matmul] Only real floating types are supported but x.dtype() == {dtype}.")]
-    NotFloatingX { dtype: DType },
+    #[error("[{op}] Only real floating types are supported but x.dtype() == {dtype}.")]
+    NotFloatingX { op: &'static str, dtype: DType },
+    /// `[gather_qmm] Got indices with invalid dtype. Indices must be integral.`
+    #[error("[{op}] Got indices with invalid dtype. Indices must be integral.")]
+    IndicesNotIntegral { op: &'static str },
+    /// Integer indices other than `uint32` (MLX casts them; wgquant's kernels read `uint32`).
+    #[error("[{op}] Indices must be uint32 (wgquant reads them on the GPU as they are), but got {dtype}.")]
+    IndicesNotU32 { op: &'static str, dtype: DType },
+    /// Indices into an operand whose batch holds no matrix (MLX would read out of bounds).
+    #[error("[{op}] {operand} has no matrices for the indices to name (batch shape {}).", mlx_shape(.batch))]
+    EmptyGatherBatch { op: &'static str, operand: &'static str, batch: Vec<usize> },
+    /// `[gather_qmm] Input must have at least two dimensions but got input with shape (64).`
+    #[error("[{op}] Input must have at least two dimensions but got input with shape {}.", mlx_shape(.shape))]
+    GatherNdim { op: &'static str, shape: Vec<usize> },
 
     // ---- safetensors files -------------------------------------------------------------------
     /// Reading or writing `path` failed.
@@ -383,6 +396,12 @@ pub enum Error {
     /// have parameter named ...`).
     #[error("Module {type_name} does not have parameter named \"{key}\"")]
     NoSuchParameter { key: String, type_name: String },
+    /// [`Module::forward_experts`](crate::nn::Module::forward_experts) on a layer without experts.
+    #[error("{layer} is not a layer of experts: it takes no indices")]
+    TakesNoIndices { layer: &'static str },
+    /// [`Module::forward`](crate::nn::Module::forward) on a layer of experts, which needs indices.
+    #[error("{layer} is a layer of experts: call it with indices (Module::forward_experts)")]
+    NeedsIndices { layer: &'static str },
     /// An error raised while converting the module at `path` (for instance MLX's `[quantize] ...
     /// divisible ...` message for a layer whose input size does not split into groups).
     #[error("{path}: {source}")]

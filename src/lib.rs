@@ -49,7 +49,7 @@ pub use error::{Error, Result};
 pub use gpu::{Caps, Gpu, GpuOptions};
 /// The half-precision element types tensors hold, from `half`.
 pub use half::{bf16, f16};
-pub use ops::{dequantize, quantize, quantized_matmul, quantized_matmul_with, QmmKernel, QmmOptions};
+pub use ops::{dequantize, gather_qmm, quantize, quantized_matmul, quantized_matmul_with, QmmKernel, QmmOptions};
 pub use params::{Mode, QuantParams};
 pub use tensor::{Quantized, Tensor};
 /// The wgpu wgquant is built on, so that callers of [`Gpu::from_device`] and

@@ -293,7 +293,7 @@ fn describe(key: &KernelKey) -> String {
 #[test]
 fn family_snapshots() {
     let keys = canonical_keys();
-    assert_eq!(keys.len(), 15, "{keys:?}");
+    assert_eq!(keys.len(), 17, "{keys:?}");
     let text: String = keys.iter().map(|key| describe(key) + "\n").collect();
     insta::assert_snapshot!("families", text);
 }

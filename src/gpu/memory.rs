@@ -327,16 +327,19 @@ pub(crate) enum Scratch {
     Partials,
     /// x laid out by `qmv_prepare`.
     PreparedX,
+    /// `gather_qmm`'s batch table, built on the GPU from its indices.
+    GatherTable,
 }
 
 impl Scratch {
     /// Kinds of scratch, the length of [`Gpu`]'s scratch slots.
-    pub(super) const KINDS: usize = 2;
+    pub(super) const KINDS: usize = 3;
 
     fn label(self) -> &'static str {
         match self {
             Scratch::Partials => "wgquant scratch: partial sums",
             Scratch::PreparedX => "wgquant scratch: prepared x",
+            Scratch::GatherTable => "wgquant scratch: gather_qmm batch table",
         }
     }
 }

@@ -15,6 +15,8 @@ mod binary;
 mod dequantize;
 mod fp_quantize;
 mod gather;
+mod gather_sort;
+mod gather_table;
 mod matmul;
 mod matmul_format;
 mod qmm;
@@ -36,6 +38,10 @@ pub use fp_quantize::FpQuantizeKey;
 pub(crate) use fp_quantize::{FpQuantizeBindings, FpQuantizeParams, FP_GROUPS_PER_INVOCATION};
 pub use gather::GatherKey;
 pub(crate) use gather::{GatherBindings, GatherParams};
+pub use gather_sort::GatherSortKey;
+pub(crate) use gather_sort::{GatherSortBindings, GatherSortParams};
+pub use gather_table::GatherTableKey;
+pub(crate) use gather_table::{GatherTableBindings, GatherTableParams, GIVEN_LHS, GIVEN_RHS};
 pub use matmul::MatmulKey;
 pub(crate) use matmul::{MatmulBindings, MatmulParams, MATMUL_TILE};
 pub use matmul_format::MatmulFormat;
@@ -263,6 +269,8 @@ families! {
     FpQuantize(FpQuantizeKey),
     Matmul(MatmulKey),
     Gather(GatherKey),
+    GatherTable(GatherTableKey),
+    GatherSort(GatherSortKey),
     RmsNorm(RmsNormKey),
     Softmax(SoftmaxKey),
     Unary(UnaryKey),

@@ -6,7 +6,9 @@
 //!   for your own types; [`module_children!`](crate::module_children) lists the children.
 //! - Layers with GPU forward passes: [`Linear`], [`Embedding`], their quantized forms
 //!   [`QuantizedLinear`] and [`QuantizedEmbedding`], [`RMSNorm`], [`ReLU`], [`SiLU`],
-//!   [`Sequential`].
+//!   [`Sequential`]; mlx-lm's mixture-of-experts layers [`SwitchLinear`],
+//!   [`QuantizedSwitchLinear`] and [`SwitchGLU`] (called with indices:
+//!   [`Module::forward_experts`]).
 //! - [`quantize`] is MLX's `nn.quantize`: it swaps quantizable leaves for their quantized forms
 //!   in place, asking an optional predicate per leaf ([`Decision`]: skip, quantize, or quantize
 //!   with its own [`QuantParams`](crate::QuantParams)).
@@ -44,6 +46,7 @@ mod llama;
 mod module;
 mod quantize;
 mod recipes;
+mod switch;
 
 pub use embedding::{Embedding, QuantizedEmbedding};
 pub use layers::{RMSNorm, ReLU, Sequential, SiLU};
@@ -57,3 +60,4 @@ pub use quantize::{
 };
 pub(crate) use quantize::{parameter_count, replace_leaves};
 pub use recipes::{mixed_2_6, mixed_3_4, mixed_3_6, mixed_4_6, MixedPredicate, Recipe};
+pub use switch::{QuantizedSwitchLinear, SwitchGLU, SwitchLinear, SORT_FROM_PAIRS};

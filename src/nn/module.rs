@@ -148,6 +148,17 @@ pub trait Module: AsModule + Send + Sync + 'static {
         None
     }
 
+    /// A layer of experts' computation (mlx-lm's `__call__(x, indices, sorted_indices)`):
+    /// each row of x through the experts `indices` names. Layers without experts refuse it.
+    ///
+    /// # Errors
+    /// [`Error::TakesNoIndices`](crate::Error::TakesNoIndices) for a layer without experts;
+    /// whatever the ops it calls return.
+    fn forward_experts(&self, x: &Tensor, indices: &Tensor, sorted_indices: bool) -> Result<Tensor> {
+        let _ = (x, indices, sorted_indices);
+        Err(crate::error::Error::TakesNoIndices { layer: self.type_name() })
+    }
+
     /// Every module with its path, the root first as `""`, in MLX's order: a depth-first walk
     /// with a stack, so children come in reverse insertion order (MLX's `named_modules`).
     fn named_modules(&self) -> Vec<(String, &dyn Module)> {

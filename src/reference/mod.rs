@@ -6,6 +6,7 @@
 //! rounded to it exactly as MLX rounds (round to nearest, ties to even).
 
 mod fp;
+mod gather_qmm;
 mod matmul;
 mod nn;
 mod quantize;
@@ -15,6 +16,7 @@ pub use fp::{
     e2m1_code, e4m3_code, e4m3_value, e8m0_value, fp_dequantize, fp_dequantize_value, fp_group_scale, fp_quantize,
     fp_quantize_value, mlx_round, HostFpQuantized, E2M1_VALUES,
 };
+pub use gather_qmm::{gather_qmm, HostIndices};
 pub use matmul::matmul;
 pub use nn::{add, multiply, relu, rms_norm, scaled_dot_product_attention, silu, softmax, take};
 pub use quantize::{

@@ -14,8 +14,11 @@
 //!   through wgpu's experimental cooperative matrices, k in slices summed by
 //!   `qmm_sum_partials`; only on a device a caller opened with them ([`Caps::cooperative_f16`](crate::gpu::Caps::cooperative_f16)).
 
+mod gather;
 mod plan;
 mod problem;
+
+pub use gather::gather_qmm;
 
 use crate::error::Result;
 use std::sync::Arc;
@@ -144,7 +147,7 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
     };
     let problem = &key.problem;
     let y = Tensor::output_for(OP, gpu, &problem.out_shape, out_dtype, prepared.plan.zeroes_y())?;
-    run(gpu, &Operands { x, q, biases, y: &y }, &prepared)?;
+    run(OP, gpu, &Operands { x, q, biases, y: &y }, &prepared, None)?;
     Ok(y)
 }
 
@@ -184,18 +187,33 @@ struct Operands<'a> {
     y: &'a Tensor,
 }
 
+/// A batch table filled on the GPU (`gather_qmm`'s): the dispatch that fills `buffer`, which
+/// the plan's matmul steps then bind in place of tables of their own.
+struct GpuTable<'a> {
+    fill: Dispatch<'a>,
+    buffer: &'a wgpu::Buffer,
+}
+
 /// Binds the operands and scratch buffers to the prepared plan's steps and submits its
-/// dispatches in one pass.
-fn run(gpu: &Gpu, ops: &Operands<'_>, prepared: &Prepared) -> Result<()> {
+/// dispatches in one pass (errors name `op`), after `gpu_table`'s fill where the steps read a
+/// table built on the GPU.
+fn run(
+    op: &'static str,
+    gpu: &Gpu,
+    ops: &Operands<'_>,
+    prepared: &Prepared,
+    gpu_table: Option<GpuTable<'_>>,
+) -> Result<()> {
     let plan = &prepared.plan;
     let partials = plan.partials.map(|count| gpu.scratch(Scratch::Partials, count as u64 * 4)).transpose()?;
     let prepared_x = plan.prepared_x.map(|bytes| gpu.scratch(Scratch::PreparedX, bytes)).transpose()?;
-    let dispatches: Vec<Dispatch<'_>> = plan
-        .steps
-        .iter()
-        .zip(&prepared.tables)
-        .zip(&prepared.pipelines)
-        .map(|((step, table), pipeline)| {
+    let mut dispatches: Vec<Dispatch<'_>> = Vec::with_capacity(plan.steps.len() + 1);
+    let gpu_table_buffer = gpu_table.as_ref().map(|t| t.buffer);
+    if let Some(t) = gpu_table {
+        dispatches.push(t.fill);
+    }
+    dispatches.extend(plan.steps.iter().zip(&prepared.tables).zip(&prepared.pipelines).map(
+        |((step, table), pipeline)| {
             let buffers = step
                 .windows
                 .iter()
@@ -209,7 +227,10 @@ fn run(gpu: &Gpu, ops: &Operands<'_>, prepared: &Prepared) -> Result<()> {
                         Source::PreparedX => prepared_x.as_deref().expect("the plan sizes its prepared x"),
                         Source::Partials => partials.as_deref().expect("the plan lists its partial sums"),
                         Source::Table => {
-                            let table = table.as_ref().expect("a step binding its table has one");
+                            let table = match gpu_table_buffer {
+                                Some(buffer) => buffer,
+                                None => table.as_ref().expect("a step binding its table has one"),
+                            };
                             return BufferWindow { buffer: table, offset: 0, size: table.size() };
                         }
                     };
@@ -217,7 +238,7 @@ fn run(gpu: &Gpu, ops: &Operands<'_>, prepared: &Prepared) -> Result<()> {
                 })
                 .collect();
             Dispatch { pipeline, params: step.params.as_slice().into(), buffers, workgroups: step.workgroups }
-        })
-        .collect();
-    gpu.submit(OP, &dispatches)
+        },
+    ));
+    gpu.submit(op, &dispatches)
 }

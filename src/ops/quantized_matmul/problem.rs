@@ -32,87 +32,118 @@ pub(super) struct Problem {
     pub y_bytes: u64,
 }
 
-impl Problem {
-    /// MLX's checks, in MLX's order (`validate_mode_with_type`, `quantized_matmul` and
-    /// `extract_quantized_matmul_dims` in `mlx/ops.cpp`), then the shapes.
-    pub fn new(x: &Tensor, q: &Quantized, transpose: bool) -> Result<Problem> {
-        let params = q.params;
-        let (weight, scales) = (&q.weight, &q.scales);
-        let mode = params.mode;
-        if mode.is_fp() {
-            if scales.dtype() != DType::U8 {
-                return Err(Error::FpScalesNotU8 { op: OP, dtype: scales.dtype() });
-            }
-            if q.biases.is_some() {
-                return Err(Error::FpBiases { op: OP, mode });
-            }
-        } else {
-            let biases = q.biases.as_ref().ok_or(Error::MissingBiases { op: OP })?;
-            if !scales.dtype().is_float() || !biases.dtype().is_float() {
-                return Err(Error::NotFloatingScales { op: OP, scales: scales.dtype(), biases: biases.dtype() });
-            }
-        }
-        if weight.dtype() != DType::U32 {
-            return Err(Error::MatmulWeightNotU32 { dtype: weight.dtype() });
-        }
-        if let Some(biases) = q.biases.as_ref().filter(|b| b.shape() != scales.shape()) {
-            return Err(Error::ScalesBiasesShape { scales: scales.shape().to_vec(), biases: biases.shape().to_vec() });
-        }
-        if weight.ndim() < 2 {
-            return Err(Error::NdimTooSmall { op: OP, verb: "multiplied", ndim: weight.ndim() });
-        }
-        let (ws, ss) = (weight.shape(), scales.shape());
-        let batch_dims = ws.len() - 2;
-        if ss.len() != ws.len() || ws[..batch_dims] != ss[..batch_dims] {
-            return Err(Error::WeightScalesBatch { weight: ws.to_vec(), scales: ss.to_vec() });
-        }
-        // MLX divides by the bits here; zero bits are refused first rather than divided by.
-        if params.bits == 0 {
-            return Err(Error::UnsupportedBits { op: OP, bits: 0 });
-        }
-        let (w_rows, w_words) = (ws[batch_dims], ws[batch_dims + 1]);
-        let codes_per_row =
-            params.unpacked_width(w_words).ok_or_else(|| Error::ShapeOverflow { op: OP, shape: ws.to_vec() })?;
-        if Some(codes_per_row) != ss[batch_dims + 1].checked_mul(params.group_size as usize) {
-            return Err(Error::WeightScalesIncompatible {
-                weight: ws.to_vec(),
-                scales: ss.to_vec(),
-                group_size: params.group_size,
-                bits: params.bits,
-            });
-        }
-        let x_last = *x.shape().last().ok_or(Error::ScalarInput)?;
-        let (k, n) = if transpose { (codes_per_row, w_rows) } else { (w_rows, codes_per_row) };
-        if x_last != k {
-            return Err(Error::InnerDimMismatch {
-                x_last,
-                rows: k,
-                cols: n,
-                weight: ws.to_vec(),
-                group_size: params.group_size,
-                bits: params.bits,
-                transpose,
-            });
-        }
-        if !x.dtype().is_float() {
-            return Err(Error::NotFloatingX { dtype: x.dtype() });
-        }
-        // MLX's CPU backend checks neither list; its kernels do (affine), or read the mode's
-        // own format whatever the parameters say (fp modes): wgquant refuses in MLX's words.
-        params.validate(OP)?;
-        // The kernels read x in blocks of 32 along k; nvfp4's groups of 16 allow other lengths.
-        if transpose && k % 32 != 0 {
-            return Err(Error::FpInnerLength { op: OP, mode, k });
-        }
-        if !x.gpu().same_device(weight.gpu()) || !weight.gpu().same_device(scales.gpu()) {
-            return Err(Error::DeviceMismatch { op: OP });
-        }
-        if q.biases.as_ref().is_some_and(|b| !weight.gpu().same_device(b.gpu())) {
-            return Err(Error::DeviceMismatch { op: OP });
-        }
-        // Affine: promote(x, scales), as MLX; the fp modes: x's dtype.
-        let out_dtype = if mode.is_fp() { x.dtype() } else { x.dtype().promote(scales.dtype()) };
+/// What MLX's checks establish about a product (`extract_quantized_matmul_dims`): its sizes and
+/// dtypes, whatever x's batch axes (`gather_qmm` pairs them through its indices).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Dims {
+    /// Inner length.
+    pub k: usize,
+    /// Outputs per row.
+    pub n: usize,
+    /// Words per row of w_q.
+    pub w_words: usize,
+    /// Groups per row of w_q (scales per row).
+    pub groups: usize,
+    pub format: MatmulFormat,
+}
 
+/// MLX's checks, in MLX's order (`validate_mode_with_type`, `quantized_matmul` and
+/// `extract_quantized_matmul_dims` in `mlx/ops.cpp`), with MLX's errors tagged `op`.
+pub(super) fn check(op: &'static str, x: &Tensor, q: &Quantized, transpose: bool) -> Result<Dims> {
+    let params = q.params;
+    let (weight, scales) = (&q.weight, &q.scales);
+    let mode = params.mode;
+    if mode.is_fp() {
+        if scales.dtype() != DType::U8 {
+            return Err(Error::FpScalesNotU8 { op, dtype: scales.dtype() });
+        }
+        if q.biases.is_some() {
+            return Err(Error::FpBiases { op, mode });
+        }
+    } else {
+        let biases = q.biases.as_ref().ok_or(Error::MissingBiases { op })?;
+        if !scales.dtype().is_float() || !biases.dtype().is_float() {
+            return Err(Error::NotFloatingScales { op, scales: scales.dtype(), biases: biases.dtype() });
+        }
+    }
+    if weight.dtype() != DType::U32 {
+        return Err(Error::MatmulWeightNotU32 { op, dtype: weight.dtype() });
+    }
+    if let Some(biases) = q.biases.as_ref().filter(|b| b.shape() != scales.shape()) {
+        return Err(Error::ScalesBiasesShape { op, scales: scales.shape().to_vec(), biases: biases.shape().to_vec() });
+    }
+    if weight.ndim() < 2 {
+        return Err(Error::NdimTooSmall { op, verb: "multiplied", ndim: weight.ndim() });
+    }
+    let (ws, ss) = (weight.shape(), scales.shape());
+    let batch_dims = ws.len() - 2;
+    if ss.len() != ws.len() || ws[..batch_dims] != ss[..batch_dims] {
+        return Err(Error::WeightScalesBatch { op, weight: ws.to_vec(), scales: ss.to_vec() });
+    }
+    // MLX divides by the bits here; zero bits are refused first rather than divided by.
+    if params.bits == 0 {
+        return Err(Error::UnsupportedBits { op, bits: 0 });
+    }
+    let (w_rows, w_words) = (ws[batch_dims], ws[batch_dims + 1]);
+    let codes_per_row =
+        params.unpacked_width(w_words).ok_or_else(|| Error::ShapeOverflow { op, shape: ws.to_vec() })?;
+    if Some(codes_per_row) != ss[batch_dims + 1].checked_mul(params.group_size as usize) {
+        return Err(Error::WeightScalesIncompatible {
+            op,
+            weight: ws.to_vec(),
+            scales: ss.to_vec(),
+            group_size: params.group_size,
+            bits: params.bits,
+        });
+    }
+    let x_last = *x.shape().last().ok_or(Error::ScalarInput)?;
+    let (k, n) = if transpose { (codes_per_row, w_rows) } else { (w_rows, codes_per_row) };
+    if x_last != k {
+        return Err(Error::InnerDimMismatch {
+            op,
+            x_last,
+            rows: k,
+            cols: n,
+            weight: ws.to_vec(),
+            group_size: params.group_size,
+            bits: params.bits,
+            transpose,
+        });
+    }
+    if !x.dtype().is_float() {
+        return Err(Error::NotFloatingX { op, dtype: x.dtype() });
+    }
+    // MLX's CPU backend checks neither list; its kernels do (affine), or read the mode's own
+    // format whatever the parameters say (fp modes): wgquant refuses in MLX's words.
+    params.validate(op)?;
+    // The kernels read x in blocks of 32 along k; nvfp4's groups of 16 allow other lengths.
+    if transpose && k % 32 != 0 {
+        return Err(Error::FpInnerLength { op, mode, k });
+    }
+    if !x.gpu().same_device(weight.gpu()) || !weight.gpu().same_device(scales.gpu()) {
+        return Err(Error::DeviceMismatch { op });
+    }
+    if q.biases.as_ref().is_some_and(|b| !weight.gpu().same_device(b.gpu())) {
+        return Err(Error::DeviceMismatch { op });
+    }
+    let format = MatmulFormat {
+        mode,
+        x_dtype: x.dtype(),
+        scale_dtype: scales.dtype(),
+        // Affine: promote(x, scales), as MLX; the fp modes: x's dtype.
+        out_dtype: if mode.is_fp() { x.dtype() } else { x.dtype().promote(scales.dtype()) },
+        bits: params.bits,
+        group_size: params.group_size,
+    };
+    Ok(Dims { k, n, w_words, groups: ss[batch_dims + 1], format })
+}
+
+impl Problem {
+    /// MLX's checks ([`check`]), then the shapes and the batch entries.
+    pub fn new(x: &Tensor, q: &Quantized, transpose: bool) -> Result<Problem> {
+        let Dims { k, n, w_words, groups, format } = check(OP, x, q, transpose)?;
+        let ws = q.weight.shape();
+        let batch_dims = ws.len() - 2;
         let xs = x.shape();
         let batched = xs.len() > 2 && ws.len() > 2;
         let (x_batch, w_batch) = (&xs[..xs.len().saturating_sub(2)], &ws[..batch_dims]);
@@ -129,7 +160,7 @@ impl Problem {
         // zero axis anywhere) needs no table, however many batch entries its other axes name.
         let too_large = || Error::ShapeOverflow { op: OP, shape: out_shape.clone() };
         let y_elements = element_count(&out_shape).ok_or_else(too_large)?;
-        let y_bytes = y_elements.checked_mul(out_dtype.size_in_bytes()).ok_or_else(too_large)? as u64;
+        let y_bytes = y_elements.checked_mul(format.out_dtype.size_in_bytes()).ok_or_else(too_large)? as u64;
         let limit = x.gpu().caps().limits.max_buffer_size;
         if y_bytes > limit {
             return Err(Error::ExceedsDeviceLimit { op: OP, what: "the output's bytes", value: y_bytes, limit });
@@ -143,28 +174,8 @@ impl Problem {
         } else {
             vec![(0, 0)]
         };
-        let format = MatmulFormat {
-            mode,
-            x_dtype: x.dtype(),
-            scale_dtype: scales.dtype(),
-            out_dtype,
-            bits: params.bits,
-            group_size: params.group_size,
-        };
         let x_rows = element_count(&xs[..xs.len() - 1]).unwrap_or(0);
-        Ok(Problem {
-            m,
-            n,
-            k,
-            batches,
-            out_shape,
-            format,
-            transpose,
-            w_words,
-            groups: ss[batch_dims + 1],
-            x_rows,
-            y_bytes,
-        })
+        Ok(Problem { m, n, k, batches, out_shape, format, transpose, w_words, groups, x_rows, y_bytes })
     }
 
     /// Whether the product is empty (nothing to compute; y is all zeros or has no elements).
@@ -183,7 +194,7 @@ impl Problem {
 }
 
 /// numpy broadcasting of two shapes (MLX's `broadcast_shapes`).
-fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+pub(super) fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let rank = a.len().max(b.len());
     let dim = |s: &[usize], i: usize| if i + s.len() >= rank { s[i + s.len() - rank] } else { 1 };
     (0..rank)
