@@ -146,22 +146,26 @@ fn nested_and_per_thread_batches() {
     assert_eq!(bits(&y), want);
 }
 
-/// A kernel that keeps one invocation busy for a while: several seconds on lavapipe, so that no
-/// scheduling delay of a loaded CI machine between the dispatch and the wait lets it finish
-/// first (one second of it did, once, with other builds running).
+/// A kernel that keeps the device busy for a while when dispatched over [`BUSY_WORKGROUPS`]
+/// (a second or so on lavapipe): millions of invocations, each a chain of loads at indices the
+/// previous step computed. (A single invocation looping 10^9 times was compiled into a
+/// millisecond of work, and the wait then sometimes won the race.)
 const BUSY_WGSL: &str = "
 @group(0) @binding(0) var<storage, read_write> out: array<u32>;
-@compute @workgroup_size(1)
-fn main() {
-    var x = out[0];
-    for (var j = 0u; j < 8u; j++) {
-        for (var i = 0u; i < 1000000000u; i++) {
-            x = x * 1664525u + 1013904223u;
-        }
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    var x = id.x;
+    for (var i = 0u; i < 256u; i++) {
+        x = x * 1664525u + 1013904223u + out[x >> 30u];
     }
-    out[0] = x;
+    if x == 0xffffffffu {
+        out[0] = x;
+    }
 }
 ";
+
+/// Workgroups of the busy dispatch: 4 million invocations.
+const BUSY_WORKGROUPS: u32 = 65535;
 
 #[test]
 fn a_tiny_deadline_is_a_timeout() {
@@ -189,7 +193,7 @@ fn a_tiny_deadline_is_a_timeout() {
         layout: &pipeline.get_bind_group_layout(0),
         entries: &[wgpu::BindGroupEntry { binding: 0, resource: out.buffer().as_entire_binding() }],
     });
-    gpu.dispatch("busy", &pipeline, &group, (1, 1, 1)).unwrap();
+    gpu.dispatch("busy", &pipeline, &group, (BUSY_WORKGROUPS, 1, 1)).unwrap();
     if gpu.caps().info.backend == wgpu::Backend::Gl {
         // wgpu's GL backend runs the work inside the submission: there is nothing to wait for.
         return;
