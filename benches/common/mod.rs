@@ -22,7 +22,8 @@ pub fn tensor(gpu: &Gpu, rng: &mut SplitMix64, shape: &[usize], dtype: DType) ->
     }
 }
 
-/// A quantized `n` x `k` weight of random codes with `dtype` scales and biases.
+/// A quantized `n` x `k` weight of random codes with `dtype` scales and biases, or (fp modes)
+/// scale bytes near 2^0 and no biases.
 pub fn random_weight(
     gpu: &Gpu,
     rng: &mut SplitMix64,
@@ -48,6 +49,10 @@ pub fn random_stacked(
     let packed: Vec<u32> = (0..matrices * n * width).map(|_| rng.next_u64() as u32).collect();
     let weight = Tensor::from_slice(gpu, &packed, &shape(width))?;
     let groups = k / params.group_size as usize;
+    if params.mode.is_fp() {
+        let bytes: Vec<u8> = (0..matrices * n * groups).map(|_| 120 + (rng.next_u64() % 16) as u8).collect();
+        return Quantized::from_parts(weight, Tensor::from_slice(gpu, &bytes, &shape(groups))?, None, params);
+    }
     let scales = tensor(gpu, rng, &shape(groups), dtype)?;
     let biases = tensor(gpu, rng, &shape(groups), dtype)?;
     Quantized::from_parts(weight, scales, Some(biases), params)
