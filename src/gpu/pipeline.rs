@@ -3,11 +3,12 @@
 //! (uniform parameters, small batch tables), and bind groups by the identity of what they bind.
 
 use std::any::{Any, TypeId};
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use rustc_hash::{FxHashMap, FxHasher};
 
-use super::{Dispatch, Gpu};
+use super::{BufferWindow, Dispatch, Gpu};
 use crate::error::{Error, Result};
 use crate::kernels::{self, KernelKey};
 use std::sync::Arc;
@@ -31,11 +32,43 @@ pub(super) type Memos = FxHashMap<TypeId, Box<dyn Any + Send>>;
 const MAX_BIND_GROUPS: usize = 16384;
 
 /// What a bind group binds: its layout, the parameters' uniform buffer and each window.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 struct BindKey {
     layout: wgpu::BindGroupLayout,
     uniform: wgpu::Buffer,
     windows: Vec<(wgpu::Buffer, u64, u64)>,
+}
+
+impl BindKey {
+    fn hash_value(&self) -> u64 {
+        bind_hash(&self.layout, &self.uniform, self.windows.iter().map(|(b, o, s)| (b, *o, *s)))
+    }
+
+    /// Whether the key binds exactly these parts (compared without cloning them).
+    fn binds(&self, layout: &wgpu::BindGroupLayout, uniform: &wgpu::Buffer, windows: &[BufferWindow<'_>]) -> bool {
+        self.layout == *layout
+            && self.uniform == *uniform
+            && self.windows.len() == windows.len()
+            && self.windows.iter().zip(windows).all(|((b, o, s), w)| b == w.buffer && *o == w.offset && *s == w.size)
+    }
+}
+
+/// The hash of a bind group's key from its parts, owned or borrowed alike, so that a lookup
+/// needs no key: building one clones every buffer handle (two reference counts each).
+fn bind_hash<'a>(
+    layout: &wgpu::BindGroupLayout,
+    uniform: &wgpu::Buffer,
+    windows: impl Iterator<Item = (&'a wgpu::Buffer, u64, u64)>,
+) -> u64 {
+    let mut h = FxHasher::default();
+    layout.hash(&mut h);
+    uniform.hash(&mut h);
+    for (buffer, offset, size) in windows {
+        buffer.hash(&mut h);
+        offset.hash(&mut h);
+        size.hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Cached layouts, contents and bind groups. A bind group is cached only when wgquant sees the
@@ -46,7 +79,7 @@ pub(super) struct Bindings {
     layouts: FxHashMap<wgpu::ComputePipeline, wgpu::BindGroupLayout>,
     /// Per usage, buffers by their bytes (looked up by a borrowed slice: no key is built).
     contents: Vec<(wgpu::BufferUsages, FxHashMap<Vec<u8>, wgpu::Buffer>)>,
-    groups: FxHashMap<BindKey, wgpu::BindGroup>,
+    groups: HashTable<(BindKey, wgpu::BindGroup)>,
     /// Buffers whose end wgquant sees, with the keys of the cached groups that bind them.
     tracked: FxHashMap<wgpu::Buffer, Vec<BindKey>>,
     /// Bind groups created (cache misses), for [`Gpu::bind_groups_created`].
@@ -152,6 +185,16 @@ impl Gpu {
     pub(super) fn bind_group(&self, d: &Dispatch<'_>) -> wgpu::BindGroup {
         let device = &self.inner.device;
         let mut b = self.inner.bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The hit, through borrowed parts only.
+        let layout = b.layouts.get(d.pipeline);
+        let uniform =
+            b.contents.iter().find(|(u, _)| *u == wgpu::BufferUsages::UNIFORM).and_then(|(_, m)| m.get(&*d.params));
+        if let (Some(layout), Some(uniform)) = (layout, uniform) {
+            let hash = bind_hash(layout, uniform, d.buffers.iter().map(|w| (w.buffer, w.offset, w.size)));
+            if let Some((_, group)) = b.groups.find(hash, |(k, _)| k.binds(layout, uniform, &d.buffers)) {
+                return group.clone();
+            }
+        }
         let layout = b.layouts.entry(d.pipeline.clone()).or_insert_with(|| d.pipeline.get_bind_group_layout(0)).clone();
         let uniform = self.buffer_of_contents(&mut b, "wgquant params", &d.params, wgpu::BufferUsages::UNIFORM);
         let key = BindKey {
@@ -159,7 +202,8 @@ impl Gpu {
             uniform,
             windows: d.buffers.iter().map(|w| (w.buffer.clone(), w.offset, w.size)).collect(),
         };
-        if let Some(group) = b.groups.get(&key) {
+        let hash = key.hash_value();
+        if let Some((_, group)) = b.groups.find(hash, |(k, _)| *k == key) {
             return group.clone();
         }
         let mut entries = Vec::with_capacity(key.windows.len() + 1);
@@ -191,7 +235,7 @@ impl Gpu {
                     keys.push(key.clone());
                 }
             }
-            b.groups.insert(key, group.clone());
+            b.groups.insert_unique(hash, (key, group.clone()), |(k, _)| k.hash_value());
         }
         group
     }
@@ -255,7 +299,9 @@ impl Gpu {
         let mut b = self.inner.bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(keys) = b.tracked.remove(buffer) else { return };
         for key in keys {
-            b.groups.remove(&key);
+            if let Ok(entry) = b.groups.find_entry(key.hash_value(), |(k, _)| *k == key) {
+                entry.remove();
+            }
             // The other buffers' lists must not keep this one alive through the key.
             for other in std::iter::once(&key.uniform).chain(key.windows.iter().map(|w| &w.0)) {
                 if other != buffer {
