@@ -187,21 +187,11 @@ fn time_matmul(
 
 /// The copy kernel and the f32 FMA kernel of the ceilings.
 const CEILINGS_WGSL: &str = r#"
-// Ceilings. `copy`: dst = src, 16 bytes per invocation and step (grid-stride loop).
-// `fma`: 8 independent chains of vec4 FMAs per invocation, ITERATIONS long.
-// Bindings: 0 src | 1 dst (copy); 1 dst (fma). Overrides: ITERATIONS.
-@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
+// The FMA ceiling: 8 independent chains of vec4 FMAs per invocation, ITERATIONS long.
+// Bindings: 1 dst. Overrides: ITERATIONS.
 @group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;
 
 override ITERATIONS: u32 = 1024u;
-
-@compute @workgroup_size(256)
-fn copy(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let stride = groups.x * 256u;
-    for (var i = id.x; i < arrayLength(&src); i += stride) {
-        dst[i] = src[i];
-    }
-}
 
 @compute @workgroup_size(256)
 fn fma_chains(@builtin(global_invocation_id) id: vec3<u32>) {
@@ -258,40 +248,21 @@ fn ceilings(gpu: &Gpu, config: &Config) -> Result<(f64, f64, Heater)> {
         })
     };
     let copy_bytes: u64 = if config.quick { 16 << 20 } else { 512 << 20 };
-    let copy_bytes = copy_bytes.min(gpu.caps().max_binding() & !15);
-    let buffer = |size: u64| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("ceilings"),
-            size,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        })
-    };
-    let (src, dst) = (buffer(copy_bytes), buffer(copy_bytes));
-    let copy = pipeline("copy");
-    let bind = |pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]| {
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
-            .iter()
-            .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        })
-    };
-    let copy_group = bind(&copy, &[(0, &src), (1, &dst)]);
-    let copy_time = median_time(gpu, config.runs, 1, |_| gpu.dispatch("copy", &copy, &copy_group, (4096, 1, 1)))?;
-
+    let copy_gbs = common::Probes::new(gpu, copy_bytes).copy_gbs(gpu, config.runs)?;
     let fma = pipeline("fma_chains");
     let groups: u32 = if config.quick { 64 } else { 8192 };
-    let out = buffer(u64::from(groups) * 256 * 16);
-    let fma_group = bind(&fma, &[(1, &out)]);
+    let out = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("ceilings"),
+        size: u64::from(groups) * 256 * 16,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let fma_group = common::bind_whole(device, &fma, &[(1, &out)]);
     let fma_time = median_time(gpu, config.runs, 1, |_| gpu.dispatch("fma", &fma, &fma_group, (groups, 1, 1)))?;
     let flops = f64::from(groups) * 256.0 * iterations * 8.0 * 4.0 * 2.0;
     // About 20 ms of FMAs on a large GPU.
     let heater = Heater { pipeline: fma, bind_group: fma_group, groups, dispatches: if config.quick { 1 } else { 3 } };
-    Ok((2.0 * copy_bytes as f64 / copy_time.as_secs_f64() / 1e9, flops / fma_time.as_secs_f64() / 1e12, heater))
+    Ok((copy_gbs, flops / fma_time.as_secs_f64() / 1e12, heater))
 }
 
 /// The knob variants `--sweep` times for `m` rows, each listed `rounds` times (timings drift

@@ -114,20 +114,9 @@ impl Probes {
         };
         let copy_bytes = copy_bytes.min(gpu.caps().max_binding() & !15);
         let (src, dst, small) = (buffer(copy_bytes), buffer(copy_bytes), buffer(16));
-        let bind = |pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]| {
-            let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
-                .iter()
-                .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
-                .collect();
-            device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            })
-        };
         let (trivial, copy) = (pipeline("trivial"), pipeline("copy"));
-        let trivial_group = bind(&trivial, &[(1, &small)]);
-        let copy_group = bind(&copy, &[(0, &src), (1, &dst)]);
+        let trivial_group = bind_whole(device, &trivial, &[(1, &small)]);
+        let copy_group = bind_whole(device, &copy, &[(0, &src), (1, &dst)]);
         Probes { trivial, trivial_group, copy, copy_group, copy_bytes }
     }
 
@@ -158,6 +147,21 @@ impl Probes {
         let time = median(&mut times[3..]);
         Ok(2.0 * self.copy_bytes as f64 / time.as_secs_f64() / 1e9)
     }
+}
+
+/// A bind group of `pipeline` binding each of `entries`' buffers whole at its binding.
+pub fn bind_whole(
+    device: &wgpu::Device,
+    pipeline: &wgpu::ComputePipeline,
+    entries: &[(u32, &wgpu::Buffer)],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry<'_>> =
+        entries.iter().map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() }).collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
 }
 
 pub fn median(times: &mut [Duration]) -> Duration {
