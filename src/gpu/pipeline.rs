@@ -87,6 +87,11 @@ pub(super) struct Bindings {
 }
 
 impl Bindings {
+    /// The kept buffer of `usage` holding `contents`, if there is one.
+    fn cached_contents(&self, usage: wgpu::BufferUsages, contents: &[u8]) -> Option<&wgpu::Buffer> {
+        self.contents.iter().find(|(u, _)| *u == usage).and_then(|(_, map)| map.get(contents))
+    }
+
     fn forget_all_groups(&mut self) {
         self.groups.clear();
         self.tracked.values_mut().for_each(Vec::clear);
@@ -187,8 +192,7 @@ impl Gpu {
         let mut b = self.inner.bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // The hit, through borrowed parts only.
         let layout = b.layouts.get(d.pipeline);
-        let uniform =
-            b.contents.iter().find(|(u, _)| *u == wgpu::BufferUsages::UNIFORM).and_then(|(_, m)| m.get(&*d.params));
+        let uniform = b.cached_contents(wgpu::BufferUsages::UNIFORM, &d.params);
         if let (Some(layout), Some(uniform)) = (layout, uniform) {
             let hash = bind_hash(layout, uniform, d.buffers.iter().map(|w| (w.buffer, w.offset, w.size)));
             if let Some((_, group)) = b.groups.find(hash, |(k, _)| k.binds(layout, uniform, &d.buffers)) {
@@ -202,10 +206,8 @@ impl Gpu {
             uniform,
             windows: d.buffers.iter().map(|w| (w.buffer.clone(), w.offset, w.size)).collect(),
         };
+        // Not cached: the lookup above missed, or its layout or uniform is new (and so is the key).
         let hash = key.hash_value();
-        if let Some((_, group)) = b.groups.find(hash, |(k, _)| *k == key) {
-            return group.clone();
-        }
         let mut entries = Vec::with_capacity(key.windows.len() + 1);
         entries.push(wgpu::BindGroupEntry { binding: 0, resource: key.uniform.as_entire_binding() });
         for (i, (buffer, offset, size)) in key.windows.iter().enumerate() {
@@ -256,8 +258,7 @@ impl Gpu {
         contents: &[u8],
         usage: wgpu::BufferUsages,
     ) -> wgpu::Buffer {
-        let cached = b.contents.iter().find(|(u, _)| *u == usage).and_then(|(_, map)| map.get(contents));
-        if let Some(buffer) = cached {
+        if let Some(buffer) = b.cached_contents(usage, contents) {
             return buffer.clone();
         }
         if b.contents.iter().map(|(_, map)| map.len()).sum::<usize>() >= MAX_CONTENTS {
