@@ -4,19 +4,19 @@
 //! `wgsl/gather_table.wgsl`, in the same submission as the products: the indices are never
 //! read back. The matmul kernels (`qmv`, `qvm`, `qmm`) then run over it unchanged.
 
-use std::sync::Arc;
-
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::{BufferWindow, Dispatch, Gpu, Scratch, MAX_CACHED_TABLE_BYTES, VECTOR_BYTES};
+use crate::gpu::{BufferWindow, Dispatch, Scratch};
 use crate::kernels::{
     GatherTableBindings, GatherTableKey, GatherTableParams, ELEMENTWISE_WG_SIZE, GIVEN_LHS, GIVEN_RHS,
 };
 use crate::tensor::{element_count, Quantized, Tensor};
 
-use super::plan::{self, prepared_row_vectors, to_u32, OperandSizes, PlanCaps, Source};
-use super::problem::{broadcast_shapes, check, Dims, Problem};
-use super::{quantized_matmul, run, GpuTable, Operands, PlanKey, Prepared, QmmOptions};
+use super::plan::{prepared_row_vectors, to_u32, PlanCaps, Source, TABLE_ENTRY_BYTES};
+use super::problem::{broadcast_shapes, check, output_size, Dims, Problem};
+use super::{
+    biases_binding, kept_or_fresh, operand_sizes, quantized_matmul, run, GpuTable, Operands, PlanKey, QmmOptions,
+};
 
 const OP: &str = "gather_qmm";
 
@@ -108,14 +108,7 @@ pub fn gather_qmm(
             return Err(Error::EmptyGatherBatch { op: OP, operand, batch: batch.to_vec() });
         }
     }
-    let biases = q.biases.as_ref().expect("checked");
-    let sizes = OperandSizes {
-        x: x.storage().size(),
-        weight: q.weight.storage().size(),
-        scales: q.scales.storage().size(),
-        biases: biases.storage().size(),
-        y: problem.y_bytes.next_multiple_of(VECTOR_BYTES),
-    };
+    let sizes = operand_sizes(x, q, problem.y_bytes);
     // The table pairs whole matrices, so every operand is bound whole (the planner's chunked
     // path builds per-chunk tables on the host).
     let mut caps = PlanCaps::of(gpu.caps());
@@ -131,11 +124,8 @@ pub fn gather_qmm(
     let key = GatheredPlan(PlanKey { problem, sizes, options: QmmOptions::default() });
     // As `quantized_matmul` keeps a repeated product's plan and pipelines (a decode step's), under
     // a key of its own: a gathered plan differs (no `qmv_coop`, no host tables).
-    let prepared = if key.0.problem.batches.len() * 12 <= MAX_CACHED_TABLE_BYTES {
-        gpu.memo(&key, || gathered_plan(gpu, &key.0, &caps))?
-    } else {
-        Arc::new(gathered_plan(gpu, &key.0, &caps)?)
-    };
+    // Its steps bind the table the GPU fills: no host table is uploaded.
+    let prepared = kept_or_fresh(gpu, &key, &key.0, &caps, false)?;
     let (problem, plan) = (&key.0.problem, &prepared.plan);
 
     let entries = problem.batches.len();
@@ -156,7 +146,7 @@ pub fn gather_qmm(
     to_u32((w_matrices - 1) * problem.w_rows())?;
     let axes_words = broadcast_axes(&out_batch, lhs_shape, rhs_shape);
     let axes = gpu.table_buffer("wgquant gather_qmm axes", &axes_words)?;
-    let table = gpu.scratch(Scratch::GatherTable, (entries * 12) as u64)?;
+    let table = gpu.scratch(Scratch::GatherTable, (entries * TABLE_ENTRY_BYTES) as u64)?;
     let pipeline = gpu.pipeline(&GatherTableKey.into())?;
     // A missing index array is never read; the axes stand in for its binding.
     let lhs = lhs_indices.map_or(&axes, |t| t.storage());
@@ -171,22 +161,19 @@ pub fn gather_qmm(
     let y = Tensor::output_for(OP, gpu, &problem.out_shape, out_dtype, plan.zeroes_y())?;
     debug_assert!(plan.steps.iter().all(|s| s.windows.iter().all(|w| w.source != Source::Table)
         || s.table.as_ref().is_some_and(|t| t.len() == 3 * entries)));
-    run(OP, gpu, &Operands { x, q, biases, y: &y }, &prepared, Some(GpuTable { fill, buffer: &table }))?;
+    run(
+        OP,
+        gpu,
+        &Operands { x, q, biases: biases_binding(q), y: &y },
+        &prepared,
+        Some(GpuTable { fill, buffer: &table }),
+    )?;
     Ok(y)
 }
 
 /// A gathered product's plan, filed apart from `quantized_matmul`'s ([`Gpu::memo`] keys by type).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct GatheredPlan(PlanKey);
-
-/// The plan of `key` on a device with `caps`, with its pipelines built; its steps bind the table
-/// the GPU fills, so no host table is uploaded.
-fn gathered_plan(gpu: &Gpu, key: &PlanKey, caps: &PlanCaps) -> Result<Prepared> {
-    let plan = plan::plan(&key.problem, &key.sizes, &key.options, caps)?;
-    let pipelines = plan.steps.iter().map(|s| gpu.pipeline(&s.key)).collect::<Result<Vec<_>>>()?;
-    let tables = plan.steps.iter().map(|_| None).collect();
-    Ok(Prepared { plan, pipelines, tables })
-}
 
 /// All of `buffer`.
 fn whole(buffer: &wgpu::Buffer) -> BufferWindow<'_> {
@@ -200,13 +187,7 @@ fn gathered_problem(x: &Tensor, dims: &Dims, out_batch: &[usize], transpose: boo
     let xs = x.shape();
     let m = xs[xs.len() - 2];
     let out_shape = [out_batch, &[m, dims.n]].concat();
-    let too_large = || Error::ShapeOverflow { op: OP, shape: out_shape.clone() };
-    let y_elements = element_count(&out_shape).ok_or_else(too_large)?;
-    let y_bytes = y_elements.checked_mul(dims.format.out_dtype.size_in_bytes()).ok_or_else(too_large)? as u64;
-    let limit = x.gpu().caps().limits.max_buffer_size;
-    if y_bytes > limit {
-        return Err(Error::ExceedsDeviceLimit { op: OP, what: "the output's bytes", value: y_bytes, limit });
-    }
+    let (y_elements, y_bytes) = output_size(OP, x, &out_shape, dims.format.out_dtype)?;
     let entries = if y_elements == 0 { 0 } else { element_count(out_batch).unwrap_or(0) };
     Ok(Problem {
         m,

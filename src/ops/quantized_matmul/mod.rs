@@ -21,13 +21,14 @@ mod problem;
 pub use gather::gather_qmm;
 
 use crate::error::Result;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use crate::gpu::{BufferWindow, Dispatch, Gpu, Scratch, MAX_CACHED_TABLE_BYTES, VECTOR_BYTES};
 use crate::kernels::QmmShape;
 use crate::tensor::{Quantized, Tensor};
 
-use plan::{OperandSizes, Plan, PlanCaps, Source};
+use plan::{OperandSizes, Plan, PlanCaps, Source, TABLE_ENTRY_BYTES};
 use problem::Problem;
 
 const OP: &str = "quantized_matmul";
@@ -127,27 +128,12 @@ pub fn quantized_matmul_with(x: &Tensor, q: &Quantized, transpose: bool, options
     if problem.is_empty() {
         return Tensor::zeros_for(OP, gpu, &problem.out_shape, out_dtype);
     }
-    // The fp modes have no biases: their kernels bind the scales in that place.
-    let biases = q.biases.as_ref().unwrap_or(&q.scales);
-    let sizes = OperandSizes {
-        x: x.storage().size(),
-        weight: q.weight.storage().size(),
-        scales: q.scales.storage().size(),
-        biases: biases.storage().size(),
-        // Output buffers hold at least their bytes in whole vectors.
-        y: problem.y_bytes.next_multiple_of(VECTOR_BYTES),
-    };
+    let sizes = operand_sizes(x, q, problem.y_bytes);
     let key = PlanKey { problem, sizes, options: *options };
-    // A product with a small batch table (every decode step's) keeps its plan, pipelines and
-    // tables per device; a larger one is planned per call, its table not worth keeping.
-    let prepared = if key.problem.batches.len() * 12 <= MAX_CACHED_TABLE_BYTES {
-        gpu.memo(&key, || Prepared::new(gpu, &key))?
-    } else {
-        Arc::new(Prepared::new(gpu, &key)?)
-    };
+    let prepared = kept_or_fresh(gpu, &key, &key, &PlanCaps::of(gpu.caps()), true)?;
     let problem = &key.problem;
     let y = Tensor::output_for(OP, gpu, &problem.out_shape, out_dtype, prepared.plan.zeroes_y())?;
-    run(OP, gpu, &Operands { x, q, biases, y: &y }, &prepared, None)?;
+    run(OP, gpu, &Operands { x, q, biases: biases_binding(q), y: &y }, &prepared, None)?;
     Ok(y)
 }
 
@@ -167,15 +153,56 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(gpu: &Gpu, key: &PlanKey) -> Result<Prepared> {
-        let plan = plan::plan(&key.problem, &key.sizes, &key.options, &PlanCaps::of(gpu.caps()))?;
+    /// The plan of `key` on a device with `caps`, its pipelines built and, with `host_tables`,
+    /// its batch tables uploaded (`gather_qmm`'s steps bind a table the GPU fills instead).
+    fn new(gpu: &Gpu, key: &PlanKey, caps: &PlanCaps, host_tables: bool) -> Result<Prepared> {
+        let plan = plan::plan(&key.problem, &key.sizes, &key.options, caps)?;
         let pipelines = plan.steps.iter().map(|s| gpu.pipeline(&s.key)).collect::<Result<Vec<_>>>()?;
         let tables = plan
             .steps
             .iter()
-            .map(|s| s.table.as_ref().map(|t| gpu.table_buffer("wgquant batch table", t)).transpose())
+            .map(|s| match &s.table {
+                Some(t) if host_tables => gpu.table_buffer("wgquant batch table", t).map(Some),
+                _ => Ok(None),
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Prepared { plan, pipelines, tables })
+    }
+}
+
+/// The prepared plan of `key` ([`Prepared::new`]): kept per device under `memo_key` when its
+/// batch table is small (every decode step's), so that a repeated product skips planning; a
+/// larger one is planned per call, its table not worth keeping.
+fn kept_or_fresh<K: Hash + Eq + Clone + Send + 'static>(
+    gpu: &Gpu,
+    memo_key: &K,
+    key: &PlanKey,
+    caps: &PlanCaps,
+    host_tables: bool,
+) -> Result<Arc<Prepared>> {
+    let build = || Prepared::new(gpu, key, caps, host_tables);
+    if key.problem.batches.len() * TABLE_ENTRY_BYTES <= MAX_CACHED_TABLE_BYTES {
+        gpu.memo(memo_key, build)
+    } else {
+        Ok(Arc::new(build()?))
+    }
+}
+
+/// The tensor bound at the biases' place: the biases, or for the fp modes (which have none)
+/// the scales, which their kernels read there.
+fn biases_binding(q: &Quantized) -> &Tensor {
+    q.biases.as_ref().unwrap_or(&q.scales)
+}
+
+/// The buffer sizes of a product's operands, y's from its bytes (output buffers hold at least
+/// their bytes in whole vectors).
+fn operand_sizes(x: &Tensor, q: &Quantized, y_bytes: u64) -> OperandSizes {
+    OperandSizes {
+        x: x.storage().size(),
+        weight: q.weight.storage().size(),
+        scales: q.scales.storage().size(),
+        biases: biases_binding(q).storage().size(),
+        y: y_bytes.next_multiple_of(VECTOR_BYTES),
     }
 }
 

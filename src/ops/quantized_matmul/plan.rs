@@ -124,6 +124,9 @@ pub(super) struct Window {
     pub size: u64,
 }
 
+/// Bytes of one batch-table entry: x offset, w_q row offset, y offset ([`Step::table`]).
+pub(super) const TABLE_ENTRY_BYTES: usize = std::mem::size_of::<[u32; 3]>();
+
 /// One dispatch, before its buffers exist.
 #[derive(Debug)]
 pub(super) struct Step {
@@ -712,7 +715,7 @@ impl Planner<'_> {
             ..QuantizedMatmulParams::default()
         };
         let [x, w_q, scales, biases] = operands;
-        let table = Window { source: Source::Table, offset: 0, size: (piece.entries.len() * 12) as u64 };
+        let table = Window { source: Source::Table, offset: 0, size: (piece.entries.len() * TABLE_ENTRY_BYTES) as u64 };
         let windows = QuantizedMatmulBindings { batches: table, x, w_q, scales, biases, y }.into_vec();
         // `qmv` stores a pair of 16-bit outputs n, n + 1 (n even) as one word where both are
         // its own and the pair starts a word: everywhere when it writes an even number of

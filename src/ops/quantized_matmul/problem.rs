@@ -158,13 +158,7 @@ impl Problem {
         out_shape.push(n);
         // y must be allocated, so its size bounds the batch table built below; an empty y (a
         // zero axis anywhere) needs no table, however many batch entries its other axes name.
-        let too_large = || Error::ShapeOverflow { op: OP, shape: out_shape.clone() };
-        let y_elements = element_count(&out_shape).ok_or_else(too_large)?;
-        let y_bytes = y_elements.checked_mul(format.out_dtype.size_in_bytes()).ok_or_else(too_large)? as u64;
-        let limit = x.gpu().caps().limits.max_buffer_size;
-        if y_bytes > limit {
-            return Err(Error::ExceedsDeviceLimit { op: OP, what: "the output's bytes", value: y_bytes, limit });
-        }
+        let (y_elements, y_bytes) = output_size(OP, x, &out_shape, format.out_dtype)?;
         let batches = if y_elements == 0 {
             Vec::new()
         } else if batched {
@@ -191,6 +185,19 @@ impl Problem {
             self.k
         }
     }
+}
+
+/// Elements and bytes of an output of `shape` and `dtype` on `x`'s device, which must hold it in
+/// one buffer.
+pub(super) fn output_size(op: &'static str, x: &Tensor, shape: &[usize], dtype: DType) -> Result<(usize, u64)> {
+    let too_large = || Error::ShapeOverflow { op, shape: shape.to_vec() };
+    let elements = element_count(shape).ok_or_else(too_large)?;
+    let bytes = elements.checked_mul(dtype.size_in_bytes()).ok_or_else(too_large)? as u64;
+    let limit = x.gpu().caps().limits.max_buffer_size;
+    if bytes > limit {
+        return Err(Error::ExceedsDeviceLimit { op, what: "the output's bytes", value: bytes, limit });
+    }
+    Ok((elements, bytes))
 }
 
 /// numpy broadcasting of two shapes (MLX's `broadcast_shapes`).
